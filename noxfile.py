@@ -27,8 +27,36 @@ def lint(session: nox.Session) -> None:
     session.run("ruff", "format", "--check", ".")
 
 
+# The peers the benchmarks compare against: installed only in the bench session, never a dependency of fusefn.
+BENCH_PEERS = ["fuse-med-ml==0.4.1", "monai==1.6.1", "torchmetrics", "pytest", "scikit-image", "nibabel"]
+
+
 @nox.session(venv_params=VENV)
 def bench(session: nox.Session) -> None:
-    """Benchmarks against the peers (see bench/README.md)."""
-    session.install("-e", ".")
+    """fusefn side by side with FuseMedML 0.4.1, MONAI 1.6.1, torchmetrics; regenerates bench/RESULTS.md.
+
+    Arguments after `--` go to bench/run.py: `--quick` (reduced sizes, < 5 min on 2 cores),
+    `--only cache,augment,metrics,dice,train,models`, `--device cuda`, `--repeats N`.
+    """
+    import pathlib
+
+    # Pin torch to the wheel already installed (reused through the system site packages), so no
+    # peer's `torch` requirement can make pip fetch another build (a plain one is multi-GB CUDA).
+    torch_version = session.run("python", "-c", "import torch; print(torch.__version__)", silent=True)
+    constraints = pathlib.Path(session.create_tmp()) / "bench-constraints.txt"
+    constraints.write_text(f"torch=={torch_version.strip().splitlines()[-1]}\n")
+    session.install("-c", str(constraints), "-e", ".")
+    # a reused venv that already has the pinned peers skips pip's slow resolve of their large dependency tree
+    check = (
+        "import importlib.metadata as m\n"
+        "want = {'fuse-med-ml': '0.4.1', 'monai': '1.6.1', 'torchmetrics': None, 'scikit-image': None}\n"
+        "def ok(d, v):\n"
+        "    try:\n"
+        "        return v is None or m.version(d) == v\n"
+        "    except m.PackageNotFoundError:\n"
+        "        return False\n"
+        "print('peers:', 'ok' if all(ok(d, v) for d, v in want.items()) else 'missing')\n"
+    )
+    if "peers: ok" not in str(session.run("python", "-c", check, silent=True)):
+        session.install("-c", str(constraints), *BENCH_PEERS)
     session.run("python", "bench/run.py", *session.posargs)

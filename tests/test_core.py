@@ -105,6 +105,7 @@ from fusefn.core import fingerprint, chain, on_keys, Rng
 from fusefn import nd
 print(fingerprint((chain(on_keys(torch.sqrt, ("data.a",))), Rng(5))))
 print(fingerprint({"b": 1, "a": (1.5, None, "x")}))
+print(fingerprint(on_keys(lambda x: x in {"a", "b", "c"}, "k")))
 """
 
 

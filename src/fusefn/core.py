@@ -279,7 +279,7 @@ def _canonical(obj: Any) -> Any:
         closure = [_canonical(c.cell_contents) for c in (obj.__closure__ or ())]
         return {
             "__code__": hashlib.sha256(code.co_code).hexdigest(),
-            "consts": [repr(c) for c in code.co_consts if not inspect.iscode(c)],
+            "consts": [_const_repr(c) for c in code.co_consts if not inspect.iscode(c)],
             "names": list(code.co_names),
             "closure": closure,
             "defaults": _canonical(obj.__defaults__),
@@ -287,6 +287,11 @@ def _canonical(obj: Any) -> Any:
     if isinstance(obj, (types.BuiltinFunctionType, type)) or callable(obj):
         return {"__ref__": _qualname(obj)}
     raise ConfigError(f"cannot fingerprint a {type(obj).__name__}: {obj!r}")
+
+
+def _const_repr(c) -> str:
+    # a frozenset's repr order follows the process's hash seed
+    return repr(sorted(map(repr, c))) if isinstance(c, frozenset) else repr(c)
 
 
 def fingerprint(component: Any) -> str:

@@ -39,7 +39,8 @@ __all__ = [
     "merge",
 ]
 
-_MISSING: Any = object()
+_MISSING: Any = object()  # "no default given"
+_ABSENT: Any = object()  # a default that no tree holds (module-level so torch.compile can trace it)
 
 
 def _split(key: str) -> list[str]:
@@ -103,8 +104,7 @@ def get(tree: Mapping, key: str, default: Any = _MISSING) -> Any:
 
 def contains(tree: Mapping, key: str) -> bool:
     """Whether dotted ``key`` addresses a value (leaf or sub-tree) in ``tree``."""
-    absent = object()
-    return get(tree, key, absent) is not absent
+    return get(tree, key, _ABSENT) is not _ABSENT
 
 
 def _assoc(node: Mapping, parts: list[str], value: Any, key: str) -> dict:

@@ -1,0 +1,276 @@
+"""Augmentation: the default image pipeline, 2D (256 × 1×256×256) and 3D (64 × 1×96³) (issue 4).
+
+All systems augment the same float32 images in [0, 1] (a fixed seeded stack); figures are images per second over the
+whole stack. The peers augment one sample at a time, as they are built to (each sample is cloned first because
+FuseMedML's affine op writes into its input); fusefn augments the stack as one batch.
+
+Systems and settings:
+- FuseMedML 0.4.1, 2D: the seed's ``aug_image_default_pipeline`` written with 0.4.1's ops, as its ISIC example
+  writes it: ``OpRandApply(OpSample(OpAugAffine2D()), 0.5)`` (rotate U(−30, 30), scale U(0.9, 1.1), flips
+  RandBool(0.3), translate RandInt(−10, 10)), ``OpRandApply(OpSample(OpAugColor()), 0.5)`` (add U(−0.06, 0.06),
+  mul U(0.95, 1.05), gamma U(0.9, 1.1), contrast U(0.85, 1.15)), ``OpRandApply(OpAugGaussian(), 0.5)`` (std 0.03).
+- FuseMedML 0.4.1, 3D: its own KNIGHT example's 3D pipeline (``OpRotation3D`` U(−5, 5)° per axis with p 0.5, the 2D
+  affine per slice with p 0.5, Gaussian noise std 0.01 with p 0.3) on the D×H×W volume — FuseMedML has no 3D
+  counterpart of the default pipeline.
+- MONAI 1.6.1: dictionary transforms ``RandAffined`` (p 0.5, rotation ±30° per axis, translate ±10 px, scale ±0.1,
+  bilinear, zeros padding), ``RandFlipd`` per spatial axis (p 0.3), ``RandShiftIntensityd`` (±0.06),
+  ``RandScaleIntensityd`` (±0.05), ``RandAdjustContrastd`` (gamma 0.9–1.1), ``RandScaleIntensityFixedMeand``
+  (contrast ±0.15), ``RandGaussianNoised`` (std 0.03), each intensity transform with p 0.5; other arguments at their
+  defaults (metadata tracking on). MONAI has no clip-to-[0, 1] step in this chain.
+- fusefn: ``fusefn.augment.default_image_pipeline`` (and its 3D counterpart) on the whole batch, eager; plus the same
+  with the apply step compiled (``torch.compile(fullgraph=True)``, not in ``--quick``).
+"""
+
+from __future__ import annotations
+
+import math
+import pathlib
+import random
+import sys
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import _common as C
+
+KEY = "data.input.img"
+
+
+def images(n: int, spatial: tuple, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand((n, 1, *spatial), generator=g)
+
+
+def seed_globals(seed: int = 0) -> None:
+    """The peers draw from global RNGs (their design); seed them without switching torch to deterministic mode."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+# ---------------------------------------------------------------- FuseMedML
+
+
+def fusemedml_pipeline(ndim: int):
+    from fuse.data.ops.ops_aug_common import OpRandApply, OpSample
+    from fuse.data.pipelines.pipeline_default import PipelineDefault
+    from fuse.utils.rand.param_sampler import RandBool, RandInt, Uniform
+    from fuseimg.data.ops.aug.color import OpAugColor, OpAugGaussian
+    from fuseimg.data.ops.aug.geometry import OpAugAffine2D, OpRotation3D
+
+    if ndim == 2:
+        ops = [
+            (
+                OpRandApply(OpSample(OpAugAffine2D()), 0.5),
+                dict(
+                    key=KEY,
+                    rotate=Uniform(-30.0, 30.0),
+                    scale=Uniform(0.9, 1.1),
+                    flip=(RandBool(0.3), RandBool(0.3)),
+                    translate=(RandInt(-10, 10), RandInt(-10, 10)),
+                ),
+            ),
+            (
+                OpRandApply(OpSample(OpAugColor()), 0.5),
+                dict(
+                    key=KEY,
+                    add=Uniform(-0.06, 0.06),
+                    mul=Uniform(0.95, 1.05),
+                    gamma=Uniform(0.9, 1.1),
+                    contrast=Uniform(0.85, 1.15),
+                ),
+            ),
+            (OpRandApply(OpAugGaussian(), 0.5), dict(key=KEY, std=0.03)),
+        ]
+    else:
+        ops = [
+            (
+                OpRandApply(OpSample(OpRotation3D()), 0.5),
+                dict(key=KEY, z_rot=Uniform(-5.0, 5.0), x_rot=Uniform(-5.0, 5.0), y_rot=Uniform(-5.0, 5.0)),
+            ),
+            (
+                OpRandApply(OpSample(OpAugAffine2D()), 0.5),
+                dict(
+                    key=KEY,
+                    rotate=Uniform(-180.0, 180.0),
+                    scale=Uniform(0.8, 1.2),
+                    flip=(RandBool(0.5), RandBool(0.5)),
+                    translate=(RandInt(-15, 15), RandInt(-15, 15)),
+                ),
+            ),
+            (OpRandApply(OpAugGaussian(), 0.3), dict(key=KEY, std=0.01)),
+        ]
+    return PipelineDefault("aug", ops)
+
+
+def fusemedml_run(imgs: torch.Tensor):
+    from fuse.data.utils.sample import create_initial_sample
+
+    ndim = imgs.ndim - 2
+    pipe = fusemedml_pipeline(ndim)
+
+    def run():
+        for i in range(imgs.shape[0]):
+            sample = create_initial_sample(i)
+            # 2D ops take C×H×W; the 3D example works on D×H×W
+            sample[KEY] = imgs[i].clone() if ndim == 2 else imgs[i, 0].clone()
+            out = pipe(sample)[KEY]
+        assert out.shape[-1] == imgs.shape[-1]
+
+    return run
+
+
+# ---------------------------------------------------------------- MONAI
+
+
+def monai_run(imgs: torch.Tensor, device: str):
+    from monai import transforms as T
+
+    ndim = imgs.ndim - 2
+    k = ["img"]
+    rot = (math.pi / 6,) * (1 if ndim == 2 else 3)
+    chain = T.Compose(
+        [
+            T.RandAffined(
+                keys=k,
+                prob=0.5,
+                rotate_range=rot,
+                translate_range=(10,) * ndim,
+                scale_range=(0.1,) * ndim,
+                mode="bilinear",
+                padding_mode="zeros",
+            ),
+            *[T.RandFlipd(keys=k, prob=0.3, spatial_axis=a) for a in range(ndim)],
+            T.RandShiftIntensityd(keys=k, offsets=0.06, prob=0.5),
+            T.RandScaleIntensityd(keys=k, factors=0.05, prob=0.5),
+            T.RandAdjustContrastd(keys=k, gamma=(0.9, 1.1), prob=0.5),
+            T.RandScaleIntensityFixedMeand(keys=k, factors=0.15, prob=0.5),
+            T.RandGaussianNoised(keys=k, std=0.03, prob=0.5),
+        ]
+    )
+    chain.set_random_state(seed=0)
+    src = imgs.to(device)
+
+    def run():
+        for i in range(src.shape[0]):
+            out = chain({"img": src[i].clone()})["img"]
+        assert out.shape[-1] == imgs.shape[-1]
+
+    return run
+
+
+# ---------------------------------------------------------------- fusefn
+
+
+def fusefn_pipeline(ndim: int):
+    aug, why = C.optional_import("fusefn.augment", "default_image_pipeline")
+    if aug is None:
+        return None, why
+    if ndim == 2:
+        return aug.default_image_pipeline(KEY), None
+    if hasattr(aug, "default_volume_pipeline"):
+        return aug.default_volume_pipeline(KEY), None
+    return None, "fusefn.augment lacks default_volume_pipeline"
+
+
+def fusefn_runs(imgs: torch.Tensor, device: str, compiled: bool = True):
+    """[(system label, run, settings)] for fusefn eager and compiled, or (None, why)."""
+    from fusefn import nd
+
+    ndim = imgs.ndim - 2
+    pipe, why = fusefn_pipeline(ndim)
+    if pipe is None:
+        return None, why
+    batch = nd.assoc({}, KEY, imgs.to(device))
+    gen = torch.Generator(device=device).manual_seed(0)
+
+    def eager():
+        out = pipe(batch, gen)
+        assert nd.get(out, KEY).shape == imgs.shape
+
+    runs = [(C.FUSEFN, eager, "default pipeline, one batch, eager")]
+    if compiled and hasattr(pipe, "sample_like") and hasattr(pipe, "apply"):
+        compiled_apply = torch.compile(pipe.apply, fullgraph=True)
+
+        def compiled():
+            params = pipe.sample_like(batch, gen)
+            out = compiled_apply(batch, params)
+            assert nd.get(out, KEY).shape == imgs.shape
+
+        runs.append((C.FUSEFN + " (compiled apply)", compiled, "default pipeline, one batch, torch.compile(apply)"))
+    return runs, None
+
+
+# ---------------------------------------------------------------- driver
+
+
+def run_case(rec: C.Recorder, args, label: str, imgs: torch.Tensor) -> None:
+    n = imgs.shape[0]
+    name = f"augment.{label}"
+    m, why = C.peer("fuseimg.data.ops.aug.geometry", "OpAugAffine2D")
+    if m is None:
+        rec.skip(name, C.FUSEMEDML, why)
+    else:
+        with C.guard(rec, name, C.FUSEMEDML):
+            seed_globals()
+            # FuseMedML's ops run on CPU (PIL): on a GPU run this row is still its CPU throughput, the issue's baseline
+            with torch.device("cpu"):
+                t = C.measure(fusemedml_run(imgs), repeats=args.repeats, warmup=args.warmup)
+            rec.add(
+                name,
+                C.FUSEMEDML,
+                t,
+                figure="throughput",
+                unit="images/s",
+                n=n,
+                n_unit="images",
+                rate=True,
+                device="cpu",
+                settings="its default pipeline per sample (ISIC/KNIGHT example settings)",
+            )
+    m, why = C.peer("monai.transforms", "RandAffined")
+    if m is None:
+        rec.skip(name, C.MONAI, why)
+    else:
+        with C.guard(rec, name, C.MONAI):
+            t = C.measure(monai_run(imgs, args.device), repeats=args.repeats, warmup=args.warmup, device=args.device)
+            rec.add(
+                name,
+                C.MONAI,
+                t,
+                figure="throughput",
+                unit="images/s",
+                n=n,
+                n_unit="images",
+                rate=True,
+                settings="dict transforms per sample, documented defaults otherwise",
+            )
+    # compiling takes minutes on 2 cores: the quick run times the eager path only
+    runs, why = C.attempt(fusefn_runs, imgs, args.device, compiled=not args.quick)
+    if runs is None:
+        rec.skip(name, C.FUSEFN, why)
+        return
+    for system, run, settings in runs:
+        try:
+            t = C.measure(run, repeats=args.repeats, warmup=max(args.warmup, 2), device=args.device)
+        except Exception as e:  # e.g. torch.compile unavailable on this machine
+            rec.skip(name, system, f"failed: {type(e).__name__}: {str(e)[:200]}")
+            continue
+        rec.add(
+            name, system, t, figure="throughput", unit="images/s", n=n, n_unit="images", rate=True, settings=settings
+        )
+
+
+def main(argv=None) -> None:
+    args = C.parse_args(__doc__.splitlines()[0], argv)
+    C.setup(args)
+    C.header("augment", args)
+    rec = C.Recorder("augment", args)
+    n2, n3 = (64, 4) if args.quick else (256, 64)
+    run_case(rec, args, "2d", images(n2, (256, 256)))
+    run_case(rec, args, "3d", images(n3, (96, 96, 96)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,312 @@
+"""Sample cache: build rate, read rate and disk use (issue 3).
+
+Every system caches the output of the same cheap static op — a deterministic float32 array per sample id — for
+2,000 samples of 1×256×256 (2D) and 200 volumes of 1×64×128×128 (3D), building with 2 worker processes, then reads
+every sample back once per repetition in one fixed shuffled order, in the main process.
+
+Systems and settings:
+- FuseMedML 0.4.1: ``SamplesCacher(workers=2)`` + ``DatasetDefault(...).create()``, read with ``dataset[i]``;
+  everything else at its documented defaults (audit of the first sample, hashed pipeline folder).
+- MONAI 1.6.1: ``PersistentDataset`` (documented defaults: pickle protocol, ``pickle_hashing``), built by iterating a
+  ``DataLoader(num_workers=2)`` whose collate returns only the batch length (no array crosses processes), read with
+  ``dataset[i]``.
+- h5py ceiling: a 2-process pool computes the arrays, the main process writes them into one HDF5 dataset of shape
+  ``(n, *shape)`` chunked one sample per chunk, no compression; read with ``dataset[i]`` on the open file.
+- fusefn: ``H5Cache(workers=2)`` (defaults otherwise: no compression), ``build(ids)``, read with ``cache.read(id)``.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import pathlib
+import shutil
+import sys
+import tempfile
+
+import numpy as np
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import _common as C
+
+KEY = "data.input.img"
+
+
+def make_array(sample_id, shape) -> np.ndarray:
+    """The shared static op: a deterministic float32 array from the sample id (cheap: one RNG fill)."""
+    return np.random.default_rng(int(sample_id)).random(shape, dtype=np.float32)
+
+
+def disk_bytes(path: pathlib.Path) -> int:
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for f in files:
+            total += os.path.getsize(os.path.join(root, f))
+    return total
+
+
+def fresh(path: pathlib.Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+
+
+# ---------------------------------------------------------------- FuseMedML
+
+
+def fusemedml_system(shape, ids, root: pathlib.Path):
+    from fuse.data.datasets.caching.samples_cacher import SamplesCacher
+    from fuse.data.datasets.dataset_default import DatasetDefault
+    from fuse.data.ops.op_base import OpBase
+    from fuse.data.pipelines.pipeline_default import PipelineDefault
+    from fuse.data.utils.sample import get_sample_id
+
+    class OpMakeArray(OpBase):
+        def __call__(self, sample_dict, key: str, shape: tuple):
+            sample_dict[key] = make_array(get_sample_id(sample_dict), shape)
+            return sample_dict
+
+    # the op class must be importable by name in the worker processes (fork start method: it is inherited)
+    globals()["OpMakeArray"] = OpMakeArray
+    state = {}
+
+    def build():
+        static = PipelineDefault("static", [(OpMakeArray(), dict(key=KEY, shape=shape))])
+        cacher = SamplesCacher("bench", static, cache_dirs=[str(root)], restart_cache=True, workers=2, verbose=0)
+        ds = DatasetDefault(sample_ids=list(ids), static_pipeline=static, cacher=cacher)
+        ds.create()
+        state["ds"] = ds
+
+    def read(order):
+        ds = state["ds"]
+        for i in order:
+            x = ds[int(i)][KEY]
+        assert x.shape == shape
+
+    return build, read
+
+
+# ---------------------------------------------------------------- MONAI
+
+
+def _count(batch):
+    return len(batch)
+
+
+def monai_system(shape, ids, root: pathlib.Path):
+    import torch
+    from monai.data import DataLoader, PersistentDataset
+    from monai.transforms import Transform
+
+    class MakeArrayd(Transform):
+        def __call__(self, data):
+            return {"id": data["id"], "img": torch.from_numpy(make_array(data["id"], shape))}
+
+    state = {}
+
+    def build():
+        fresh(root)
+        ds = PersistentDataset(data=[{"id": int(i)} for i in ids], transform=MakeArrayd(), cache_dir=root)
+        for _ in DataLoader(ds, batch_size=16, num_workers=2, collate_fn=_count):
+            pass
+        state["ds"] = ds
+
+    def read(order):
+        ds = state["ds"]
+        for i in order:
+            x = ds[int(i)]["img"]
+        assert tuple(x.shape) == shape
+
+    return build, read
+
+
+# ---------------------------------------------------------------- plain h5py
+
+
+def _h5_make(args):
+    i, shape = args
+    return i, make_array(i, shape)
+
+
+def h5py_system(shape, ids, root: pathlib.Path):
+    import h5py
+
+    path = root / "plain.h5"
+    state = {}
+
+    def build():
+        fresh(root)
+        ctx = multiprocessing.get_context("fork")
+        with ctx.Pool(2) as pool, h5py.File(path, "w") as f:
+            ds = f.create_dataset("x", shape=(len(ids), *shape), dtype="float32", chunks=(1, *shape))
+            for i, arr in pool.imap(_h5_make, [(int(i), shape) for i in ids], chunksize=8):
+                ds[i] = arr
+
+    def read(order):
+        if "f" not in state:
+            state["f"] = h5py.File(path, "r")
+        ds = state["f"]["x"]
+        for i in order:
+            x = ds[int(i)]
+        assert x.shape == shape
+
+    def close():
+        if "f" in state:
+            state.pop("f").close()
+
+    return build, read, close
+
+
+# ---------------------------------------------------------------- fusefn
+
+
+def fusefn_system(shape, ids, root: pathlib.Path):
+    """fusefn's side, or the reason it is not there yet."""
+    cache_mod, why = C.optional_import("fusefn.data.cache", "H5Cache")
+    if cache_mod is None:
+        return None, why
+    op = MakeArray(key=KEY, shape=tuple(shape))
+    state = {}
+
+    def build():
+        fresh(root)
+        cache = cache_mod.H5Cache(root=root, pipeline=op, workers=2, progress=False)
+        report = cache.build(list(ids))
+        assert report.computed == len(ids), report
+        state["cache"] = cache
+
+    def read(order):
+        cache = state["cache"]
+        for i in order:
+            x = cache.read(int(i))["data"]["input"]["img"]
+        assert x.shape == shape
+
+    return (build, read), None
+
+
+try:
+    import attrs
+
+    from fusefn import nd
+    from fusefn.core import record
+
+    @record
+    class MakeArray:
+        """The shared static op as a fusefn record (sample_dict -> sample_dict); part of the bench, not of fusefn."""
+
+        key: str
+        shape: tuple = attrs.field(converter=tuple)
+
+        def __call__(self, sample):
+            return nd.assoc(sample, self.key, make_array(nd.get(sample, "data.sample_id"), self.shape))
+
+except ImportError:  # fusefn is not installed: its rows are skipped
+    MakeArray = None
+
+
+# ---------------------------------------------------------------- driver
+
+
+def run_case(rec: C.Recorder, args, label: str, shape: tuple, n: int, workdir: pathlib.Path) -> None:
+    ids = list(range(n))
+    order = np.random.default_rng(0).permutation(n)
+    raw = n * int(np.prod(shape)) * 4
+    rec.add_value(f"cache.disk.{label}", "raw array bytes", raw / 1e6, figure="disk use", unit="MB", n=n)
+    systems = []
+
+    m, why = C.peer("fuse.data.datasets.caching.samples_cacher", "SamplesCacher")
+    if m is None:
+        rec.skip(f"cache.*.{label}", C.FUSEMEDML, why)
+    else:
+        root = workdir / f"fuse_{label}"
+        systems.append(
+            (C.FUSEMEDML, root, *fusemedml_system(shape, ids, root), None, "SamplesCacher(workers=2) defaults")
+        )
+
+    m, why = C.peer("monai.data", "PersistentDataset")
+    if m is None:
+        rec.skip(f"cache.*.{label}", C.MONAI, why)
+    else:
+        root = workdir / f"monai_{label}"
+        systems.append(
+            (
+                C.MONAI,
+                root,
+                *monai_system(shape, ids, root),
+                None,
+                "PersistentDataset defaults, DataLoader(num_workers=2)",
+            )
+        )
+
+    root = workdir / f"h5py_{label}"
+    b, r, close = h5py_system(shape, ids, root)
+    systems.append((C.H5PY, root, b, r, close, "one (n, *shape) dataset, one chunk per sample, no compression"))
+
+    root = workdir / f"fusefn_{label}"
+    sides, why = C.attempt(fusefn_system, shape, ids, root)
+    if sides is None:
+        rec.skip(f"cache.*.{label}", C.FUSEFN, why)
+    else:
+        systems.append((C.FUSEFN, root, *sides, None, "H5Cache(workers=2) defaults, read with H5Cache.read"))
+
+    for system, root, build, read, close, settings in systems:
+        try:
+            times = C.measure(build, repeats=args.repeats, warmup=args.warmup)
+            rec.add(
+                f"cache.build.{label}",
+                system,
+                times,
+                figure="build rate",
+                unit="samples/s",
+                n=n,
+                rate=True,
+                settings=settings,
+            )
+            times = C.measure(lambda read=read: read(order), repeats=args.repeats, warmup=args.warmup)
+            rec.add(
+                f"cache.read.{label}",
+                system,
+                times,
+                figure="read rate",
+                unit="samples/s",
+                n=n,
+                rate=True,
+                settings=settings,
+            )
+            rec.add_value(
+                f"cache.disk.{label}",
+                system,
+                disk_bytes(root) / 1e6,
+                figure="disk use",
+                unit="MB",
+                n=n,
+                settings=settings,
+            )
+        except Exception as e:  # one broken system must not hide the others' rows
+            rec.skip(f"cache.*.{label}", system, f"failed: {type(e).__name__}: {e}")
+        finally:
+            if close is not None:
+                close()
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def main(argv=None) -> None:
+    args = C.parse_args(__doc__.splitlines()[0], argv)
+    C.setup(args)
+    C.header("cache", args)
+    rec = C.Recorder("cache", args)
+    if args.device.startswith("cuda"):
+        print("  the sample cache is host-side I/O: no CUDA rows")
+        return
+    n2, n3 = (200, 16) if args.quick else (2000, 200)
+    own = args.workdir is None
+    workdir = pathlib.Path(tempfile.mkdtemp(prefix="fusefn-bench-cache-")) if own else args.workdir
+    try:
+        run_case(rec, args, "2d", (1, 256, 256), n2, workdir)
+        run_case(rec, args, "3d", (1, 64, 128, 128), n3, workdir)
+    finally:
+        if own:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

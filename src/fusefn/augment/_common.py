@@ -1,0 +1,292 @@
+"""Shared plumbing of the batch augmentations: validators, key checks, sampling and subset helpers.
+
+Every augmentation draws, for each sample of the batch, whether it applies (``apply``,
+a bool mask from ``p``) and the sorted indices of those samples (``index``). The heavy
+part of ``apply`` then runs on the active subset only, and the subset is written back
+into a copy of the input, so a sample the op skips costs one copy, not one resampling.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import torch
+
+from fusefn import nd
+from fusefn.errors import ConfigError, MissingKeyError, SampleError
+
+__all__ = ["Augmentation"]
+
+# a module-level sentinel (not one made per call) so torch.compile can trace the lookup
+_ABSENT = object()
+
+
+# ------------------------------------------------------------------------ validation
+
+
+def keys_tuple(value) -> tuple:
+    """A key or a sequence of keys as a tuple of dotted strings."""
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return (value,)
+    return tuple(value)
+
+
+def as_tuple(value):
+    """Lists (from JSON or a user) as tuples, recursively, so records stay hashable."""
+    if isinstance(value, list | tuple):
+        return tuple(as_tuple(v) for v in value)
+    return value
+
+
+def name_of(instance, attribute) -> str:
+    return f"{type(instance).__name__}.{attribute.name}"
+
+
+def check_prob(instance, attribute, value):
+    """attrs validator: a probability in [0, 1]."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
+        raise ConfigError(f"{name_of(instance, attribute)} must be a probability in [0, 1], got {value!r}")
+
+
+def check_range(label: str, value, *, lower: float | None = None, allow_none: bool = True):
+    """A ``(low, high)`` pair of finite numbers with ``low <= high`` (and ``low >= lower``)."""
+    if value is None:
+        if allow_none:
+            return
+        raise ConfigError(f"{label} is required")
+    if (
+        not isinstance(value, (tuple, list))
+        or len(value) != 2
+        or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+    ):
+        raise ConfigError(f"{label} must be a (low, high) pair of numbers, got {value!r}")
+    lo, hi = float(value[0]), float(value[1])
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise ConfigError(f"{label} must be finite, got {value!r}")
+    if lo > hi:
+        raise ConfigError(f"{label} has low > high: {value!r}")
+    if lower is not None and lo < lower:
+        raise ConfigError(f"{label} must be >= {lower}, got {value!r}")
+
+
+def range_validator(*, lower: float | None = None, allow_none: bool = True):
+    def validate(instance, attribute, value):
+        check_range(name_of(instance, attribute), value, lower=lower, allow_none=allow_none)
+
+    return validate
+
+
+def as_range(value) -> tuple[float, float]:
+    """A number ``v`` means the fixed value ``(v, v)``; a pair is kept."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return (float(value), float(value))
+    return (float(value[0]), float(value[1]))
+
+
+def per_axis(label: str, value, dims: int) -> tuple:
+    """One ``(low, high)`` range, or one per spatial axis, as a tuple of ``dims`` ranges."""
+    if value is None:
+        return (None,) * dims
+    if isinstance(value, (tuple, list)) and len(value) == dims and all(isinstance(v, (tuple, list)) for v in value):
+        for i, v in enumerate(value):
+            check_range(f"{label}[{i}]", v)
+        return tuple((float(v[0]), float(v[1])) for v in value)
+    check_range(label, value)
+    return ((float(value[0]), float(value[1])),) * dims
+
+
+def check_dims(instance, attribute, value):
+    if value not in (2, 3):
+        raise ConfigError(f"{name_of(instance, attribute)} must be 2 or 3 (spatial dimensions), got {value!r}")
+
+
+def check_keys(instance, attribute, value):
+    for k in value:
+        if not isinstance(k, str) or not k:
+            raise ConfigError(f"{name_of(instance, attribute)} holds a key that is not a dotted string: {k!r}")
+
+
+# --------------------------------------------------------------------------- batches
+
+
+def get_key(batch: Mapping, key: str, op: str):
+    """``nd.get`` whose error also names the op."""
+    value = nd.get(batch, key, _ABSENT)
+    if value is _ABSENT:
+        try:
+            nd.get(batch, key)
+        except MissingKeyError as e:
+            raise MissingKeyError(key, f"{op}: {e.message}") from None
+    if not isinstance(value, torch.Tensor):
+        raise SampleError(f"expected a tensor, got {type(value).__name__}", op=op, key=key)
+    return value
+
+
+def check_image(x: torch.Tensor, *, op: str, key: str, dims: int | None, floating: bool = True):
+    """An ``N×C×<spatial>`` tensor with ``dims`` spatial axes (any number ≥ 1 when ``dims`` is None)."""
+    if dims is None:
+        if x.ndim < 3:
+            raise SampleError(f"expected N×C×<spatial>, got shape {tuple(x.shape)}", op=op, key=key)
+    elif x.ndim != dims + 2:
+        layout = "N×C×H×W" if dims == 2 else "N×C×D×H×W"
+        raise SampleError(
+            f"a {dims}D op expects {layout} ({dims + 2} dims), got shape {tuple(x.shape)}", op=op, key=key
+        )
+    if floating and not x.is_floating_point():
+        raise SampleError(f"image keys must hold floating tensors, got {x.dtype}", op=op, key=key)
+
+
+def check_mask(m: torch.Tensor, image: torch.Tensor, *, op: str, key: str, image_key: str):
+    """A mask shares the batch size and spatial shape of its image (channels may differ)."""
+    if m.ndim != image.ndim or m.shape[0] != image.shape[0] or m.shape[2:] != image.shape[2:]:
+        raise SampleError(
+            f"mask shape {tuple(m.shape)} does not match image {image_key!r} shape {tuple(image.shape)}"
+            " (batch and spatial sizes must agree)",
+            op=op,
+            key=key,
+        )
+
+
+def batch_info(batch: Mapping, keys: tuple, op: str):
+    """``(batch_size, device, {key: per-sample shape})`` of the tensors at ``keys``."""
+    if not keys:
+        raise ConfigError(f"{op} has no keys to augment")
+    tensors = {k: get_key(batch, k, op) for k in keys}
+    first = tensors[keys[0]]
+    for k, v in tensors.items():
+        if v.ndim == 0 or v.shape[0] != first.shape[0]:
+            raise SampleError(
+                f"batch size {tuple(v.shape)[:1]} differs from {keys[0]!r} ({first.shape[0]})", op=op, key=k
+            )
+    return first.shape[0], first.device, {k: tuple(v.shape[1:]) for k, v in tensors.items()}
+
+
+# ------------------------------------------------------------------------- sampling
+
+
+def uniform(generator: torch.Generator, n: int, rng, dtype=torch.float64) -> torch.Tensor:
+    """``n`` draws from U(low, high) on the generator's device (one draw even when low == high)."""
+    lo, hi = as_range(rng)
+    u = torch.rand(n, generator=generator, device=generator.device, dtype=dtype)
+    return u.mul_(hi - lo).add_(lo)
+
+
+def randint(generator: torch.Generator, n: int, rng) -> torch.Tensor:
+    """``n`` integers uniform in ``[low, high]`` (both included), as float64."""
+    lo, hi = as_range(rng)
+    lo_i, hi_i = math.ceil(lo), math.floor(hi)
+    if lo_i > hi_i:
+        raise ConfigError(f"no integer in the range {rng!r}")
+    return torch.randint(lo_i, hi_i + 1, (n,), generator=generator, device=generator.device).to(torch.float64)
+
+
+def bernoulli(generator: torch.Generator, n: int, p: float) -> torch.Tensor:
+    return torch.rand(n, generator=generator, device=generator.device, dtype=torch.float64) < p
+
+
+def gate(generator: torch.Generator, n: int, p: float) -> dict:
+    """The ``apply`` mask and the ``index`` of the samples it selects."""
+    apply = bernoulli(generator, n, p)
+    return {"apply": apply, "index": torch.nonzero(apply).flatten()}
+
+
+def to_device(params, device):
+    """Move every tensor of a params tree to ``device`` (no-op when it is already there)."""
+    if device is None:
+        return params
+    if isinstance(params, torch.Tensor):
+        if params.dtype == torch.float64 and torch.device(device).type == "mps":
+            return params.to(device, torch.float32)  # MPS has no float64
+        return params.to(device)
+    if isinstance(params, dict):
+        return {k: to_device(v, device) for k, v in params.items()}
+    if isinstance(params, (tuple, list)):
+        return type(params)(to_device(v, device) for v in params)
+    return params
+
+
+# --------------------------------------------------------------------------- subsets
+
+
+def take(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """The active samples of ``x`` (``x`` itself when every sample is active)."""
+    if index.shape[0] == x.shape[0]:
+        return x
+    return x.index_select(0, index)
+
+
+def put(x: torch.Tensor, index: torch.Tensor, y: torch.Tensor, owned: bool) -> torch.Tensor:
+    """``x`` with its active samples replaced by ``y``; in place only when the caller owns ``x``."""
+    if index.shape[0] == x.shape[0]:
+        return y
+    if owned:
+        return x.index_copy_(0, index, y)
+    return x.index_copy(0, index, y)
+
+
+# about 2 MiB of samples per chunk: the working set of a chunk stays in cache, and buffers
+# under glibc's mmap threshold are recycled instead of page-faulted in on every call
+CHUNK_BYTES = 1 << 21
+
+
+def chunk_slices(n: int, x: torch.Tensor) -> list:
+    """Slices of ``range(n)`` holding about ``CHUNK_BYTES`` of ``x``'s samples each."""
+    per = max(1, CHUNK_BYTES // max(1, x[0].numel() * x.element_size()))
+    return [slice(s, min(n, s + per)) for s in range(0, n, per)]
+
+
+def chunked(x: torch.Tensor) -> bool:
+    """Whether to work chunk by chunk: eager mode on CPU only.
+
+    A compiled graph fuses the passes itself, and on a GPU the extra launches cost more
+    than the cache reuse gains.
+    """
+    return x.device.type == "cpu" and not torch.compiler.is_compiling()
+
+
+def output_buffer(x: torch.Tensor, index: torch.Tensor, owned: bool) -> torch.Tensor:
+    """Where the op writes: ``x`` itself when owned, else a copy (uninitialised when every sample is rewritten)."""
+    if owned:
+        return x
+    return torch.empty_like(x) if index.shape[0] == x.shape[0] else x.clone()
+
+
+class Augmentation:
+    """Mixin of the batch augmentations: ``apply`` and ``__call__`` from ``sample`` and ``_apply``.
+
+    Subclasses define ``all_keys()``, ``sample(generator, batch_size, *, device, shapes)`` and
+    ``_apply(batch, params, owned) -> (batch, owned)``. ``owned`` is the set of keys whose
+    tensors were allocated inside the current pipeline, so a later op may update them in
+    place without touching the caller's tensors.
+    """
+
+    __slots__ = ()
+
+    def all_keys(self) -> tuple:
+        """Every key the op reads or writes."""
+        raise NotImplementedError
+
+    def out_shapes(self, shapes: Mapping | None) -> Mapping | None:
+        """Per-sample shapes after this op (ops that crop or resize change them)."""
+        return shapes
+
+    def sample(self, generator, batch_size, *, device=None, shapes=None):
+        raise NotImplementedError
+
+    def _apply(self, batch, params, owned: frozenset):
+        raise NotImplementedError
+
+    def apply(self, batch: Mapping, params) -> dict:
+        """The batch with this augmentation applied under ``params`` (pure, no randomness)."""
+        return self._apply(batch, params, frozenset())[0]
+
+    def sample_like(self, batch: Mapping, generator: torch.Generator):
+        """``sample`` with the batch size, device and shapes read from ``batch``."""
+        n, device, shapes = batch_info(batch, self.all_keys(), type(self).__name__)
+        return self.sample(generator, n, device=device, shapes=shapes)
+
+    def __call__(self, batch: Mapping, generator: torch.Generator) -> dict:
+        return self.apply(batch, self.sample_like(batch, generator))

@@ -1,0 +1,255 @@
+"""Random affine transform (rotation, scale, shear, translation, flips) as one matrix and one resampling.
+
+The parts are composed into a single forward matrix per sample, in centred pixel
+coordinates (the origin is the image centre): ``out = A · (in − c) + t + c`` with
+``A = R · Shear · scale · Flip``. Images are resampled bilinearly (trilinearly in 3D),
+masks by nearest neighbour, and point/box keys are mapped forward with the same matrix.
+
+>>> import torch
+>>> aug = Affine(image_keys="img", rotate=(90, 90))
+>>> x = torch.arange(16.0).reshape(1, 1, 4, 4)
+>>> out = aug({"img": x}, torch.Generator().manual_seed(0))
+>>> torch.equal(out["img"], torch.rot90(x, 1, dims=(-2, -1)))
+True
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Mapping
+
+import attrs
+import torch
+
+from fusefn import nd
+from fusefn.core import record
+from fusefn.errors import ConfigError, SampleError
+
+from ._common import (
+    Augmentation,
+    as_tuple,
+    batch_info,
+    bernoulli,
+    check_dims,
+    check_keys,
+    check_prob,
+    gate,
+    get_key,
+    keys_tuple,
+    per_axis,
+    randint,
+    range_validator,
+    to_device,
+    uniform,
+)
+from ._resample import grid_from_inverse, resample_keys
+
+__all__ = ["Affine", "compose_affine_params", "rotation_matrix"]
+
+_PADDING = ("zeros", "border", "reflection")
+
+
+def _snap(v: torch.Tensor) -> torch.Tensor:
+    # cos(90°) is 6e-17, not 0: snapping makes right-angle rotations exact permutations
+    r = torch.round(v)
+    return torch.where((v - r).abs() < 1e-12, r, v)
+
+
+def rotation_matrix(angles_deg: torch.Tensor, dims: int, axis: int) -> torch.Tensor:
+    """``n×d×d`` rotations by ``angles_deg`` about spatial ``axis`` (3D) or in the image plane (2D).
+
+    A positive angle turns axis p towards axis q (p < q the two other axes), the direction
+    of ``torch.rot90(x, 1, dims=(p, q))``.
+    """
+    n = angles_deg.shape[0]
+    rad = angles_deg * (math.pi / 180.0)
+    c, s = _snap(torch.cos(rad)), _snap(torch.sin(rad))
+    p, q = [a for a in range(dims) if a != axis] if dims == 3 else (0, 1)
+    m = torch.eye(dims, dtype=angles_deg.dtype, device=angles_deg.device).repeat(n, 1, 1)
+    m[:, p, p] = c
+    m[:, p, q] = -s
+    m[:, q, p] = s
+    m[:, q, q] = c
+    return m
+
+
+def _flip_probs(value, dims: int, label: str) -> tuple:
+    if value is None:
+        return (0.0,) * dims
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = (value,) * dims
+    if not isinstance(value, (tuple, list)) or len(value) != dims:
+        raise ConfigError(f"{label} must be a probability or one per spatial axis ({dims}), got {value!r}")
+    for v in value:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
+            raise ConfigError(f"{label} must hold probabilities in [0, 1], got {value!r}")
+    return tuple(float(v) for v in value)
+
+
+def compose_affine_params(first: Mapping, second: Mapping) -> dict:
+    """Params of ``first`` followed by ``second`` as a single affine (one resampling)."""
+    apply = first["apply"] | second["apply"]
+    return {
+        "apply": apply,
+        "index": torch.nonzero(apply).flatten(),
+        "matrix": second["matrix"] @ first["matrix"],
+        "inverse": first["inverse"] @ second["inverse"],
+    }
+
+
+@record
+class Affine(Augmentation):
+    """Random affine of images, masks, points and boxes, per sample, in one resampling.
+
+    Args:
+        dims: 2 (``N×C×H×W``) or 3 (``N×C×D×H×W``).
+        image_keys: resampled bilinearly (trilinearly in 3D).
+        mask_keys: resampled by nearest neighbour, so label values are kept.
+        point_keys: ``N×K×dims`` pixel coordinates in axis order (row, col) / (depth, row, col).
+        box_keys: ``N×K×2·dims`` boxes ``(lo_0, …, hi_0, …)`` in the same coordinates; the result
+            is the axis-aligned box around the transformed corners.
+        rotate: degrees ``(low, high)``; in 3D one range for every axis or one per axis
+            (rotation about axis 2, then 1, then 0).
+        scale: zoom factor ``(low, high)``, the same on every axis (> 1 enlarges the content).
+        shear: degrees ``(low, high)`` for each off-diagonal term.
+        translate: pixels ``(low, high)``, one range or one per axis.
+        integer_translate: draw whole-pixel translations (both ends included).
+        flip: probability of mirroring each axis (one number or one per axis).
+        p: probability that a sample is transformed at all.
+        padding: ``grid_sample`` padding mode of the pixels coming from outside.
+    """
+
+    dims: int = attrs.field(default=2, validator=check_dims)
+    image_keys: tuple = attrs.field(default=(), converter=keys_tuple, validator=check_keys)
+    mask_keys: tuple = attrs.field(default=(), converter=keys_tuple, validator=check_keys)
+    point_keys: tuple = attrs.field(default=(), converter=keys_tuple, validator=check_keys)
+    box_keys: tuple = attrs.field(default=(), converter=keys_tuple, validator=check_keys)
+    rotate: tuple | None = attrs.field(default=None, converter=as_tuple)
+    scale: tuple | None = attrs.field(default=None, converter=as_tuple, validator=range_validator())
+    shear: tuple | None = attrs.field(default=None, converter=as_tuple, validator=range_validator())
+    translate: tuple | None = attrs.field(default=None, converter=as_tuple)
+    integer_translate: bool = False
+    flip: tuple | float | None = attrs.field(default=None, converter=as_tuple)
+    p: float = attrs.field(default=1.0, validator=check_prob)
+    padding: str = "zeros"
+
+    def __attrs_post_init__(self):
+        name = type(self).__name__
+        if not self.image_keys and not self.mask_keys:
+            raise ConfigError(f"{name} needs at least one image or mask key (they give the image size)")
+        if self.scale is not None and self.scale[0] <= 0:
+            raise ConfigError(f"{name}.scale must be > 0, got {self.scale!r}")
+        if self.shear is not None and max(abs(self.shear[0]), abs(self.shear[1])) >= 90:
+            raise ConfigError(f"{name}.shear must lie inside (-90, 90) degrees, got {self.shear!r}")
+        if self.padding not in _PADDING:
+            raise ConfigError(f"{name}.padding must be one of {_PADDING}, got {self.padding!r}")
+        per_axis(f"{name}.rotate", self.rotate, 3 if self.dims == 3 else 1)
+        per_axis(f"{name}.translate", self.translate, self.dims)
+        _flip_probs(self.flip, self.dims, f"{name}.flip")
+        if self.integer_translate and self.translate is not None:
+            for lo, hi in per_axis(f"{name}.translate", self.translate, self.dims):
+                if math.ceil(lo) > math.floor(hi):
+                    raise ConfigError(f"{name}.translate has no integer in {(lo, hi)!r}")
+
+    def all_keys(self) -> tuple:
+        return self.image_keys + self.mask_keys + self.point_keys + self.box_keys
+
+    def fuse_key(self) -> tuple:
+        """Consecutive affines with equal fuse keys compose into one resampling."""
+        return (Affine, self.dims, self.image_keys, self.mask_keys, self.point_keys, self.box_keys, self.padding)
+
+    def sample(self, generator: torch.Generator, batch_size: int, *, device=None, shapes=None) -> dict:
+        """Per-sample ``apply``/``index`` and forward/inverse centred matrices ``N×(d+1)×(d+1)`` (float64)."""
+        n, d, g = batch_size, self.dims, generator
+        params = gate(g, n, self.p)
+        eye = torch.eye(d, dtype=torch.float64, device=g.device).repeat(n, 1, 1)
+        a = eye
+        flips = _flip_probs(self.flip, d, "flip")
+        if any(flips):
+            signs = torch.stack([1.0 - 2.0 * bernoulli(g, n, pf).double() for pf in flips], dim=1)
+            a = a * signs[:, None, :]
+        if self.scale is not None:
+            a = a * uniform(g, n, self.scale)[:, None, None]
+        if self.shear is not None:
+            sh = eye.clone()
+            for i, j in itertools.permutations(range(d), 2):
+                sh[:, i, j] = torch.tan(uniform(g, n, self.shear) * (math.pi / 180.0))
+            a = sh @ a
+        if self.rotate is not None:
+            ranges = per_axis("rotate", self.rotate, 3 if d == 3 else 1)
+            for axis in reversed(range(len(ranges))):
+                a = rotation_matrix(uniform(g, n, ranges[axis]), d, axis) @ a
+        t = torch.zeros(n, d, dtype=torch.float64, device=g.device)
+        if self.translate is not None:
+            draw = randint if self.integer_translate else uniform
+            t = torch.stack([draw(g, n, r) for r in per_axis("translate", self.translate, d)], dim=1)
+        on = params["apply"][:, None, None]
+        a = torch.where(on, a, eye)
+        t = torch.where(on[:, :, 0], t, torch.zeros_like(t))
+        bottom = torch.zeros(n, 1, d + 1, dtype=torch.float64, device=g.device)
+        bottom[..., d] = 1.0
+        matrix = torch.cat([torch.cat([a, t[:, :, None]], dim=2), bottom], dim=1)
+        # inverse of [A t; 0 1] is [A⁻¹ −A⁻¹t; 0 1]; solve once here so apply needs no linalg
+        a_inv = torch.linalg.inv(a)
+        inverse = torch.cat([torch.cat([a_inv, -(a_inv @ t[:, :, None])], dim=2), bottom], dim=1)
+        params.update(matrix=matrix, inverse=_snap(inverse))
+        return to_device(params, device)
+
+    def sample_like(self, batch: Mapping, generator: torch.Generator) -> dict:
+        keys = self.image_keys + self.mask_keys
+        n, device, _ = batch_info(batch, keys, type(self).__name__)
+        return self.sample(generator, n, device=device)
+
+    def _apply(self, batch: Mapping, params: Mapping, owned: frozenset):
+        op = type(self).__name__
+        index = params["index"]
+        out, owned = resample_keys(
+            batch,
+            owned,
+            op=op,
+            dims=self.dims,
+            image_keys=self.image_keys,
+            mask_keys=self.mask_keys,
+            index=index,
+            grid_fn=lambda spatial, dtype, sl: grid_from_inverse(params["inverse"][index[sl]], spatial, dtype),
+            padding=self.padding,
+        )
+        if not (self.point_keys or self.box_keys):
+            return out, owned
+        ref_key = (self.image_keys + self.mask_keys)[0]
+        spatial = tuple(get_key(batch, ref_key, op).shape[2:])
+        centre = torch.tensor([(s - 1) / 2 for s in spatial], dtype=torch.float64, device=params["matrix"].device)
+        updates = {}
+        for k in self.point_keys:
+            pts = get_key(batch, k, op)
+            _check_coords(pts, self.dims, op, k, per_point=self.dims)
+            updates[k] = _map_points(pts, params, centre)
+        for k in self.box_keys:
+            boxes = get_key(batch, k, op)
+            _check_coords(boxes, self.dims, op, k, per_point=2 * self.dims)
+            d = self.dims
+            corners = torch.stack(
+                [
+                    torch.stack([boxes[..., d * hi + i] for i, hi in enumerate(pick)], dim=-1)
+                    for pick in itertools.product((0, 1), repeat=d)
+                ],
+                dim=-2,
+            )  # N×K×2^d×d
+            mapped = _map_points(corners.flatten(1, 2), params, centre).unflatten(1, corners.shape[1:3])
+            updates[k] = torch.cat([mapped.amin(dim=-2), mapped.amax(dim=-2)], dim=-1)
+        return nd.assoc_many(out, updates), owned | frozenset(updates)
+
+
+def _check_coords(x: torch.Tensor, dims: int, op: str, key: str, *, per_point: int):
+    if x.ndim != 3 or x.shape[-1] != per_point:
+        raise SampleError(f"expected N×K×{per_point} coordinates, got shape {tuple(x.shape)}", op=op, key=key)
+
+
+def _map_points(pts: torch.Tensor, params: Mapping, centre: torch.Tensor) -> torch.Tensor:
+    m = params["matrix"]
+    d = centre.shape[0]
+    p = pts.to(torch.float64) - centre
+    mapped = p @ m[:, :d, :d].transpose(1, 2) + m[:, None, :d, d] + centre
+    on = params["apply"][:, None, None]
+    return torch.where(on, mapped.to(pts.dtype), pts)

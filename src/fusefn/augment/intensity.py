@@ -1,0 +1,212 @@
+"""Random intensity changes: gamma, multiply, add, contrast (one fused pass) and Gaussian noise.
+
+>>> import torch
+>>> aug = Intensity(image_keys="img", multiply=(2.0, 2.0), clip=None)
+>>> aug({"img": torch.ones(2, 1, 3, 3)}, torch.Generator().manual_seed(0))["img"].unique()
+tensor([2.])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import attrs
+import torch
+
+from fusefn import nd
+from fusefn.core import record
+from fusefn.errors import ConfigError, SampleError
+
+from ._common import (
+    Augmentation,
+    as_range,
+    as_tuple,
+    check_image,
+    check_keys,
+    check_prob,
+    chunk_slices,
+    chunked,
+    gate,
+    get_key,
+    keys_tuple,
+    output_buffer,
+    put,
+    range_validator,
+    take,
+    to_device,
+    uniform,
+)
+
+__all__ = ["GaussianNoise", "Intensity"]
+
+
+def _std_range(instance, attribute, value):
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if value < 0:
+            raise ConfigError(f"{type(instance).__name__}.{attribute.name} must be >= 0, got {value!r}")
+        return
+    range_validator(lower=0.0, allow_none=False)(instance, attribute, value)
+
+
+def _require_keys(instance, attribute, value):
+    check_keys(instance, attribute, value)
+    if not value:
+        raise ConfigError(f"{type(instance).__name__}.{attribute.name} is empty")
+
+
+@record
+class Intensity(Augmentation):
+    """Per-sample gamma, multiply, add and contrast, in that order, after clipping the input and each step.
+
+    Each factor is drawn from its ``(low, high)`` range (``None`` leaves that step out).
+    Contrast scales the distance to the per-sample, per-channel mean. The steps run in
+    place on one copy of the active samples, so the whole group is a handful of
+    elementwise passes without temporaries.
+
+    Args:
+        image_keys: float tensors ``N×C×…`` of any spatial rank.
+        gamma: exponent range; needs ``clip`` (gamma acts on ``(x − low)/(high − low)``).
+        multiply, add, contrast: factor ranges.
+        clip: ``(low, high)`` bounds applied after each step, or ``None``.
+        p: probability that a sample is changed.
+    """
+
+    image_keys: tuple = attrs.field(converter=keys_tuple, validator=_require_keys)
+    gamma: tuple | None = attrs.field(default=None, converter=as_tuple, validator=range_validator(lower=0.0))
+    multiply: tuple | None = attrs.field(default=None, converter=as_tuple, validator=range_validator())
+    add: tuple | None = attrs.field(default=None, converter=as_tuple, validator=range_validator())
+    contrast: tuple | None = attrs.field(default=None, converter=as_tuple, validator=range_validator())
+    clip: tuple | None = attrs.field(default=(0.0, 1.0), converter=as_tuple, validator=range_validator())
+    p: float = attrs.field(default=1.0, validator=check_prob)
+
+    def __attrs_post_init__(self):
+        if self.gamma is not None and self.clip is None:
+            raise ConfigError(f"{type(self).__name__}.gamma needs clip=(low, high): gamma is defined on that range")
+        if self.clip is not None and self.clip[0] == self.clip[1]:
+            raise ConfigError(f"{type(self).__name__}.clip must have low < high, got {self.clip!r}")
+
+    def all_keys(self) -> tuple:
+        return self.image_keys
+
+    def sample(self, generator: torch.Generator, batch_size: int, *, device=None, shapes=None) -> dict:
+        """``apply``/``index`` plus one float32 factor per sample for each configured step."""
+        params = gate(generator, batch_size, self.p)
+        for name in ("gamma", "multiply", "add", "contrast"):
+            rng = getattr(self, name)
+            if rng is not None:
+                params[name] = uniform(generator, batch_size, rng, dtype=torch.float32)
+        return to_device(params, device)
+
+    def _apply(self, batch: Mapping, params: Mapping, owned: frozenset):
+        op = type(self).__name__
+        xs = {k: get_key(batch, k, op) for k in self.image_keys}
+        for k, x in xs.items():
+            check_image(x, op=op, key=k, dims=None)
+        index = params["index"]
+        if index.shape[0] == 0:
+            return batch, owned
+        updates = {}
+        for k, x in xs.items():
+            if chunked(x):
+                # each chunk is copied out, changed in place while in cache, and written back
+                out = output_buffer(x, index, k in owned)
+                for sl in chunk_slices(index.shape[0], x):
+                    idx = index[sl]
+                    out.index_copy_(0, idx, self._kernel(x.index_select(0, idx), params, idx))
+                updates[k] = out
+            else:
+                sub = take(x, index)
+                y = sub.clone() if (sub is x and k not in owned) else sub
+                updates[k] = put(x, index, self._kernel(y, params, index), k in owned)
+        return nd.assoc_many(batch, updates), owned | frozenset(updates)
+
+    def _kernel(self, y: torch.Tensor, params: Mapping, index: torch.Tensor) -> torch.Tensor:
+        shape = (-1,) + (1,) * (y.ndim - 1)
+
+        def factor(name):
+            return params[name].index_select(0, index).to(y.dtype).view(shape)
+
+        lo, hi = self.clip if self.clip is not None else (None, None)
+        if self.clip is not None:
+            y.clamp_(lo, hi)
+        if self.gamma is not None:
+            if (lo, hi) != (0.0, 1.0):
+                y.sub_(lo).div_(hi - lo)
+            y.pow_(factor("gamma"))
+            if (lo, hi) != (0.0, 1.0):
+                y.mul_(hi - lo).add_(lo)
+        if self.multiply is not None:
+            y.mul_(factor("multiply"))
+            if self.clip is not None:
+                y.clamp_(lo, hi)
+        if self.add is not None:
+            y.add_(factor("add"))
+            if self.clip is not None:
+                y.clamp_(lo, hi)
+        if self.contrast is not None:
+            c = factor("contrast")
+            mean = y.mean(dim=tuple(range(2, y.ndim)), keepdim=True)
+            # (y - mean)·c + mean as one multiply and one add
+            y.mul_(c).add_(mean * (1 - c))
+            if self.clip is not None:
+                y.clamp_(lo, hi)
+        return y
+
+
+@record
+class GaussianNoise(Augmentation):
+    """Additive Gaussian noise with a per-sample standard deviation drawn from ``std``.
+
+    The noise of all active samples is drawn in one call by ``sample`` (already scaled),
+    so ``apply`` is a single in-place add; ``sample`` therefore needs the per-sample
+    ``shapes`` of the keys (``sample_like``/``__call__`` read them from the batch).
+
+    Args:
+        image_keys: float tensors ``N×C×…``.
+        std: a standard deviation, or a ``(low, high)`` range drawn per sample.
+        p: probability that a sample gets noise.
+    """
+
+    image_keys: tuple = attrs.field(converter=keys_tuple, validator=_require_keys)
+    std: float | tuple = attrs.field(default=0.03, converter=as_tuple, validator=_std_range)
+    p: float = attrs.field(default=1.0, validator=check_prob)
+
+    def all_keys(self) -> tuple:
+        return self.image_keys
+
+    def sample(self, generator: torch.Generator, batch_size: int, *, device=None, shapes=None) -> dict:
+        """``apply``/``index`` and ``noise``: ``{key: n_active×C×…}`` float32, std already applied."""
+        op = type(self).__name__
+        missing = [k for k in self.image_keys if not shapes or k not in shapes]
+        if missing:
+            raise ConfigError(f"{op}.sample needs shapes={{key: per-sample shape}} for {missing}")
+        params = gate(generator, batch_size, self.p)
+        std = uniform(generator, batch_size, as_range(self.std), dtype=torch.float32)
+        n = int(params["index"].shape[0])
+        sub_std = std.index_select(0, params["index"])
+        noise = {}
+        for k in self.image_keys:
+            shape = tuple(shapes[k])
+            z = torch.randn((n, *shape), generator=generator, device=generator.device)
+            noise[k] = z.mul_(sub_std.view((-1,) + (1,) * len(shape)))
+        params.update(std=std, noise=noise)
+        return to_device(params, device)
+
+    def _apply(self, batch: Mapping, params: Mapping, owned: frozenset):
+        op = type(self).__name__
+        index = params["index"]
+        updates = {}
+        for k in self.image_keys:
+            x = get_key(batch, k, op)
+            check_image(x, op=op, key=k, dims=None)
+            if index.shape[0] == 0:
+                continue
+            z = params["noise"][k].to(x.dtype)
+            if z.shape[1:] != x.shape[1:]:
+                got = tuple(x.shape[1:])
+                raise SampleError(f"noise was drawn for shape {tuple(z.shape[1:])}, got {got}", op=op, key=k)
+            if index.shape[0] == x.shape[0]:
+                updates[k] = x.add_(z) if k in owned else x + z
+            else:
+                updates[k] = x.index_add_(0, index, z) if k in owned else x.index_add(0, index, z)
+        return nd.assoc_many(batch, updates), owned | frozenset(updates)

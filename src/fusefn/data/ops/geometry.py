@@ -1,0 +1,193 @@
+"""Geometry ops over the trailing spatial axes (2D ``C×H×W`` or 3D ``C×D×H×W``): resize, crop, pad, patches.
+
+``shape`` names the spatial size; its length (2 or 3) says how many trailing
+axes are spatial, so the same op serves 2D images and 3D volumes. Keys listed
+together (an image and its mask) get the same crop window.
+
+>>> import numpy as np
+>>> s = {"data": {"sample_id": "a", "input": {"img": np.zeros((1, 6, 8), np.float32)}}}
+>>> Resize(keys="data.input.img", shape=(3, 4))(s)["data"]["input"]["img"].shape
+(1, 3, 4)
+>>> PadTo(keys="data.input.img", shape=(8, 8))(s)["data"]["input"]["img"].shape
+(1, 8, 8)
+>>> [p["data"]["sample_id"] for p in Patches(keys="data.input.img", shape=(6, 4))(s)]
+['a#0', 'a#1']
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping
+
+import attrs
+import numpy as np
+
+from fusefn import nd
+from fusefn.core import derive_seed, record
+from fusefn.data.ops._base import (
+    SAMPLE_ID,
+    back,
+    fail,
+    get,
+    is_tensor,
+    keys_tuple,
+    map_keys,
+    nonempty,
+    sample_id,
+    to_torch,
+)
+from fusefn.errors import ConfigError
+
+__all__ = ["Resize", "CenterCrop", "RandomCrop", "PadTo", "Patches"]
+
+_KEYS = dict(converter=keys_tuple, validator=nonempty)
+
+
+def _shape(instance, attribute, value) -> None:
+    if not (isinstance(value, tuple) and len(value) in (1, 2, 3) and all(isinstance(v, int) and v > 0 for v in value)):
+        raise ConfigError(f"{type(instance).__name__}.{attribute.name} must be 1 to 3 positive ints, got {value!r}")
+
+
+_SHAPE = dict(converter=tuple, validator=_shape)
+
+
+def _spatial(x, n: int, op, sample, key) -> tuple:
+    if x.ndim < n:
+        raise fail(sample, op, key, f"array of shape {tuple(x.shape)} has fewer than {n} spatial axes")
+    return tuple(x.shape[-n:])
+
+
+_MODES = {"linear": {1: "linear", 2: "bilinear", 3: "trilinear"}, "nearest": "nearest", "area": "area"}
+
+
+@record
+class Resize:
+    """Resample the spatial axes to ``shape``; ``mode="nearest"`` keeps label values (masks)."""
+
+    keys: tuple = attrs.field(**_KEYS)
+    shape: tuple = attrs.field(**_SHAPE)
+    mode: str = attrs.field(default="linear", validator=attrs.validators.in_(tuple(_MODES)))
+
+    def _kernel(self, x, key):
+        import torch.nn.functional as F
+
+        t, was_np = to_torch(x)
+        n = len(self.shape)
+        lead = t.shape[:-n]
+        dtype = t.dtype
+        flat = t.reshape(1, -1, *t.shape[-n:]).float() if not t.is_floating_point() else t.reshape(1, -1, *t.shape[-n:])
+        mode = _MODES[self.mode][n] if self.mode == "linear" else _MODES[self.mode]
+        kw = {"align_corners": False} if self.mode == "linear" else {}
+        out = F.interpolate(flat, size=self.shape, mode=mode, **kw).reshape(*lead, *self.shape)
+        if not dtype.is_floating_point and self.mode == "nearest":
+            out = out.to(dtype)
+        return back(out.contiguous(), was_np)
+
+    def __call__(self, sample: Mapping) -> dict:
+        def kernel(x, key):
+            _spatial(x, len(self.shape), self, sample, key)
+            return self._kernel(x, key)
+
+        return map_keys(self, sample, self.keys, kernel)
+
+
+def _crop(x, start, shape):
+    out = x[(Ellipsis, *(slice(s, s + w) for s, w in zip(start, shape)))]
+    return out.contiguous() if is_tensor(out) else np.ascontiguousarray(out)
+
+
+def _common_spatial(op, sample, n: int) -> tuple:
+    shapes = {k: _spatial(get(sample, op, k), n, op, sample, k) for k in op.keys}
+    if len(set(shapes.values())) > 1:
+        raise fail(sample, op, None, f"keys have different spatial shapes: {shapes}")
+    size = next(iter(shapes.values()))
+    if any(s < w for s, w in zip(size, op.shape)):
+        raise fail(sample, op, op.keys[0], f"spatial shape {size} is smaller than the crop {op.shape}")
+    return size
+
+
+@record
+class CenterCrop:
+    """Crop the central ``shape`` window (same window for every key)."""
+
+    keys: tuple = attrs.field(**_KEYS)
+    shape: tuple = attrs.field(**_SHAPE)
+
+    def __call__(self, sample: Mapping) -> dict:
+        size = _common_spatial(self, sample, len(self.shape))
+        start = [(s - w) // 2 for s, w in zip(size, self.shape)]
+        return map_keys(self, sample, self.keys, lambda x, k: _crop(x, start, self.shape))
+
+
+@record
+class RandomCrop:
+    """Crop a ``shape`` window at an offset drawn from ``derive_seed(seed, sample_id)``.
+
+    Deterministic per sample, so it is a valid *static* op (cached); the same
+    window is used for every key (image and mask stay aligned).
+    """
+
+    keys: tuple = attrs.field(**_KEYS)
+    shape: tuple = attrs.field(**_SHAPE)
+    seed: int = 0
+
+    def __call__(self, sample: Mapping) -> dict:
+        size = _common_spatial(self, sample, len(self.shape))
+        sid = sample_id(sample)
+        rng = np.random.default_rng(derive_seed(self.seed, str(sid)))
+        start = [int(rng.integers(0, s - w + 1)) for s, w in zip(size, self.shape)]
+        return map_keys(self, sample, self.keys, lambda x, k: _crop(x, start, self.shape))
+
+
+@record
+class PadTo:
+    """Pad the spatial axes up to at least ``shape`` with ``value`` (centered, or at the end)."""
+
+    keys: tuple = attrs.field(**_KEYS)
+    shape: tuple = attrs.field(**_SHAPE)
+    value: float = 0.0
+    center: bool = True
+
+    def _kernel(self, x, key, sample):
+        size = _spatial(x, len(self.shape), self, sample, key)
+        extra = [max(0, w - s) for s, w in zip(size, self.shape)]
+        before = [e // 2 if self.center else 0 for e in extra]
+        width = [(0, 0)] * (x.ndim - len(size)) + [(b, e - b) for b, e in zip(before, extra)]
+        if is_tensor(x):
+            import torch.nn.functional as F
+
+            flat = [p for pair in reversed(width) for p in pair]
+            return F.pad(x, flat, value=self.value)
+        return np.pad(x, width, constant_values=self.value)
+
+    def __call__(self, sample: Mapping) -> dict:
+        return map_keys(self, sample, self.keys, lambda x, k: self._kernel(x, k, sample))
+
+
+@record
+class Patches:
+    """One sample -> several: tile the spatial axes into ``shape`` patches every ``stride``.
+
+    Each patch is a new sample with id ``"<sample_id>#<k>"`` and its corner at
+    ``data.patch.origin``; a static op returning a list is how a Dataset yields
+    more samples than its source has rows.
+    """
+
+    keys: tuple = attrs.field(**_KEYS)
+    shape: tuple = attrs.field(**_SHAPE)
+    stride: tuple | None = None
+
+    def __attrs_post_init__(self):
+        if self.stride is not None and (len(self.stride) != len(self.shape) or min(self.stride) < 1):
+            raise ConfigError(f"Patches.stride must have {len(self.shape)} positive ints, got {self.stride!r}")
+
+    def __call__(self, sample: Mapping) -> list:
+        size = _common_spatial(self, sample, len(self.shape))
+        stride = self.stride or self.shape
+        starts = [range(0, s - w + 1, st) for s, w, st in zip(size, self.shape, stride)]
+        sid = sample_id(sample)
+        out = []
+        for k, start in enumerate(itertools.product(*starts)):
+            patch = map_keys(self, sample, self.keys, lambda x, key, start=start: _crop(x, start, self.shape))
+            out.append(nd.assoc_many(patch, {SAMPLE_ID: f"{sid}#{k}", "data.patch.origin": tuple(start)}))
+        return out

@@ -1,0 +1,242 @@
+"""Readers: one file (or one row of an array file) into a key of the sample dict.
+
+Every reader finds its file either from ``path``, a template formatted with
+``sample_id`` and the columns of the sample's source row (``data.source.*``), or
+from the value at ``path_key`` (by default ``data.source.path``, the column that
+:meth:`DataSource.from_glob` writes). Arrays come out channel-first.
+
+>>> import numpy as np, pathlib, tempfile
+>>> d = pathlib.Path(tempfile.mkdtemp())
+>>> np.save(d / "s0.npy", np.ones((4, 4), np.float32))
+>>> read = ReadNpy(path=str(d / "{sample_id}.npy"), key="data.input.img", add_channel=True)
+>>> read({"data": {"sample_id": "s0"}})["data"]["input"]["img"].shape
+(1, 4, 4)
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Mapping
+
+import attrs
+import numpy as np
+
+from fusefn import nd
+from fusefn.core import record
+from fusefn.data.ops._base import fail, get, require, sample_id
+from fusefn.errors import ConfigError, SampleError
+
+__all__ = ["ReadNpy", "ReadNpz", "ReadImage", "ReadDicom", "ReadNifti", "resolve_path"]
+
+
+def resolve_path(op, sample: Mapping) -> str:
+    """The file ``op`` reads for ``sample``; an error naming the sample if it does not exist."""
+    if op.path is not None:
+        fields = {"sample_id": sample_id(sample), **nd.flatten(nd.get(sample, "data.source", {}))}
+        try:
+            path = op.path.format(**fields)
+        except (KeyError, IndexError) as exc:
+            raise fail(
+                sample, op, op.key, f"path template {op.path!r} names {exc}, not sample_id or a data.source column"
+            ) from None
+    else:
+        path = get(sample, op, op.path_key)
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise fail(sample, op, op.key, f"file not found: {path}")
+    return path
+
+
+def _layout(arr: np.ndarray, add_channel: bool, channels_last: bool) -> np.ndarray:
+    if channels_last:
+        arr = np.moveaxis(arr, -1, 0)
+    if add_channel:
+        arr = arr[None]
+    return np.ascontiguousarray(arr)
+
+
+@record
+class ReadNpy:
+    """Read a ``.npy`` file into ``key``.
+
+    Args:
+        add_channel: put a leading channel axis of size 1 (``H×W -> 1×H×W``).
+        channels_last: move the last axis to the front (``H×W×C -> C×H×W``).
+    """
+
+    key: str = "data.input.img"
+    path: str | None = None
+    path_key: str = "data.source.path"
+    add_channel: bool = False
+    channels_last: bool = False
+
+    def __call__(self, sample: Mapping) -> dict:
+        path = resolve_path(self, sample)
+        try:
+            arr = np.load(path, allow_pickle=False)
+        except Exception as exc:
+            raise fail(sample, self, self.key, f"cannot read {path}: {exc}") from exc
+        if not isinstance(arr, np.ndarray):
+            raise fail(sample, self, self.key, f"{path} is an .npz archive; use ReadNpz")
+        return nd.assoc(sample, self.key, _layout(arr, self.add_channel, self.channels_last))
+
+
+@functools.lru_cache(maxsize=8)
+def _npz_member(path: str, mtime_ns: int, size: int, member: str) -> np.ndarray:
+    # an .npz member is decompressed whole on every access: keep the last few per process
+    with np.load(path, allow_pickle=False) as z:
+        if member not in z.files:
+            raise KeyError(f"no array {member!r} in {path}; arrays: {', '.join(z.files)}")
+        return z[member]
+
+
+@record
+class ReadNpz:
+    """Read array ``array`` of an ``.npz`` file (row ``index_key`` of it when given) into ``key``.
+
+    The MedMNIST layout (``train_images``, ``train_labels``, ``val_*``, ``test_*``) is read with
+    ``ReadNpz(array="train_images", index_key="data.source.index", add_channel=True)`` over
+    :meth:`DataSource.from_medmnist`. Arrays are kept in memory per process after the first read.
+    """
+
+    array: str
+    key: str = "data.input.img"
+    path: str | None = None
+    path_key: str = "data.source.path"
+    index_key: str | None = None
+    add_channel: bool = False
+    channels_last: bool = False
+
+    def __call__(self, sample: Mapping) -> dict:
+        path = resolve_path(self, sample)
+        try:
+            st = os.stat(path)
+            arr = _npz_member(path, st.st_mtime_ns, st.st_size, self.array)
+        except Exception as exc:
+            raise fail(sample, self, self.key, f"cannot read {path}: {exc}") from exc
+        if self.index_key is not None:
+            index = get(sample, self, self.index_key)
+            if not isinstance(index, (int, np.integer)) or not 0 <= index < len(arr):
+                raise fail(sample, self, self.index_key, f"index {index!r} outside [0, {len(arr)}) of {self.array!r}")
+            arr = arr[int(index)]
+        return nd.assoc(sample, self.key, _layout(np.array(arr), self.add_channel, self.channels_last))
+
+
+@record
+class ReadImage:
+    """Read a PNG/JPEG/TIFF/BMP with Pillow into a ``C×H×W`` uint8 array at ``key``.
+
+    Args:
+        mode: Pillow mode to convert to (``"L"`` gray, ``"RGB"``); ``None`` keeps the file's.
+    """
+
+    key: str = "data.input.img"
+    path: str | None = None
+    path_key: str = "data.source.path"
+    mode: str | None = None
+
+    def __call__(self, sample: Mapping) -> dict:
+        from PIL import Image
+
+        path = resolve_path(self, sample)
+        try:
+            with Image.open(path) as im:
+                im.load()
+                if self.mode is not None:
+                    im = im.convert(self.mode)
+                arr = np.asarray(im)
+        except Exception as exc:
+            raise fail(sample, self, self.key, f"cannot read image {path}: {exc}") from exc
+        arr = arr[None] if arr.ndim == 2 else np.moveaxis(arr, -1, 0)
+        return nd.assoc(sample, self.key, np.ascontiguousarray(arr))
+
+
+def _window_ok(instance, attribute, value) -> None:
+    if value is None or value == "file":
+        return
+    if not (isinstance(value, tuple) and len(value) == 2 and value[1] > 0):
+        raise ConfigError(f"{type(instance).__name__}.window must be None, 'file' or (center, width>0), got {value!r}")
+
+
+def _first(v) -> float:
+    # DICOM multi-valued fields (several windows) come as sequences: the first is the default view
+    try:
+        return float(v[0])
+    except TypeError:
+        return float(v)
+
+
+@record
+class ReadDicom:
+    """Read a DICOM file's pixels (``1×H×W`` float32; frames first for multi-frame) into ``key``.
+
+    Args:
+        rescale: apply RescaleSlope/RescaleIntercept (e.g. to Hounsfield units).
+        window: ``(center, width)`` to clip to and map to [0, 1]; ``"file"`` uses the file's
+            WindowCenter/WindowWidth; ``None`` keeps the values.
+        spacing_key: where to put ``(row, column)`` PixelSpacing when present (``None``: nowhere).
+    """
+
+    key: str = "data.input.img"
+    path: str | None = None
+    path_key: str = "data.source.path"
+    rescale: bool = True
+    window: tuple | str | None = attrs.field(default=None, validator=_window_ok)
+    spacing_key: str | None = None
+
+    def __call__(self, sample: Mapping) -> dict:
+        pydicom = require("pydicom", "dicom", "ReadDicom")
+        path = resolve_path(self, sample)
+        try:
+            ds = pydicom.dcmread(path)
+            arr = ds.pixel_array.astype(np.float32)
+        except Exception as exc:
+            raise fail(sample, self, self.key, f"cannot read DICOM {path}: {type(exc).__name__}: {exc}") from exc
+        if self.rescale:
+            arr = arr * float(getattr(ds, "RescaleSlope", 1.0)) + float(getattr(ds, "RescaleIntercept", 0.0))
+        window = self.window
+        if window == "file":
+            if "WindowCenter" not in ds or "WindowWidth" not in ds:
+                raise fail(sample, self, self.key, f"{path} has no WindowCenter/WindowWidth")
+            window = (_first(ds.WindowCenter), _first(ds.WindowWidth))
+        if window is not None:
+            lo = window[0] - window[1] / 2
+            arr = np.clip((arr - lo) / window[1], 0.0, 1.0).astype(np.float32)
+        if arr.ndim == 2:
+            arr = arr[None]
+        out = {self.key: np.ascontiguousarray(arr, dtype=np.float32)}
+        if self.spacing_key is not None and "PixelSpacing" in ds:
+            out[self.spacing_key] = tuple(float(s) for s in ds.PixelSpacing)
+        return nd.assoc_many(sample, out)
+
+
+@record
+class ReadNifti:
+    """Read a NIfTI volume (``1×X×Y×Z`` float32, scaling applied) and its voxel spacing.
+
+    Args:
+        spacing_key: where to put the voxel size in mm (``None``: nowhere).
+    """
+
+    key: str = "data.input.img"
+    path: str | None = None
+    path_key: str = "data.source.path"
+    spacing_key: str | None = "data.input.spacing"
+    add_channel: bool = True
+
+    def __call__(self, sample: Mapping) -> dict:
+        nib = require("nibabel", "nifti", "ReadNifti")
+        path = resolve_path(self, sample)
+        try:
+            img = nib.load(path)
+            arr = np.asarray(img.get_fdata(dtype=np.float32))
+            spacing = tuple(float(z) for z in img.header.get_zooms()[: arr.ndim])
+        except SampleError:
+            raise
+        except Exception as exc:
+            raise fail(sample, self, self.key, f"cannot read NIfTI {path}: {type(exc).__name__}: {exc}") from exc
+        out = {self.key: np.ascontiguousarray(arr[None] if self.add_channel else arr)}
+        if self.spacing_key is not None:
+            out[self.spacing_key] = spacing
+        return nd.assoc_many(sample, out)

@@ -1,0 +1,198 @@
+"""PNG figures of samples and batches: image + mask overlay, batch grids, before/after, 3D montages, histograms.
+
+Figures are drawn on matplotlib's Agg canvas directly (no pyplot, no global
+backend switch), so they work headless and in worker processes. Each function
+writes one PNG and returns its path.
+
+>>> import numpy as np, tempfile, pathlib
+>>> s = {"data": {"sample_id": "a", "input": {"img": np.random.default_rng(0).random((1, 16, 16))},
+...      "gt": {"label": 1}}}
+>>> show_sample(s, pathlib.Path(tempfile.mkdtemp()) / "a.png").suffix
+'.png'
+"""
+
+from __future__ import annotations
+
+import math
+import pathlib
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from fusefn import nd
+from fusefn.errors import SampleError
+
+__all__ = ["show_sample", "show_batch", "show_before_after", "show_volume", "show_histogram"]
+
+
+def _figure(w: float, h: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(w, h), dpi=100)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig, path) -> pathlib.Path:
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png")
+    return path
+
+
+def _np(x) -> np.ndarray:
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def _image2d(x, sid=None, key=None) -> np.ndarray:
+    """A displayable H×W (gray) or H×W×3 (RGB) array from C×H×W, H×W, or a 3D volume's middle slice."""
+    a = _np(x).astype(np.float32)
+    if a.ndim == 2:
+        return a
+    if a.ndim == 3 and a.shape[0] in (1, 3):
+        return a[0] if a.shape[0] == 1 else np.moveaxis(a, 0, -1)
+    if a.ndim == 3:  # D×H×W volume
+        return a[a.shape[0] // 2]
+    if a.ndim == 4:  # C×D×H×W
+        return a[0, a.shape[1] // 2]
+    raise SampleError(f"cannot show an array of shape {a.shape} as an image", sample_id=sid, key=key, op="visualize")
+
+
+def _rgb_scale(a: np.ndarray) -> np.ndarray:
+    if a.ndim == 3:
+        lo, hi = float(a.min()), float(a.max())
+        return (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
+    return a
+
+
+def _scalar_text(v) -> str:
+    a = _np(v)
+    if a.ndim == 0:
+        return f"{a.item():.3g}" if a.dtype.kind == "f" else str(a.item())
+    if a.ndim == 1 and a.size <= 10:
+        return "[" + ", ".join(f"{x:.2f}" for x in a.astype(float)) + "]"
+    return f"array{tuple(a.shape)}"
+
+
+def _draw(ax, sample: Mapping, image_key, mask_key, label_key, pred_key, title_prefix=""):
+    sid = nd.get(sample, "data.sample_id", None)
+    img = _rgb_scale(_image2d(nd.get(sample, image_key), sid, image_key))
+    ax.imshow(img, cmap="gray" if img.ndim == 2 else None, interpolation="nearest")
+    if mask_key is not None and nd.contains(sample, mask_key):
+        mask = _image2d(nd.get(sample, mask_key), sid, mask_key)
+        ax.imshow(np.ma.masked_where(mask <= 0, mask), cmap="autumn", alpha=0.45, interpolation="nearest")
+    parts = [f"{title_prefix}{sid}" if sid is not None else title_prefix]
+    if label_key is not None and nd.contains(sample, label_key):
+        parts.append(f"gt {_scalar_text(nd.get(sample, label_key))}")
+    if pred_key is not None and nd.contains(sample, pred_key):
+        parts.append(f"pred {_scalar_text(nd.get(sample, pred_key))}")
+    ax.set_title("  ".join(p for p in parts if p), fontsize=8)
+    ax.set_axis_off()
+
+
+def show_sample(
+    sample: Mapping,
+    path,
+    image_key: str = "data.input.img",
+    mask_key: str | None = "data.gt.mask",
+    label_key: str | None = "data.gt.label",
+    pred_key: str | None = None,
+) -> pathlib.Path:
+    """One sample: its image, the mask overlaid (when present), label and prediction in the title."""
+    fig = _figure(4, 4.3)
+    _draw(fig.add_subplot(1, 1, 1), sample, image_key, mask_key, label_key, pred_key)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def show_batch(
+    batch: Mapping,
+    path,
+    image_key: str = "data.input.img",
+    mask_key: str | None = "data.gt.mask",
+    label_key: str | None = "data.gt.label",
+    pred_key: str | None = None,
+    max_items: int = 16,
+) -> pathlib.Path:
+    """A grid of the first ``max_items`` samples of a batch_dict (or of a list of samples)."""
+    from fusefn.data.dataset import uncollate
+
+    samples = list(batch) if isinstance(batch, Sequence) else uncollate(batch)
+    samples = samples[:max_items]
+    cols = min(4, len(samples)) or 1
+    rows = max(1, math.ceil(len(samples) / cols))
+    fig = _figure(3 * cols, 3.2 * rows)
+    for i, s in enumerate(samples):
+        _draw(fig.add_subplot(rows, cols, i + 1), s, image_key, mask_key, label_key, pred_key)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def show_before_after(
+    before: Mapping, after: Mapping, path, image_key: str = "data.input.img", mask_key: str | None = "data.gt.mask"
+) -> pathlib.Path:
+    """The same sample before and after a pipeline (e.g. the dynamic ops or an augmentation), side by side."""
+    fig = _figure(8, 4.3)
+    _draw(fig.add_subplot(1, 2, 1), before, image_key, mask_key, None, None, "before: ")
+    _draw(fig.add_subplot(1, 2, 2), after, image_key, mask_key, None, None, "after: ")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def show_volume(
+    volume, path, n_slices: int = 6, mask=None, title: str | None = None, key: str = "data.input.img"
+) -> pathlib.Path:
+    """A 3D volume (``D×H×W``, ``C×D×H×W``, or a sample dict) as axial/coronal/sagittal slice montages."""
+    if isinstance(volume, Mapping):
+        title = title or str(nd.get(volume, "data.sample_id", ""))
+        if mask is None and nd.contains(volume, "data.gt.mask"):
+            mask = nd.get(volume, "data.gt.mask")
+        volume = nd.get(volume, key)
+    v = _np(volume).astype(np.float32)
+    if v.ndim == 4:
+        v = v[0]
+    if v.ndim != 3:
+        raise SampleError(f"show_volume needs a 3D volume, got shape {v.shape}", key=key, op="show_volume")
+    m = None
+    if mask is not None:
+        m = _np(mask)
+        m = m[0] if m.ndim == 4 else m
+    lo, hi = float(v.min()), float(v.max())
+    fig = _figure(2 * n_slices, 6.4)
+    for r, (axis, name) in enumerate(((0, "axial"), (1, "coronal"), (2, "sagittal"))):
+        picks = np.linspace(0, v.shape[axis] - 1, n_slices + 2)[1:-1].round().astype(int)
+        for c, k in enumerate(picks):
+            ax = fig.add_subplot(3, n_slices, r * n_slices + c + 1)
+            ax.imshow(np.take(v, k, axis=axis), cmap="gray", vmin=lo, vmax=hi, interpolation="nearest")
+            if m is not None:
+                ms = np.take(m, k, axis=axis)
+                ax.imshow(np.ma.masked_where(ms <= 0, ms), cmap="autumn", alpha=0.45, interpolation="nearest")
+            ax.set_title(f"{name} {k}", fontsize=7)
+            ax.set_axis_off()
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def show_histogram(sample: Mapping, path, image_key: str = "data.input.img", bins: int = 64) -> pathlib.Path:
+    """The image next to the histogram of its values (checks normalization and windowing)."""
+    sid = nd.get(sample, "data.sample_id", None)
+    values = _np(nd.get(sample, image_key)).astype(np.float64).ravel()
+    fig = _figure(8, 3.6)
+    _draw(fig.add_subplot(1, 2, 1), sample, image_key, None, None, None)
+    ax = fig.add_subplot(1, 2, 2)
+    finite = values[np.isfinite(values)]
+    ax.hist(finite, bins=bins, color="tab:blue")
+    ax.set_title(
+        f"{sid}: min {finite.min():.3g} max {finite.max():.3g} mean {finite.mean():.3g} std {finite.std():.3g}"
+        if finite.size
+        else f"{sid}: no finite values",
+        fontsize=8,
+    )
+    ax.set_xlabel(image_key, fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)

@@ -1,0 +1,53 @@
+"""Metrics as pure reducers, bootstrap confidence intervals, statistical tests and ``evaluate``.
+
+Every metric is a frozen record built with ``pred=`` and ``target=`` keys; its state
+lives outside it: ``init() -> state``, ``update(state, batch) -> state``,
+``merge(a, b) -> state`` (shards, DDP ranks: see :func:`gather`), ``compute(state)``.
+
+>>> import numpy as np
+>>> batch = {"score": np.array([0.1, 0.4, 0.35, 0.8]), "y": np.array([0, 0, 1, 1])}
+>>> evaluate({"auc": AUCROC(pred="score", target="y")}, batch)
+{'auc': 0.75}
+"""
+
+from fusefn.metrics._base import UndefinedMetricWarning
+from fusefn.metrics.bootstrap import Bootstrap
+from fusefn.metrics.calibration import ECE
+from fusefn.metrics.classification import (
+    AUCROC,
+    MCC,
+    Accuracy,
+    AveragePrecision,
+    BalancedAccuracy,
+    ConfusionMatrix,
+    PartialAUC,
+    ROCCurve,
+)
+from fusefn.metrics.detection import BoxDetection
+from fusefn.metrics.distributed import gather
+from fusefn.metrics.evaluation import evaluate
+from fusefn.metrics.group import GroupBy
+from fusefn.metrics.segmentation import Dice, IoU
+from fusefn.metrics.stats import DeLong, McNemar
+
+__all__ = [
+    "AUCROC",
+    "ECE",
+    "MCC",
+    "Accuracy",
+    "AveragePrecision",
+    "BalancedAccuracy",
+    "Bootstrap",
+    "BoxDetection",
+    "ConfusionMatrix",
+    "DeLong",
+    "Dice",
+    "GroupBy",
+    "IoU",
+    "McNemar",
+    "PartialAUC",
+    "ROCCurve",
+    "UndefinedMetricWarning",
+    "evaluate",
+    "gather",
+]

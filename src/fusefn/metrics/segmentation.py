@@ -1,0 +1,363 @@
+"""Overlap metrics for segmentations and score maps: Dice and IoU, 2D or 3D.
+
+Per volume the state keeps one small joint histogram ``H[target_label, pred_label]``
+(soft: summed probabilities), so every class, every group of labels
+(e.g. ``(1, 2, 3)`` = "kidney + tumour + cyst") and both averages (per volume, then
+mean; or pooled "micro") come from it. The histogram of a hard label map is one
+pass over the voxels.
+
+>>> import numpy as np
+>>> t = np.array([[[0, 1, 1, 2]]])  # one volume
+>>> p = np.array([[[0, 1, 2, 2]]])
+>>> d = Dice(pred="p", target="t", classes=(1, 2, (1, 2)))
+>>> d.compute(d.update(d.init(), {"p": p, "t": t}))
+{'1': 0.6666666666666666, '2': 0.6666666666666666, '1+2': 1.0, 'mean': 0.7777777777777777}
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping
+
+import attrs
+import numpy as np
+
+from fusefn.core import record
+from fusefn.errors import ConfigError, SampleError
+from fusefn.metrics._base import (
+    Reducer,
+    check_finite,
+    key_field,
+    key_name,
+    read,
+    sample_ids,
+    undefined,
+    validate_key,
+)
+
+__all__ = ["Dice", "IoU", "Hausdorff95", "hausdorff95", "joint_histogram"]
+
+
+def joint_histogram(target: np.ndarray, pred: np.ndarray, num_labels: int) -> np.ndarray:
+    """``H[t, p]``: voxels with target label ``t`` and predicted label ``p`` (one volume)."""
+    if target.shape != pred.shape:
+        raise ValueError(f"label maps differ in shape: {target.shape} vs {pred.shape}")
+    if num_labels * num_labels <= 256:
+        # one byte per voxel; background-only 8-voxel words are skipped as whole uint64s
+        code = target.astype(np.uint8)
+        code *= np.uint8(num_labels)
+        code += pred.astype(np.uint8, copy=False)
+        flat = code.ravel(order="K")
+        cut = flat.size // 8 * 8
+        words = flat[:cut].view(np.uint64)
+        busy = flat[:cut].reshape(-1, 8)[np.flatnonzero(words)].ravel()
+        hist = np.bincount(busy, minlength=num_labels * num_labels)
+        hist += np.bincount(flat[cut:], minlength=num_labels * num_labels)
+        hist[0] = flat.size - hist[1:].sum()
+    else:
+        code = target.astype(np.int64).ravel(order="K") * num_labels + pred.astype(np.int64).ravel(order="K")
+        hist = np.bincount(code, minlength=num_labels * num_labels)
+    return hist.reshape(num_labels, num_labels).astype(np.float64)
+
+
+def _classes(value):
+    if value is None:
+        return None
+    return tuple(v if isinstance(v, int) else tuple(int(x) for x in v) for v in value)
+
+
+def _check_classes(instance, attribute, value):
+    if value is None:
+        return
+    if not value:
+        raise ConfigError(f"{type(instance).__name__}.classes is empty")
+    for v in value:
+        group = (v,) if isinstance(v, int) else v
+        if not group or any(x < 0 for x in group):
+            raise ConfigError(f"{type(instance).__name__}.classes has a bad entry {v!r}")
+
+
+def _average(instance, attribute, value):
+    if value not in ("volume", "micro"):
+        raise ConfigError(f"{type(instance).__name__}.average must be 'volume' or 'micro', got {value!r}")
+
+
+def _stack(hists: list, n: int) -> np.ndarray:
+    return np.stack(hists) if hists else np.zeros((0, n, n))
+
+
+def _pad(h: np.ndarray, n: int) -> np.ndarray:
+    if h.shape[-1] >= n:
+        return h
+    out = np.zeros((*h.shape[:-2], n, n))
+    out[..., : h.shape[-2], : h.shape[-1]] = h
+    return out
+
+
+class _Overlap(Reducer):
+    """Shared by Dice and IoU: per-volume joint histograms; state = (V, L, L) float64."""
+
+    __slots__ = ()
+
+    def init(self) -> np.ndarray:
+        n = self.num_labels or 0
+        return np.zeros((0, n, n))
+
+    def _volume_hists(self, pred: np.ndarray, target: np.ndarray, pk: str, tk: str, ids) -> np.ndarray:
+        if target.dtype.kind not in "iub":
+            raise SampleError(f"target must be an integer label map, got {target.dtype}", key=tk)
+        if target.ndim == pred.ndim and target.ndim >= 3 and target.shape[1] == 1 and pred.shape[1] != 1:
+            target = target[:, 0]  # (N, 1, *spatial) label maps next to (N, C, *spatial) scores
+        if pred.dtype.kind in "iub":  # hard label maps
+            if pred.shape != target.shape:
+                raise SampleError(f"prediction shape {pred.shape} != target shape {target.shape}", key=pk)
+            lo = min(int(pred.min(initial=0)), int(target.min(initial=0)))
+            if lo < 0:
+                raise SampleError("label maps hold a negative label", key=pk if pred.min() < 0 else tk)
+            n = self.num_labels or max(int(pred.max(initial=0)), int(target.max(initial=0))) + 1
+            return _stack([joint_histogram(t, p, n) for t, p in zip(target, pred)], n)
+        check_finite(pred, pk, ids)
+        if pred.shape == target.shape:  # a binary probability map
+            if (pred.min(initial=0) < 0) or (pred.max(initial=0) > 1):
+                raise SampleError(
+                    "a float prediction is read as probabilities in [0, 1]; pass integer label maps for hard labels",
+                    key=pk,
+                )
+            probs = np.stack([1 - pred, pred], axis=1)
+        elif pred.ndim == target.ndim + 1 and pred.shape[:1] + pred.shape[2:] == target.shape:
+            probs = pred
+        else:
+            raise SampleError(
+                f"prediction shape {pred.shape} matches neither the target {target.shape} nor (N, C, *target spatial)",
+                key=pk,
+            )
+        c = probs.shape[1]
+        n = max(self.num_labels or 0, c, int(target.max(initial=0)) + 1)
+        if not self.soft:
+            hard = probs.argmax(axis=1) if c > 2 or pred.shape != target.shape else (pred >= self.threshold)
+            return _stack([joint_histogram(t, p, n) for t, p in zip(target, hard.astype(np.int64))], n)
+        out = np.zeros((target.shape[0], n, n))
+        for v in range(target.shape[0]):
+            flat_t = target[v].ravel()
+            for ch in range(c):
+                out[v, :, ch] = np.bincount(flat_t, weights=probs[v, ch].ravel(), minlength=n)[:n]
+        return out
+
+    def extract(self, batch: Mapping) -> dict[str, np.ndarray]:
+        pk, tk = key_name(self.pred), key_name(self.target)
+        pred, target = read(batch, self.pred), read(batch, self.target)
+        if pred.shape[0] != target.shape[0]:
+            raise SampleError(f"{pred.shape[0]} predictions but {target.shape[0]} targets", key=pk)
+        ids = sample_ids(batch, pred.shape[0])
+        return {"hist": self._volume_hists(pred, target, pk, tk, ids)}
+
+    def accumulate(self, state: np.ndarray, cols: Mapping) -> np.ndarray:
+        return self.merge(state, cols["hist"])
+
+    def merge(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        n = max(a.shape[-1], b.shape[-1])
+        return np.concatenate([_pad(a, n), _pad(b, n)])
+
+    def _groups(self, n: int) -> list[tuple[str, tuple]]:
+        entries = self.classes if self.classes is not None else tuple(range(1, n))
+        out = []
+        for i, e in enumerate(entries):
+            group = (e,) if isinstance(e, int) else e
+            name = self.class_names[i] if self.class_names else "+".join(map(str, group))
+            out.append((name, tuple(g for g in group if g < n)))
+        if self.class_names and len(self.class_names) != len(entries):
+            raise ConfigError(f"class_names has {len(self.class_names)} names for {len(entries)} classes")
+        return out
+
+    def _sums(self, hist: np.ndarray) -> dict[str, np.ndarray]:
+        """Per group: (…, 3) intersection, predicted, target sums."""
+        out = {}
+        for name, g in self._groups(hist.shape[-1]):
+            g = list(g)
+            inter = hist[..., g, :][..., :, g].sum(axis=(-2, -1))
+            pred = hist[..., :, g].sum(axis=(-2, -1))
+            tgt = hist[..., g, :].sum(axis=(-2, -1))
+            out[name] = np.stack([inter, pred, tgt], axis=-1)
+        return out
+
+    def _score(self, s: np.ndarray) -> np.ndarray:
+        inter, pred, tgt = s[..., 0], s[..., 1], s[..., 2]
+        den = pred + tgt if self._kind == "dice" else pred + tgt - inter
+        num = 2 * inter if self._kind == "dice" else inter
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(den > 0, num / np.where(den > 0, den, 1), np.nan)
+
+    def compute(self, state: np.ndarray) -> dict:
+        if state.shape[0] == 0:
+            return {"mean": undefined(f"{type(self).__name__}: no samples seen")}
+        out: dict = {}
+        per_volume = {}
+        for name, s in self._sums(state).items():
+            if self.average == "micro":
+                v = float(self._score(s.sum(axis=0)))
+            else:
+                vols = self._score(s)
+                per_volume[name] = vols.tolist()
+                v = float(np.nanmean(vols)) if (~np.isnan(vols)).any() else float("nan")
+            if np.isnan(v):
+                v = undefined(f"{type(self).__name__} of {name!r} is undefined: empty in target and prediction")
+            out[name] = v
+        vals = [v for v in out.values() if not np.isnan(v)]
+        out["mean"] = float(np.mean(vals)) if vals else float("nan")
+        if self.per_volume and per_volume:
+            out["volumes"] = per_volume
+        return out
+
+    def resampled(self, cols: Mapping, counts: np.ndarray) -> dict:
+        w = counts.astype(np.float64)
+        out = {}
+        for name, s in self._sums(cols["hist"]).items():
+            if self.average == "micro":
+                out[name] = self._score(np.einsum("bv,vk->bk", w, s))
+            else:
+                vols = self._score(s)
+                ok = ~np.isnan(vols)
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    out[name] = (w @ np.where(ok, vols, 0.0)) / (w @ ok)
+        stacked = np.stack(list(out.values()))
+        with np.errstate(invalid="ignore"):
+            out["mean"] = np.nanmean(np.where(np.isnan(stacked), np.nan, stacked), axis=0)
+        return out
+
+
+_FIELDS_DOC = """
+    Args:
+        pred: integer label maps (N, *spatial), probability maps (N, C, *spatial), or a
+            binary probability map (N, *spatial).
+        target: integer label maps (N, *spatial).
+        classes: labels to score; an entry may be a tuple of labels scored as one mask
+            (default: every label but 0).
+        class_names: names of ``classes`` in the result (default "1", "1+2", …).
+        average: ``"volume"`` (score per volume, then mean; volumes empty in both are skipped)
+            or ``"micro"`` (pooled over volumes).
+        soft: use probabilities instead of thresholded / argmax labels.
+        threshold: for a binary probability map when not ``soft``.
+        num_labels: number of labels when known (fixes the state size).
+        per_volume: also return each volume's score under ``"volumes"``.
+"""
+
+
+@record
+class _OverlapRecord(_Overlap):
+    pred: str | tuple = attrs.field(converter=key_field, validator=validate_key)
+    target: str | tuple = attrs.field(converter=key_field, validator=validate_key)
+    classes: tuple | None = attrs.field(default=None, converter=_classes, validator=_check_classes)
+    class_names: tuple | None = attrs.field(default=None, converter=attrs.converters.optional(tuple))
+    average: str = attrs.field(default="volume", validator=_average)
+    soft: bool = False
+    threshold: float = 0.5
+    num_labels: int | None = None
+    per_volume: bool = False
+
+
+@record
+class Dice(_OverlapRecord):
+    __doc__ = "Dice coefficient 2|P∩T| / (|P| + |T|) per class or label group.\n" + _FIELDS_DOC
+    _kind = "dice"
+
+
+@record
+class IoU(_OverlapRecord):
+    __doc__ = "Intersection over union |P∩T| / |P∪T| per class or label group.\n" + _FIELDS_DOC
+    _kind = "iou"
+
+
+def hausdorff95(pred: np.ndarray, target: np.ndarray, spacing=None) -> float:
+    """Symmetric 95th-percentile Hausdorff distance between the surfaces of two boolean masks.
+
+    The larger of the two directed 95th percentiles (surface voxel to nearest surface voxel
+    of the other mask), in units of ``spacing``. NaN when either mask is empty.
+    """
+    from scipy import ndimage
+
+    pred, target = pred.astype(bool), target.astype(bool)
+    if not pred.any() or not target.any():
+        return float("nan")
+    sampling = None if spacing is None else tuple(float(s) for s in spacing)
+
+    def surface(m):
+        return m & ~ndimage.binary_erosion(m, border_value=0)
+
+    sp, st = surface(pred), surface(target)
+    to_target = ndimage.distance_transform_edt(~st, sampling=sampling)
+    to_pred = ndimage.distance_transform_edt(~sp, sampling=sampling)
+    return float(max(np.percentile(to_target[sp], 95), np.percentile(to_pred[st], 95)))
+
+
+@record
+class Hausdorff95(Reducer):
+    """95th-percentile Hausdorff distance per class or label group, per volume then averaged.
+
+    State: the per-volume distances, (V, K). Volumes where a mask is empty are left out
+    of the average (NaN with a warning when none remains).
+
+    >>> import numpy as np
+    >>> t = np.zeros((1, 8, 8), int); t[0, 2:5, 2:5] = 1
+    >>> p = np.zeros((1, 8, 8), int); p[0, 2:5, 3:6] = 1
+    >>> h = Hausdorff95(pred="p", target="t", classes=(1,))
+    >>> h.compute(h.update(h.init(), {"p": p, "t": t}))
+    {'1': 1.0, 'mean': 1.0}
+    """
+
+    pred: str | tuple = attrs.field(converter=key_field, validator=validate_key)
+    target: str | tuple = attrs.field(converter=key_field, validator=validate_key)
+    classes: tuple = attrs.field(converter=_classes, validator=_check_classes)
+    class_names: tuple | None = attrs.field(default=None, converter=attrs.converters.optional(tuple))
+    spacing: tuple | None = attrs.field(default=None, converter=attrs.converters.optional(tuple))
+
+    def _names(self) -> list[str]:
+        if self.class_names:
+            if len(self.class_names) != len(self.classes):
+                raise ConfigError(f"class_names has {len(self.class_names)} names for {len(self.classes)} classes")
+            return list(self.class_names)
+        return ["+".join(map(str, (c,) if isinstance(c, int) else c)) for c in self.classes]
+
+    def init(self) -> np.ndarray:
+        return np.zeros((0, len(self.classes)))
+
+    def extract(self, batch: Mapping) -> dict[str, np.ndarray]:
+        pk = key_name(self.pred)
+        pred, target = read(batch, self.pred), read(batch, self.target)
+        if pred.shape != target.shape or pred.dtype.kind not in "iub" or target.dtype.kind not in "iub":
+            raise SampleError(f"needs integer label maps of equal shape, got {pred.shape} and {target.shape}", key=pk)
+        groups = [(c,) if isinstance(c, int) else c for c in self.classes]
+        out = np.array(
+            [[hausdorff95(np.isin(p, g), np.isin(t, g), self.spacing) for g in groups] for p, t in zip(pred, target)]
+        ).reshape(-1, len(groups))
+        return {"hd95": out}
+
+    def accumulate(self, state: np.ndarray, cols: Mapping) -> np.ndarray:
+        return np.concatenate([state, cols["hd95"]])
+
+    def merge(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return np.concatenate([a, b])
+
+    def compute(self, state: np.ndarray) -> dict:
+        out = {}
+        for name, col in zip(self._names(), state.T):
+            ok = ~np.isnan(col)
+            out[name] = (
+                float(col[ok].mean())
+                if ok.any()
+                else undefined(f"Hausdorff95 of {name!r}: no volume has both masks non-empty")
+            )
+        vals = [v for v in out.values() if not np.isnan(v)]
+        out["mean"] = float(np.mean(vals)) if vals else float("nan")
+        return out
+
+    def resampled(self, cols: Mapping, counts: np.ndarray) -> dict:
+        w = counts.astype(np.float64)
+        out = {}
+        for name, col in zip(self._names(), cols["hd95"].T):
+            ok = ~np.isnan(col)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                out[name] = (w @ np.where(ok, col, 0.0)) / (w @ ok)
+        with np.errstate(invalid="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            out["mean"] = np.nanmean(np.stack(list(out.values())), axis=0)
+        return out

@@ -1,0 +1,68 @@
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fusefn.data import ops
+from fusefn.errors import ConfigError, SampleError
+
+
+def s(**arrays):
+    return {"data": {"sample_id": "a", "input": arrays}}
+
+
+def test_resize_matches_interpolate_2d_and_3d():
+    x = np.random.default_rng(0).random((2, 6, 8)).astype(np.float32)
+    got = ops.Resize(keys="data.input.img", shape=(3, 5))(s(img=x))["data"]["input"]["img"]
+    want = F.interpolate(torch.from_numpy(x)[None], size=(3, 5), mode="bilinear", align_corners=False)[0].numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    v = torch.rand(1, 4, 6, 8)
+    got = ops.Resize(keys="data.input.img", shape=(2, 3, 4))(s(img=v))["data"]["input"]["img"]
+    assert isinstance(got, torch.Tensor) and got.shape == (1, 2, 3, 4)
+    torch.testing.assert_close(got, F.interpolate(v[None], size=(2, 3, 4), mode="trilinear")[0])
+
+
+def test_resize_nearest_keeps_mask_values_and_dtype():
+    m = np.array([[[0, 0, 2, 2]] * 4], np.int64)
+    out = ops.Resize(keys="data.input.m", shape=(2, 2), mode="nearest")(s(m=m))["data"]["input"]["m"]
+    assert out.dtype == np.int64 and set(np.unique(out)) <= {0, 2}
+
+
+def test_crops_align_image_and_mask():
+    x = np.arange(2 * 10 * 10).reshape(2, 10, 10)
+    sample = s(img=x, mask=x.copy())
+    c = ops.CenterCrop(keys=("data.input.img", "data.input.mask"), shape=(4, 6))(sample)
+    np.testing.assert_array_equal(c["data"]["input"]["img"], x[:, 3:7, 2:8])
+    r1 = ops.RandomCrop(keys=("data.input.img", "data.input.mask"), shape=(4, 4), seed=3)(sample)
+    r2 = ops.RandomCrop(keys=("data.input.img", "data.input.mask"), shape=(4, 4), seed=3)(sample)
+    np.testing.assert_array_equal(r1["data"]["input"]["img"], r2["data"]["input"]["img"])  # seeded by sample id
+    np.testing.assert_array_equal(r1["data"]["input"]["img"], r1["data"]["input"]["mask"])
+    with pytest.raises(SampleError, match="smaller than the crop"):
+        ops.CenterCrop(keys="data.input.img", shape=(20, 20))(sample)
+    with pytest.raises(SampleError, match="different spatial shapes"):
+        ops.CenterCrop(keys=("data.input.img", "data.input.m"), shape=(2, 2))(s(img=x, m=x[:, :5]))
+
+
+def test_pad_to_numpy_and_torch():
+    x = np.ones((1, 3, 4))
+    out = ops.PadTo(keys="data.input.img", shape=(5, 4), value=-1)(s(img=x))["data"]["input"]["img"]
+    assert out.shape == (1, 5, 4) and out[0, 0, 0] == -1 and out[0, 1, 0] == 1
+    t = ops.PadTo(keys="data.input.img", shape=(5, 4), value=-1)(s(img=torch.ones(1, 3, 4)))["data"]["input"]["img"]
+    np.testing.assert_array_equal(t.numpy(), out)
+
+
+def test_patches_split_one_sample_into_many():
+    x = np.arange(16).reshape(1, 4, 4)
+    outs = ops.Patches(keys="data.input.img", shape=(2, 2))(s(img=x))
+    assert [o["data"]["sample_id"] for o in outs] == ["a#0", "a#1", "a#2", "a#3"]
+    np.testing.assert_array_equal(outs[3]["data"]["input"]["img"], x[:, 2:, 2:])
+    assert outs[3]["data"]["patch"]["origin"] == (2, 2)
+
+
+def test_bad_shapes_rejected():
+    with pytest.raises(ConfigError, match="Resize.shape"):
+        ops.Resize(keys="data.input.img", shape=(0, 3))
+    with pytest.raises(ConfigError, match="Resize.keys is empty"):
+        ops.Resize(keys=(), shape=(3, 3))
+    with pytest.raises(SampleError, match="fewer than 3 spatial axes"):
+        ops.Resize(keys="data.input.img", shape=(2, 2, 2))(s(img=np.zeros((4, 4))))

@@ -1,0 +1,152 @@
+import numpy as np
+import polars as pl
+import pytest
+
+from fusefn import chain
+from fusefn.data import DataSource, ops
+from fusefn.errors import FusefnError, SampleError
+
+
+def sample(sid, **source):
+    s = {"data": {"sample_id": sid}}
+    if source:
+        s["data"]["source"] = source
+    return s
+
+
+def test_npy_template_and_path_key(tmp_path):
+    np.save(tmp_path / "a.npy", np.arange(6, dtype=np.float32).reshape(2, 3))
+    out = ops.ReadNpy(path=str(tmp_path / "{sample_id}.npy"), add_channel=True)(sample("a"))
+    assert out["data"]["input"]["img"].shape == (1, 2, 3)
+    out = ops.ReadNpy(key="data.x")(sample("a", path=str(tmp_path / "a.npy")))
+    np.testing.assert_array_equal(out["data"]["x"], np.arange(6).reshape(2, 3))
+
+
+def test_missing_file_names_sample_op_key(tmp_path):
+    read = ops.ReadNpy(path=str(tmp_path / "{sample_id}.npy"))
+    with pytest.raises(SampleError, match=r"sample 'zz', op ReadNpy, key 'data.input.img': file not found") as e:
+        read(sample("zz"))
+    assert (e.value.sample_id, e.value.op, e.value.key) == ("zz", "ReadNpy", "data.input.img")
+
+
+def test_template_with_unknown_field(tmp_path):
+    with pytest.raises(SampleError, match="'root'"):
+        ops.ReadNpy(path="{root}/{sample_id}.npy")(sample("a"))
+
+
+def test_corrupt_npy(tmp_path):
+    (tmp_path / "bad.npy").write_bytes(b"not an array")
+    with pytest.raises(SampleError, match="sample 'bad', op ReadNpy.*cannot read"):
+        ops.ReadNpy(path=str(tmp_path / "{sample_id}.npy"))(sample("bad"))
+
+
+def test_medmnist_npz_through_source(tmp_path):
+    imgs = np.arange(3 * 4 * 4, dtype=np.uint8).reshape(3, 4, 4)
+    np.savez(tmp_path / "mnist.npz", train_images=imgs, train_labels=np.array([[2], [0], [1]]))
+    src = DataSource.from_medmnist(tmp_path / "mnist.npz")
+    read = ops.ReadNpz(array="train_images", index_key="data.source.index", add_channel=True)
+    row = src.rows()[1]
+    s = sample(row.pop("sample_id"), **row)
+    out = read(s)
+    np.testing.assert_array_equal(out["data"]["input"]["img"], imgs[1][None])
+    bad = sample("x", path=str(tmp_path / "mnist.npz"), index=7)
+    with pytest.raises(SampleError, match=r"key 'data.source.index': index 7 outside \[0, 3\)"):
+        read(bad)
+    with pytest.raises(SampleError, match="no array 'val_images'"):
+        ops.ReadNpz(array="val_images")(bad)
+
+
+def test_png_and_jpeg(tmp_path):
+    from PIL import Image
+
+    rgb = np.zeros((5, 7, 3), np.uint8)
+    rgb[..., 0] = 200
+    Image.fromarray(rgb).save(tmp_path / "c.png")
+    Image.fromarray(rgb).save(tmp_path / "c.jpg")
+    png = ops.ReadImage(path=str(tmp_path / "c.png"))(sample("c"))["data"]["input"]["img"]
+    assert png.shape == (3, 5, 7) and png.dtype == np.uint8 and png[0].min() == 200
+    gray = ops.ReadImage(path=str(tmp_path / "c.jpg"), mode="L")(sample("c"))["data"]["input"]["img"]
+    assert gray.shape == (1, 5, 7)
+
+
+def test_corrupt_image(tmp_path):
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    with pytest.raises(SampleError, match="sample 'broken', op ReadImage, key 'data.input.img': cannot read image"):
+        ops.ReadImage(path=str(tmp_path / "{sample_id}.png"))(sample("broken"))
+
+
+def write_dicom(path, pixels, slope=2.0, intercept=-100.0, window=None):
+    import pydicom
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = pydicom.Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality = "CT"
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
+    ds.PixelSpacing = [0.5, 0.7]
+    if window is not None:
+        ds.WindowCenter, ds.WindowWidth = window
+    ds.PixelData = pixels.astype(np.uint16).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+
+
+def test_dicom_rescale_window_spacing(tmp_path):
+    pixels = np.array([[0, 50], [100, 150]])
+    write_dicom(tmp_path / "d.dcm", pixels, window=(100, 200))
+    read = ops.ReadDicom(path=str(tmp_path / "d.dcm"), spacing_key="data.input.spacing")
+    out = read(sample("d"))
+    np.testing.assert_allclose(out["data"]["input"]["img"], (pixels * 2.0 - 100)[None])
+    assert out["data"]["input"]["spacing"] == (0.5, 0.7)
+    win = ops.ReadDicom(path=str(tmp_path / "d.dcm"), window="file")(sample("d"))["data"]["input"]["img"]
+    np.testing.assert_allclose(win[0], np.clip((pixels * 2.0 - 100 - 0) / 200, 0, 1))
+    assert win.dtype == np.float32
+
+
+def test_corrupt_dicom(tmp_path):
+    (tmp_path / "x.dcm").write_bytes(b"\x00" * 10)
+    with pytest.raises(SampleError, match="sample 'x', op ReadDicom, key 'data.input.img': cannot read DICOM"):
+        ops.ReadDicom(path=str(tmp_path / "{sample_id}.dcm"))(sample("x"))
+
+
+def test_nifti_array_and_spacing(tmp_path):
+    import nibabel as nib
+
+    vol = np.random.default_rng(0).random((4, 5, 6)).astype(np.float32)
+    nib.save(nib.Nifti1Image(vol, np.diag([1.5, 2.0, 3.0, 1.0])), tmp_path / "v.nii.gz")
+    src = DataSource.from_glob(str(tmp_path / "*.nii.gz"))
+    row = src.rows()[0]
+    out = ops.ReadNifti()(sample(row.pop("sample_id"), **row))
+    assert out["data"]["sample_id"] == "v"
+    np.testing.assert_allclose(out["data"]["input"]["img"][0], vol, rtol=1e-6)
+    assert out["data"]["input"]["spacing"] == (1.5, 2.0, 3.0)
+    (tmp_path / "bad.nii.gz").write_bytes(b"nope")
+    with pytest.raises(SampleError, match="sample 'bad', op ReadNifti"):
+        ops.ReadNifti(path=str(tmp_path / "bad.nii.gz"))(sample("bad"))
+
+
+def test_missing_optional_dependency_is_named(monkeypatch, tmp_path):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "pydicom", None)  # makes `import pydicom` raise ImportError
+    with pytest.raises(FusefnError, match=r"pip install 'fusefn\[dicom\]'"):
+        ops.ReadDicom(path=str(tmp_path / "x.dcm"))(sample("x"))
+
+
+def test_readers_compose_with_chain(tmp_path):
+    np.save(tmp_path / "a.npy", np.full((4, 4), 3.0))
+    prep = chain(
+        ops.ReadNpy(path=str(tmp_path / "{sample_id}.npy"), add_channel=True),
+        ops.AsType(keys="data.input.img", dtype="float32"),
+    )
+    assert prep(sample("a"))["data"]["input"]["img"].dtype == np.float32
+    frame = pl.DataFrame({"sample_id": ["a"], "path": [str(tmp_path / "a.npy")]})
+    assert DataSource.from_frame(frame).ids == ["a"]

@@ -1,0 +1,373 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from fusefn import chain, nd
+from fusefn.data import H5Cache, NotCachedError, ops
+from fusefn.data.cache import _forget
+from fusefn.errors import ConfigError, SampleError
+
+
+def make(s):
+    """A cheap static op: every kind of leaf the cache stores."""
+    sid = s["data"]["sample_id"]
+    n = int(str(sid).lstrip("s") or 0)
+    return nd.assoc_many(
+        s,
+        {
+            "data.input.img": np.full((1, 4, 5), n, np.float32),
+            "data.input.ragged": np.arange(n % 3 + 1, dtype=np.int16),
+            "data.input.t": torch.full((2,), n, dtype=torch.int64),
+            "data.gt.label": n % 3,
+            "data.meta.weight": n / 2,
+            "data.meta.flag": n % 2 == 0,
+            "data.meta.name": f"name-{n}",
+            "data.meta.none": None,
+            "data.meta.np": np.float32(n),
+            "data.meta.spacing": (1.0, 2.5),
+        },
+    )
+
+
+def fail_on_3(s):
+    if s["data"]["sample_id"] == "s3":
+        raise ValueError("bad pixels")
+    return s
+
+
+def odd_only(s):
+    return s if int(s["data"]["sample_id"][1:]) % 2 else None
+
+
+IDS = [f"s{i}" for i in range(10)]
+
+
+def assert_same(a, b):
+    fa, fb = nd.flatten(a), nd.flatten(b)
+    assert fa.keys() == fb.keys()
+    for k in fa:
+        x, y = fa[k], fb[k]
+        assert type(x) is type(y), k
+        if isinstance(x, (np.ndarray, torch.Tensor)):
+            assert x.dtype == y.dtype and tuple(x.shape) == tuple(y.shape), k
+            np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+        else:
+            assert x == y, k
+
+
+def test_round_trip_every_leaf_kind(tmp_path):
+    cache = H5Cache(root=tmp_path, pipeline=make, progress=False)
+    report = cache.build(IDS)
+    assert (report.total, report.computed, report.failed, report.outputs) == (10, 10, 0, 10)
+    for sid in IDS:
+        assert_same(cache.read(sid), make({"data": {"sample_id": sid}}))
+    assert cache.ids() == IDS and "s3" in cache and "nope" not in cache
+    assert cache.read("s4", keys=("data.gt",)) == {"data": {"sample_id": "s4", "gt": {"label": 1}}}
+    assert cache.verify(deep=True) == []
+
+
+def test_store_per_fingerprint_and_reuse(tmp_path):
+    a = H5Cache(root=tmp_path, pipeline=chain(make), progress=False)
+    assert a.build(IDS).computed == 10
+    assert H5Cache(root=tmp_path, pipeline=chain(make), progress=False).build(IDS).computed == 0
+    b = H5Cache(root=tmp_path, pipeline=chain(make, ops.Clip(keys="data.input.img", low=0, high=1)), progress=False)
+    assert b.path != a.path
+    assert b.build(IDS).computed == 10  # a changed pipeline never serves the old store
+    assert b.read("s7")["data"]["input"]["img"].max() == 1 and a.read("s7")["data"]["input"]["img"].max() == 7
+
+
+def test_failures_recorded_reported_and_rest_cached(tmp_path, caplog):
+    cache = H5Cache(root=tmp_path, pipeline=chain(make, fail_on_3), progress=False)
+    report = cache.build(IDS)
+    assert report.failed == 1 and report.computed == 9
+    (f,) = report.failures
+    assert f["sample_id"] == "s3" and f["op"] == "fail_on_3" and "bad pixels" in f["error"]
+    assert "s3" in str(report) and "bad pixels" in caplog.text
+    assert cache.failures() == [f]
+    with pytest.raises(SampleError, match="sample 's3', op fail_on_3.*bad pixels"):
+        cache.read("s3")
+    assert cache.build(IDS).computed == 0  # not retried by default
+    assert cache.build(IDS, retry_failed=True).computed == 0  # retried, fails again
+    assert cache.build(IDS, retry_failed=True).failed == 1
+
+
+def test_missing_file_error_names_sample_op_key(tmp_path):
+    read = ops.ReadNpy(path=str(tmp_path / "{sample_id}.npy"))
+    np.save(tmp_path / "a.npy", np.zeros(3))
+    report = H5Cache(root=tmp_path / "c", pipeline=read, progress=False).build(["a", "b"])
+    assert report.failures == ({"sample_id": "b", "op": "ReadNpy", "key": "data.input.img",
+                                "error": f"file not found: {tmp_path / 'b.npy'}"},)  # fmt: skip
+
+
+def test_drop_and_split(tmp_path):
+    cache = H5Cache(root=tmp_path, pipeline=chain(make, odd_only), progress=False)
+    report = cache.build(IDS)
+    assert report.dropped == 5 and report.outputs == 5
+    assert cache.ids(IDS) == ["s1", "s3", "s5", "s7", "s9"]
+    with pytest.raises(NotCachedError, match="dropped"):
+        cache.read("s2")
+    patches = H5Cache(
+        root=tmp_path, pipeline=chain(make, ops.Patches(keys="data.input.img", shape=(2, 2))), progress=False
+    )
+    patches.build(["s1", "s2"])
+    assert patches.ids(["s2"]) == ["s2#0", "s2#1", "s2#2", "s2#3"]
+    assert patches.read("s2#1")["data"]["patch"]["origin"] == (0, 2)
+
+
+def test_changed_source_row_is_recomputed(tmp_path):
+    import polars as pl
+
+    from fusefn.data import DataSource
+
+    label = ops.TableRow(table=pl.DataFrame({"sample_id": ["x"], "v": [0]}), columns={"v": "data.v"})
+    del label  # rows reach the pipeline through data.source instead of a bound table
+
+    def from_source(s):
+        return nd.assoc(s, "data.gt.label", s["data"]["source"]["label"])
+
+    cache = H5Cache(root=tmp_path, pipeline=from_source, progress=False)
+    src = DataSource.from_frame(pl.DataFrame({"sample_id": ["a", "b"], "label": [0, 1]}))
+    cache.build(src)
+    src2 = DataSource.from_frame(pl.DataFrame({"sample_id": ["a", "b"], "label": [0, 5]}))
+    assert cache.build(src2).computed == 1
+    assert cache.read("b")["data"]["gt"]["label"] == 5
+
+
+def test_unstorable_value_is_a_recorded_failure(tmp_path):
+    cache = H5Cache(root=tmp_path, pipeline=lambda s: nd.assoc(s, "data.obj", object()), progress=False)
+    (f,) = cache.build(["a"]).failures
+    assert f["key"] == "data.obj" and "cannot store" in f["error"]
+
+
+def test_truncated_shard_is_detected_and_rebuilt(tmp_path, caplog):
+    cache = H5Cache(root=tmp_path, pipeline=make, shard_size=5, progress=False)
+    cache.build(IDS)
+    shards = sorted(cache.path.glob("shard-*.h5"))
+    assert len(shards) == 2
+    with open(shards[1], "r+b") as fh:
+        fh.truncate(os.path.getsize(shards[1]) // 2)
+    _forget(cache.path)  # as a fresh process would see it
+    with pytest.raises(NotCachedError):
+        cache.read("s7")  # never garbage
+    assert cache.verify() == [f"{shards[1].name}: truncated"]
+    report = cache.build(IDS)
+    assert report.computed == 5 and len(report.repaired) == 1 and "truncated" in caplog.text
+    for sid in IDS:
+        assert_same(cache.read(sid), make({"data": {"sample_id": sid}}))
+    assert cache.verify() == []
+
+
+def test_short_read_after_open_is_an_error(tmp_path):
+    cache = H5Cache(root=tmp_path, pipeline=make, shard_size=10, progress=False)
+    cache.build(IDS)
+    cache.read("s0")  # the shard is open and checked before it is damaged
+    (shard,) = cache.path.glob("shard-*.h5")
+    with open(shard, "r+b") as fh:
+        fh.truncate(1024)
+    with pytest.raises(NotCachedError, match="damaged"):
+        cache.read("s9")
+
+
+def test_parallel_build_equals_serial(tmp_path):
+    serial = H5Cache(root=tmp_path / "a", pipeline=make, progress=False)
+    parallel = H5Cache(root=tmp_path / "b", pipeline=make, workers=2, shard_size=3, progress=False)
+    serial.build(IDS)
+    report = parallel.build(IDS)
+    assert report.computed == 10 and len(list(parallel.path.glob("shard-*.json"))) == 4
+    for sid in IDS:
+        assert_same(parallel.read(sid), serial.read(sid))
+
+
+def test_compression_round_trip(tmp_path):
+    cache = H5Cache(root=tmp_path, pipeline=make, compression="gzip", progress=False)
+    cache.build(IDS)
+    for sid in IDS:
+        assert_same(cache.read(sid), make({"data": {"sample_id": sid}}))
+
+
+def test_editing_an_op_body_gets_a_new_store(tmp_path):
+    def v1(s):
+        return nd.assoc(s, "data.x", 1)
+
+    def v2(s):
+        return nd.assoc(s, "data.x", 2)
+
+    v2.__qualname__ = v1.__qualname__  # same name, new body: what editing a recipe's function looks like
+    assert H5Cache(root=tmp_path, pipeline=v1).path != H5Cache(root=tmp_path, pipeline=v2).path
+
+
+def test_bad_config():
+    with pytest.raises(ConfigError, match="H5Cache.workers"):
+        H5Cache(root="x", pipeline=make, workers=-1)
+    with pytest.raises(ConfigError, match="H5Cache.compression"):
+        H5Cache(root="x", pipeline=make, compression="zstd")
+    with pytest.raises(ConfigError, match="H5Cache.pipeline must be callable"):
+        H5Cache(root="x", pipeline=3)
+    with pytest.raises(ConfigError, match="duplicate ids"):
+        H5Cache(root="x", pipeline=make).build(["a", "a"])
+
+
+MODULE = textwrap.dedent(
+    """
+    import time
+    import numpy as np
+    from fusefn import nd
+
+    def slow(s):
+        time.sleep(0.02)
+        n = int(s["data"]["sample_id"][1:])
+        return nd.assoc(s, "data.input.img", np.full((1, 8, 8), n, np.float32) + np.arange(64).reshape(1, 8, 8))
+    """
+)
+SCRIPT = textwrap.dedent(
+    """
+    import sys
+    from fusefn.data import H5Cache
+    from slowmod import slow
+
+    ids = [f"s{i}" for i in range(int(sys.argv[3]))]
+    H5Cache(root=sys.argv[1], pipeline=slow, workers=int(sys.argv[2]), shard_size=4, progress=False).build(ids)
+    """
+)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", [0, 2])
+def test_sigkill_then_resume_equals_uninterrupted(tmp_path, workers, monkeypatch):
+    script = tmp_path / "build.py"
+    script.write_text(SCRIPT)
+    (tmp_path / "slowmod.py").write_text(MODULE)
+    n = 80
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+    }
+    proc = subprocess.Popen([sys.executable, str(script), str(tmp_path / "killed"), str(workers), str(n)], env=env)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if len(list((tmp_path / "killed").glob("*/shard-*.json"))) >= 3:
+            break
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)  # the builder only: its workers must not outlive it
+    proc.wait()
+    (store,) = (tmp_path / "killed").iterdir()
+    committed = len(list(store.glob("shard-*.json")))
+    assert 3 <= committed < n // 4, "the build was not interrupted half-way"
+
+    subprocess.run([sys.executable, str(script), str(tmp_path / "killed"), str(workers), str(n)], env=env, check=True)
+    subprocess.run([sys.executable, str(script), str(tmp_path / "clean"), "0", str(n)], env=env, check=True)
+
+    ids = [f"s{i}" for i in range(n)]
+    seen = [e["id"] for m in store.glob("shard-*.json") for e in json.loads(m.read_text())["samples"]]
+    assert sorted(seen) == sorted(ids)  # every sample cached exactly once
+    assert not list(store.glob(".tmp-*"))
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from slowmod import slow
+
+    killed = H5Cache(root=tmp_path / "killed", pipeline=slow, progress=False)
+    clean = H5Cache(root=tmp_path / "clean", pipeline=slow, progress=False)
+    assert killed.path.name == clean.path.name == store.name
+    for sid in ids:
+        np.testing.assert_array_equal(killed.read(sid)["data"]["input"]["img"], clean.read(sid)["data"]["input"]["img"])
+    assert killed.verify() == []
+
+
+def test_source_rows_with_dates_are_stored_as_text(tmp_path):
+    import datetime
+
+    import polars as pl
+
+    from fusefn.data import DataSource
+
+    src = DataSource.from_frame(pl.DataFrame({"sample_id": ["a"], "scan": [datetime.date(2020, 1, 2)]}))
+    cache = H5Cache(root=tmp_path, pipeline=lambda s: s, progress=False)
+    assert cache.build(src).failed == 0
+    assert cache.read("a")["data"]["source"]["scan"] == "2020-01-02"
+
+
+def test_a_dead_worker_is_reported_and_the_next_build_finishes(tmp_path, caplog):
+    marker = tmp_path / "crash"
+    marker.touch()
+
+    def crashy(s, marker=str(marker)):
+        if s["data"]["sample_id"] == "s5" and os.path.exists(marker):
+            os._exit(3)  # a segfault or the OOM killer, as the pool sees it
+        return make(s)
+
+    cache = H5Cache(root=tmp_path / "c", pipeline=crashy, workers=2, shard_size=2, progress=False)
+    report = cache.build(IDS)
+    assert report.failed > 0 and any("worker lost" in f["error"] for f in report.failures)
+    assert "worker died" in caplog.text
+    marker.unlink()
+    again = cache.build(IDS)
+    assert again.failed == 0 and again.reused == 10 - report.failed
+    for sid in IDS:
+        assert_same(cache.read(sid), make({"data": {"sample_id": sid}}))
+
+
+def test_keys_present_in_some_samples_only(tmp_path):
+    def sometimes(s):
+        n = int(s["data"]["sample_id"][1:])
+        if n % 2:
+            return s
+        return nd.assoc_many(s, {"data.extra": n, "data.mask": np.full((2, 2), n, np.uint8)})
+
+    cache = H5Cache(root=tmp_path, pipeline=sometimes, shard_size=10, progress=False)
+    cache.build(IDS)
+    for sid in IDS:
+        assert_same(cache.read(sid), sometimes({"data": {"sample_id": sid}}))
+
+
+def test_a_complete_store_is_only_read(tmp_path):
+    cache = H5Cache(root=tmp_path, pipeline=make, progress=False)
+    cache.build(IDS)
+    (cache.path / ".lock").unlink()
+    report = cache.build(IDS)
+    assert report.reused == 10 and report.computed == 0
+    assert not (cache.path / ".lock").exists()  # no lock taken, nothing written: a read-only copy works
+
+
+def test_reads_share_no_mutable_values(tmp_path):
+    cache = H5Cache(root=tmp_path, pipeline=lambda s: nd.assoc(s, "data.tags", ["a", "b"]), progress=False)
+    cache.build(["x"])
+    first = cache.read("x")
+    first["data"]["tags"].append("mutated")
+    first["data"]["sample_id"] = "changed"
+    assert cache.read("x")["data"] == {"sample_id": "x", "tags": ["a", "b"]}
+
+
+_STORE_KEY_SCRIPT = """
+from fusefn import chain
+from fusefn.data import ops
+from fusefn.data.cache import store_key
+print(store_key(chain(ops.ReadNpy(add_channel=True), ops.Normalize(keys="data.input.img"))))
+"""
+
+
+def test_store_key_is_the_same_in_every_process():
+    # a store named differently per process would never be reused by the next run
+    import os
+    import subprocess
+    import sys
+
+    keys = {
+        subprocess.run(
+            [sys.executable, "-c", _STORE_KEY_SCRIPT],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, "PYTHONHASHSEED": seed},
+        ).stdout
+        for seed in ("1", "2", "3")
+    }
+    assert len(keys) == 1

@@ -1,0 +1,43 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fusefn.data import collate, visualize
+from fusefn.errors import SampleError
+
+
+def sample(i, rgb=False):
+    img = np.random.default_rng(i).random((3 if rgb else 1, 16, 16)).astype(np.float32)
+    mask = np.zeros((1, 16, 16), np.int64)
+    mask[0, 4:8, 4:8] = 1
+    return {"data": {"sample_id": f"s{i}", "input": {"img": img}, "gt": {"label": i % 2, "mask": mask}},
+            "model": {"head_0": {"probs": torch.tensor([0.3, 0.7])}}}  # fmt: skip
+
+
+def is_png(path):
+    with Image.open(path) as im:
+        return im.format == "PNG" and im.size[0] > 50
+
+
+def test_every_figure_writes_a_png(tmp_path):
+    s = sample(0)
+    assert is_png(visualize.show_sample(s, tmp_path / "s.png", pred_key="model.head_0.probs"))
+    assert is_png(visualize.show_sample(sample(1, rgb=True), tmp_path / "rgb.png"))
+    batch = collate([sample(i) for i in range(5)])
+    assert is_png(visualize.show_batch(batch, tmp_path / "sub" / "batch.png"))
+    after = {**s, "data": {**s["data"], "input": {"img": s["data"]["input"]["img"][:, ::-1].copy()}}}
+    assert is_png(visualize.show_before_after(s, after, tmp_path / "ba.png"))
+    vol = {"data": {"sample_id": "v", "input": {"img": torch.rand(1, 8, 10, 12)},
+                    "gt": {"mask": (torch.rand(1, 8, 10, 12) > 0.8).long()}}}  # fmt: skip
+    assert is_png(visualize.show_volume(vol, tmp_path / "vol.png", n_slices=4))
+    assert is_png(visualize.show_histogram(s, tmp_path / "hist.png"))
+
+
+def test_bad_shapes_name_the_key(tmp_path):
+    with pytest.raises(SampleError, match="key 'data.input.img'"):
+        visualize.show_sample(
+            {"data": {"sample_id": "a", "input": {"img": np.zeros((2, 2, 2, 2, 2))}}}, tmp_path / "x.png"
+        )
+    with pytest.raises(SampleError, match="needs a 3D volume"):
+        visualize.show_volume(np.zeros((4, 4)), tmp_path / "v.png")

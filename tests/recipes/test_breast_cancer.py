@@ -1,0 +1,80 @@
+"""breast_cancer: the recipe runs end to end in fast mode; its ops and augmentation are pure."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from fusefn_recipes import breast_cancer as bc
+
+
+def test_all_fast_writes_a_report(tmp_path):
+    r = CliRunner().invoke(bc.cli, ["all", "--out", str(tmp_path), "--debug", "fast", "--n-boot", "200"])
+    assert r.exit_code == 0, r.output
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert "| ROC AUC |" in report and "roc.png" in report
+    metrics = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    assert 0.0 <= metrics["ROC AUC"]["value"] <= 1.0
+    assert (tmp_path / "model" / "metrics.csv").is_file()
+
+
+def test_infer_before_train_is_one_clear_line(tmp_path):
+    r = CliRunner().invoke(bc.cli, ["infer", "--out", str(tmp_path), "--debug", "fast"])
+    assert r.exit_code == 2
+    assert "run `train` first" in r.output
+
+
+def test_table_and_standardize():
+    frame = bc.load_table()
+    assert frame.height == 569 and int(frame["label"].sum()) == 212  # 212 malignant
+    feats = tuple(c for c in frame.columns if c not in ("sample_id", "label"))
+    assert len(feats) == 30
+    x = frame.select(feats).to_numpy()
+    st = bc.Standardize.fit(x)
+    op = bc.ReadFeatures(table=frame, features=feats)
+    s = {"data": {"sample_id": "patient_007"}}
+    out = st(op(s))
+    expected = (x[7] - x.mean(0)) / x.std(0)
+    np.testing.assert_allclose(out["data"]["input"]["features"].numpy(), expected, rtol=1e-4, atol=1e-4)
+    assert s == {"data": {"sample_id": "patient_007"}}  # input untouched
+
+
+def test_unknown_sample_names_the_id():
+    frame = bc.load_table()
+    op = bc.ReadFeatures(table=frame, features=("mean_radius",))
+    with pytest.raises(Exception, match="nobody"):
+        op({"data": {"sample_id": "nobody"}})
+
+
+def test_tabular_augment_is_reproducible_and_pure():
+    aug = bc.TabularAugment(std=0.5, drop=0.2, p=1.0)
+    x = torch.randn(16, 30)
+    batch = {"data": {"input": {"features": x}}}
+    a = aug(batch, torch.Generator().manual_seed(3))
+    b = aug(batch, torch.Generator().manual_seed(3))
+    assert torch.equal(a["data"]["input"]["features"], b["data"]["input"]["features"])
+    assert batch["data"]["input"]["features"] is x
+    params = aug.sample(torch.Generator().manual_seed(3), 16, num_features=30)
+    assert torch.equal(aug.apply(batch, params)["data"]["input"]["features"], a["data"]["input"]["features"])
+    off = bc.TabularAugment(p=0.0)(batch, torch.Generator().manual_seed(0))
+    assert torch.equal(off["data"]["input"]["features"], x)
+    with pytest.raises(ValueError, match="drop"):
+        bc.TabularAugment(drop=1.5)
+
+
+def test_help_lists_the_phases_and_options():
+    r = CliRunner().invoke(bc.cli, ["--help"])
+    assert r.exit_code == 0
+    assert all(c in r.output for c in ("train", "infer", "analyze", "all"))
+    r = CliRunner().invoke(bc.cli, ["all", "--help"])
+    assert all(o in r.output for o in ("--out", "--seed", "--debug", "--compile", "--device"))
+
+
+@pytest.mark.slow
+def test_compiled_step_runs(tmp_path):
+    args = ["all", "--out", str(tmp_path), "--debug", "fast", "--n-boot", "100", "--compile", "--device", "cpu"]
+    r = CliRunner().invoke(bc.cli, args)
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "report" / "report.md").is_file()

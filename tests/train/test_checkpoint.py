@@ -1,0 +1,135 @@
+"""Checkpoints: round trip, atomic writes, naming rules, best-epoch rules."""
+
+import os
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from fusefn import optim
+from fusefn.errors import ConfigError
+from fusefn.train import BestEpochSource, CheckpointError, TrainState, is_better, should_save_epoch
+from fusefn.train.checkpoint import (
+    best_name,
+    checkpoint_path,
+    config_diff,
+    load_checkpoint,
+    save_checkpoint,
+)
+
+
+def _state():
+    p = {"w": torch.arange(6.0).reshape(2, 3)}
+    opt = optim.adamw(lr=1e-3)
+    return TrainState(
+        params=p,
+        buffers={"bn": torch.ones(3)},
+        opt_state=opt.init(p),
+        step=7,
+        epoch=2,
+        seed=5,
+        best={"validation.metrics.auc": {"value": 0.9, "epoch": 2}},
+        history=({"epoch": 1, "train": {"losses": {"total_loss": 1.0}}},),
+    ), opt
+
+
+def test_round_trip_keeps_everything(tmp_path, cnn):
+    state, opt = _state()
+    path = tmp_path / "checkpoints" / "last.pt"
+    save_checkpoint(path, state, model=cnn, optimizer=opt)
+    payload = load_checkpoint(path)
+    got = payload["state"]
+    assert torch.equal(got.params["w"], state.params["w"])
+    assert torch.equal(got.opt_state["exp_avg"]["w"], state.opt_state["exp_avg"]["w"])
+    assert (got.step, got.epoch, got.seed, got.best, got.history) == (7, 2, 5, state.best, state.history)
+    from fusefn.core import fingerprint, from_config
+
+    assert from_config(payload["model_config"]) == cnn
+    assert payload["model_fingerprint"] == fingerprint(cnn)
+    mask = os.umask(0)
+    os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~mask  # an ordinary file, not mkstemp's 0600
+
+
+def test_failed_write_keeps_previous_checkpoint(tmp_path, monkeypatch):
+    state, _ = _state()
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, state)
+    before = path.read_bytes()
+
+    def full_disk(obj, f):
+        f.write(b"partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(CheckpointError, match="No space left"):
+        save_checkpoint(path, state.replace(step=99))
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temp file left behind
+
+
+def test_unwritable_dir_is_a_checkpoint_error(tmp_path):
+    state, _ = _state()
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(CheckpointError, match="cannot write checkpoint"):
+        save_checkpoint(blocker / "last.pt", state)
+
+
+def test_load_errors(tmp_path):
+    with pytest.raises(CheckpointError, match="not found"):
+        load_checkpoint(tmp_path / "nope.pt")
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="cannot read"):
+        load_checkpoint(bad)
+    other = tmp_path / "other.pt"
+    torch.save({"a": 1}, other)
+    with pytest.raises(CheckpointError, match="not a fusefn checkpoint"):
+        load_checkpoint(other)
+
+
+def test_checkpoint_path_rules(tmp_path):
+    assert checkpoint_path(tmp_path, "last") == tmp_path / "checkpoints" / "last.pt"
+    assert checkpoint_path(tmp_path, 3) == tmp_path / "checkpoints" / "epoch_3.pt"
+    assert checkpoint_path(tmp_path, str(tmp_path / "x.pt")) == tmp_path / "x.pt"
+    with pytest.raises(CheckpointError, match="no best checkpoint"):
+        checkpoint_path(tmp_path, "best")
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "best_validation.metrics.auc.pt").write_bytes(b"")
+    assert checkpoint_path(tmp_path, "best").name == "best_validation.metrics.auc.pt"
+    assert best_name(BestEpochSource(source="validation.metrics.auc")) == "best_validation.metrics.auc"
+
+
+def test_is_better_rules():
+    mx = BestEpochSource(source="a", optimization="max", on_equal_values="better")
+    mn = BestEpochSource(source="a", optimization="min", on_equal_values="worse")
+    assert is_better(1.0, 1.0, mx) and not is_better(1.0, 1.0, mn)
+    assert is_better(0.5, 1.0, mn) and not is_better(0.5, 1.0, mx)
+    assert not is_better(float("nan"), 1.0, mx)
+    assert is_better(0.1, None, mn)
+
+
+@given(st.integers(0, 50), st.integers(0, 10), st.integers(1, 5))
+def test_should_save_epoch_matches_fusemedml_rule(n, start, gap):
+    expected = n >= start and (n - start) % gap == 0
+    assert should_save_epoch(n, start, gap) == expected
+
+
+def test_bad_best_source_config():
+    with pytest.raises(ValueError):
+        BestEpochSource(source="a", optimization="largest")
+    with pytest.raises(ConfigError):
+        BestEpochSource(source="")
+
+
+def test_config_diff_names_fields(cnn):
+    import attrs
+
+    from fusefn import models
+
+    other = attrs.evolve(cnn, backbone=models.SmallCNN(in_channels=1, channels=(4, 16)))
+    diff = config_diff(cnn, other)
+    assert diff and any("channels" in d for d in diff)
+    assert config_diff(cnn, cnn) == []
