@@ -1,8 +1,9 @@
 """Augmentation: the default image pipeline, 2D (256 × 1×256×256) and 3D (64 × 1×96³) (issue 4).
 
 All systems augment the same float32 images in [0, 1] (a fixed seeded stack); figures are images per second over the
-whole stack. The peers augment one sample at a time, as they are built to (each sample is cloned first because
-FuseMedML's affine op writes into its input); fusefn augments the stack as one batch.
+whole stack. The systems alternate every repetition (after two warm-up rounds), so load changes hit them alike.
+The peers augment one sample at a time, as they are built to (each sample is cloned first because FuseMedML's
+affine op writes into its input); fusefn augments the stack as one batch.
 
 Systems and settings:
 - FuseMedML 0.4.1, 2D: the seed's ``aug_image_default_pipeline`` written with 0.4.1's ops, as its ISIC example
@@ -208,57 +209,58 @@ def fusefn_runs(imgs: torch.Tensor, device: str, compiled: bool = True):
 def run_case(rec: C.Recorder, args, label: str, imgs: torch.Tensor) -> None:
     n = imgs.shape[0]
     name = f"augment.{label}"
+    systems: dict[str, tuple] = {}  # system -> (run, device, settings)
     m, why = C.peer("fuseimg.data.ops.aug.geometry", "OpAugAffine2D")
     if m is None:
         rec.skip(name, C.FUSEMEDML, why)
     else:
         with C.guard(rec, name, C.FUSEMEDML):
-            seed_globals()
-            # FuseMedML's ops run on CPU (PIL): on a GPU run this row is still its CPU throughput, the issue's baseline
-            with torch.device("cpu"):
-                t = C.measure(fusemedml_run(imgs), repeats=args.repeats, warmup=args.warmup)
-            rec.add(
-                name,
-                C.FUSEMEDML,
-                t,
-                figure="throughput",
-                unit="images/s",
-                n=n,
-                n_unit="images",
-                rate=True,
-                device="cpu",
-                settings="its default pipeline per sample (ISIC/KNIGHT example settings)",
+            # FuseMedML's ops run on CPU (PIL), on the CPU images: on a GPU run this row is still its CPU
+            # throughput, the issue's baseline
+            systems[C.FUSEMEDML] = (
+                fusemedml_run(imgs),
+                "cpu",
+                "its default pipeline per sample (ISIC/KNIGHT example settings)",
             )
     m, why = C.peer("monai.transforms", "RandAffined")
     if m is None:
         rec.skip(name, C.MONAI, why)
     else:
         with C.guard(rec, name, C.MONAI):
-            t = C.measure(monai_run(imgs, args.device), repeats=args.repeats, warmup=args.warmup, device=args.device)
-            rec.add(
-                name,
-                C.MONAI,
-                t,
-                figure="throughput",
-                unit="images/s",
-                n=n,
-                n_unit="images",
-                rate=True,
-                settings="dict transforms per sample, documented defaults otherwise",
+            systems[C.MONAI] = (
+                monai_run(imgs, args.device),
+                args.device,
+                "dict transforms per sample, documented defaults otherwise",
             )
     # compiling takes minutes on 2 cores: the quick run times the eager path only
     runs, why = C.attempt(fusefn_runs, imgs, args.device, compiled=not args.quick)
     if runs is None:
         rec.skip(name, C.FUSEFN, why)
-        return
-    for system, run, settings in runs:
-        try:
-            t = C.measure(run, repeats=args.repeats, warmup=max(args.warmup, 2), device=args.device)
-        except Exception as e:  # e.g. torch.compile unavailable on this machine
-            rec.skip(name, system, f"failed: {type(e).__name__}: {str(e)[:200]}")
+    else:
+        for system, run, settings in runs:
+            systems[system] = (run, args.device, settings)
+    seed_globals()
+    # systems alternate every repetition, so load changes on the machine hit them alike; per-sample peers with many
+    # small ops suffer most from a busy machine. Two warm-ups: the compiled apply compiles in the first.
+    times = C.measure_interleaved(
+        {k: v[0] for k, v in systems.items()}, repeats=args.repeats, warmup=max(args.warmup, 2), device=args.device
+    )
+    for system, t in times.items():
+        _, device, settings = systems[system]
+        if isinstance(t, Exception):  # e.g. torch.compile failing on this machine
+            rec.skip(name, system, f"failed: {type(t).__name__}: {str(t)[:200]}")
             continue
         rec.add(
-            name, system, t, figure="throughput", unit="images/s", n=n, n_unit="images", rate=True, settings=settings
+            name,
+            system,
+            t,
+            figure="throughput",
+            unit="images/s",
+            n=n,
+            n_unit="images",
+            rate=True,
+            device=device,
+            settings=settings,
         )
 
 

@@ -18,3 +18,12 @@ def fuse_eval_dir() -> pathlib.Path:
     if not d.is_dir():
         pytest.fail(f"reference data not found at {d}: the checkout needs ../shared beside it")
     return d
+
+
+@pytest.fixture(autouse=True)
+def _release_fusefn_logging():
+    """A recipe run inside a test attaches fusefn's handlers; detach them so later tests see plain logging."""
+    yield
+    import fusefn.log
+
+    fusefn.log.stop()

@@ -26,12 +26,13 @@ _FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
 
 def stop() -> None:
-    """Detach (and close) the handlers :func:`start` attached."""
+    """Detach (and close) the handlers :func:`start` attached; records propagate to the root logger again."""
     lgr = logging.getLogger(LOGGER_NAME)
     for h in list(lgr.handlers):
         if getattr(h, _TAG, False):
             lgr.removeHandler(h)
             h.close()
+    lgr.propagate = True
 
 
 def start(output_dir: str | pathlib.Path | None = None, console_level: int = logging.INFO) -> logging.Logger:
@@ -48,7 +49,7 @@ def start(output_dir: str | pathlib.Path | None = None, console_level: int = log
     stop()
     lgr = logging.getLogger(LOGGER_NAME)
     lgr.setLevel(logging.DEBUG)
-    lgr.propagate = False
+    lgr.propagate = False  # our console handler prints; the root logger must not print twice
     console = logging.StreamHandler(sys.stderr)
     console.setLevel(console_level)
     console.setFormatter(logging.Formatter("%(message)s"))

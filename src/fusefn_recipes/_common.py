@@ -173,6 +173,16 @@ class _Group(click.Group):
             sys.exit(2)
 
 
+def default_hp(options: Sequence) -> dict:
+    """The hyper-parameters a recipe runs with when no option is given (``run.hp`` of a default run)."""
+
+    def probe(**kwargs):
+        return kwargs
+
+    params = _apply(options, probe).__click_params__
+    return {p.name: p.default for p in params}
+
+
 def recipe_cli(
     name: str,
     doc: str,

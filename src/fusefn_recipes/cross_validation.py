@@ -12,8 +12,13 @@ cross-validated: ``breast_cancer`` (default), ``image_clinical``, ``lesions2d``,
 ``volumes3d``. Its hyper-parameters keep their defaults; change them with
 ``--set name=value`` (e.g. ``--set epochs=30``).
 
-Figure reached (measured, default run, seed 0, breast_cancer, 5 folds): see the
-closing report of the run.
+The out-of-fold figures are slightly optimistic (each fold also picks its model's
+best epoch); the held-out figures are not.
+
+Figure reached (measured, default run, seed 0, breast_cancer, 5 folds): pooled
+out-of-fold ROC AUC 0.998 [0.996, 1.000]; held-out AUC of the fold models 0.983 ± 0.001,
+of their ensemble 0.984 [0.958, 1.000] (majority-vote accuracy 0.956); 82 s on a
+shared 2-core CPU.
 
     python recipes/cross_validation.py all --recipe breast_cancer --folds 5 --out runs/cv
 """

@@ -9,8 +9,10 @@ together; one UNet backbone feeding a classifier head (from the bottleneck) and 
 dense segmentation head (from the decoder); cross-entropy + soft Dice losses;
 ROC AUC and Dice with bootstrap CIs; figures of the predictions.
 
-Figure reached (measured, default run, seed 0): see ``FIGURES`` below, written by
-the run that set them.
+Figure reached (measured, default run, seed 0: 500 training images of 64×64, 7 epochs):
+on 300 test images, lesion-present ROC AUC 1.000 [0.999, 1.000], accuracy 0.993; Dice
+of the lesion images 0.921 [0.902, 0.933] (per image, mean), 0.923 pooled; 287 s on
+2 CPU cores.
 
     python recipes/lesions2d.py all --out runs/lesions2d
 """
@@ -41,6 +43,7 @@ from fusefn_recipes._common import (
     check_trained,
     classification_report,
     curves_figure,
+    default_hp,
     read_inference,
     recipe_cli,
     save_json,
@@ -183,7 +186,9 @@ def _augmentation(run: Run) -> ImageMaskAugment:
 
 def train_phase(run: Run) -> None:
     ds = datasets(run)
-    _augmentation_figure(run, ds["train"], _augmentation(run))
+    # every group applied (p=1), so the figure shows what the augmentation does
+    show = ImageMaskAugment(pipeline=augment.default_image_pipeline(IMG, mask_keys=(SEG,), p=1.0))
+    _augmentation_figure(run, ds["train"], show)
     fit_model(run, ds["train"], ds["validation"], run.model_dir)
 
 
@@ -338,6 +343,15 @@ OPTIONS = [
     click.option("--aug-p", type=float, default=0.5, show_default=True, help="Probability of each augmentation group."),
     click.option("--n-boot", type=int, default=2000, show_default=True, help="Bootstrap resamples for the CIs."),
 ]  # fmt: skip
+
+
+def static_data(cache_dir: pathlib.Path, seed: int = 0):
+    """``(H5Cache, DataSource)`` of a default run's static pipeline: the hook ``fusefn cache`` and ``visualize`` use."""
+    run = Run(name="lesions2d", out=cache_dir, seed=seed, hp=default_hp(OPTIONS))
+    return H5Cache(
+        root=cache_dir, pipeline=MakeLesion(seed=run.seed, size=run.hp["size"], p_lesion=run.hp["p_lesion"])
+    ), source(run)
+
 
 cli = recipe_cli("lesions2d", __doc__, OPTIONS, train=train_phase, infer=infer_phase, analyze=analyze_phase)
 

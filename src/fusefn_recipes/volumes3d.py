@@ -20,6 +20,7 @@ test ROC AUC 0.958 [0.931, 0.981], accuracy 0.900 on 200 test volumes; 529 s wal
 from __future__ import annotations
 
 import functools
+import pathlib
 from collections.abc import Mapping
 
 import click
@@ -42,6 +43,7 @@ from fusefn_recipes._common import (
     check_trained,
     classification_report,
     curves_figure,
+    default_hp,
     read_inference,
     recipe_cli,
     save_json,
@@ -242,6 +244,15 @@ OPTIONS = [
     click.option("--aug-p", type=float, default=0.5, show_default=True, help="Probability of each augmentation group."),
     click.option("--n-boot", type=int, default=2000, show_default=True, help="Bootstrap resamples for the CIs."),
 ]  # fmt: skip
+
+
+def static_data(cache_dir: pathlib.Path, seed: int = 0):
+    """``(H5Cache, DataSource)`` of a default run's static pipeline: the hook ``fusefn cache`` and ``visualize`` use."""
+    run = Run(name="volumes3d", out=cache_dir, seed=seed, hp=default_hp(OPTIONS))
+    return H5Cache(
+        root=cache_dir, pipeline=MakeVolume(seed=run.seed, size=run.hp["size"], task=run.hp["task"])
+    ), source(run)
+
 
 cli = recipe_cli("volumes3d", __doc__, OPTIONS, train=train_phase, infer=infer_phase, analyze=analyze_phase)
 

@@ -59,3 +59,13 @@ def test_help_lists_the_phases_and_options():
     assert all(c in r.output for c in ("train", "infer", "analyze", "all"))
     r = CliRunner().invoke(cv.cli, ["all", "--help"])
     assert all(o in r.output for o in ("--out", "--seed", "--debug", "--compile", "--device"))
+
+
+def test_all_fast_lesions2d(tmp_path):
+    args = ["all", "--out", str(tmp_path), "--debug", "fast", "--folds", "2", "--n-boot", "50", "--recipe",
+            "lesions2d", "--set", "n_train=24", "--set", "n_validation=8", "--set", "n_test=16", "--set", "size=32",
+            "--set", "channels=8,16", "--set", "epochs=1"]  # fmt: skip
+    r = CliRunner().invoke(cv.cli, args)
+    assert r.exit_code == 0, r.output
+    m = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    assert "fold_1.held_out_auc" in m
