@@ -159,3 +159,15 @@ def test_record_is_frozen_and_keyword_only():
     with pytest.raises(attrs.exceptions.FrozenInstanceError):
         op.k = 3  # type: ignore[misc]
     assert core.Chain is type(chain())
+
+
+def test_fingerprint_of_a_bound_method_follows_its_object():
+    @record
+    class Scale:
+        factor: float
+
+        def run(self, x):
+            return x * self.factor
+
+    assert fingerprint(Scale(factor=2.0).run) != fingerprint(Scale(factor=3.0).run)
+    assert fingerprint(Scale(factor=2.0).run) == fingerprint(Scale(factor=2.0).run)

@@ -197,3 +197,24 @@ def test_singleton_label_axis_is_accepted(batch):
     ce = CrossEntropy(pred="model.head.logits", target="data.gt.label")
     col = nd.assoc(batch, "data.gt.label", nd.get(batch, "data.gt.label")[:, None])
     torch.testing.assert_close(ce(col), ce(batch))
+
+
+@pytest.mark.parametrize("class_weights", [None, (1.0, 2.0, 3.0)])
+def test_cross_entropy_with_unit_sample_weights_is_the_plain_loss(class_weights):
+    # segmentation-shaped, with ignored pixels: the weighted mean must follow torch's own normaliser
+    from fusefn.losses import CrossEntropy
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(4, 3, 5, 5, generator=g)
+    target = torch.randint(0, 3, (4, 5, 5), generator=g)
+    target[0, :2] = -100
+    batch = {"p": logits, "t": target, "w": torch.ones(4)}
+    plain = CrossEntropy(pred="p", target="t", class_weights=class_weights)(batch)
+    weighted = CrossEntropy(pred="p", target="t", class_weights=class_weights, sample_weight="w")(batch)
+    torch.testing.assert_close(weighted, plain)
+    # a zero weight removes a sample entirely
+    batch0 = {**batch, "w": torch.tensor([0.0, 1.0, 1.0, 1.0])}
+    only = CrossEntropy(pred="p", target="t", class_weights=class_weights)({"p": logits[1:], "t": target[1:]})
+    torch.testing.assert_close(
+        CrossEntropy(pred="p", target="t", class_weights=class_weights, sample_weight="w")(batch0), only
+    )

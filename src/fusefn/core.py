@@ -284,6 +284,10 @@ def _canonical(obj: Any) -> Any:
             "closure": closure,
             "defaults": _canonical(obj.__defaults__),
         }
+    if isinstance(obj, types.ModuleType):  # e.g. captured by a closure that calls np.sqrt
+        return {"__module__": obj.__name__}
+    if isinstance(obj, types.MethodType):  # a bound method is its function *and* the object it is bound to
+        return {"__method__": _canonical(obj.__func__), "self": _canonical(obj.__self__)}
     if isinstance(obj, (types.BuiltinFunctionType, type)) or callable(obj):
         return {"__ref__": _qualname(obj)}
     raise ConfigError(f"cannot fingerprint a {type(obj).__name__}: {obj!r}")

@@ -120,17 +120,24 @@ class CrossEntropy:
 
     def __call__(self, batch: Mapping) -> torch.Tensor:
         logits, target = nd.get(batch, self.pred), _class_labels(nd.get(batch, self.target), nd.get(batch, self.pred))
+        class_w = _class_weights(self.class_weights, logits)
         per = F.cross_entropy(
             logits,
             target,
-            weight=_class_weights(self.class_weights, logits),
+            weight=class_w,
             ignore_index=self.ignore_index,
             label_smoothing=self.label_smoothing,
             reduction="none" if self.sample_weight else "mean",
         )
-        if self.sample_weight:
-            per = _reduce(per, batch, self.sample_weight)
-        return per * self.weight
+        if not self.sample_weight:
+            return per * self.weight
+        # torch's "mean" divided by the class weights of the counted elements; so do we, times the sample
+        # weights, so that all-ones sample weights give exactly the unweighted loss
+        sw = torch.as_tensor(nd.get(batch, self.sample_weight), device=per.device).to(per.dtype)
+        sw = sw.reshape(-1, *([1] * (per.dim() - 1)))
+        valid = (target != self.ignore_index).to(per.dtype)
+        denom = sw * valid if class_w is None else sw * valid * class_w[target.clamp_min(0)]
+        return (per * sw).sum() / denom.sum().clamp_min(torch.finfo(per.dtype).tiny) * self.weight
 
 
 def _class_labels(target: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:

@@ -35,6 +35,7 @@ import numpy as np
 from fusefn import debug as fdebug
 from fusefn import log as flog
 from fusefn.core import record
+from fusefn.data.visualize import save_figure
 from fusefn.errors import FusefnError
 
 __all__ = [
@@ -47,9 +48,7 @@ __all__ = [
     "load_json",
     "roc_figure",
     "curves_figure",
-    "confusion_figure",
     "read_inference",
-    "classification_rows",
     "classification_report",
     "check_trained",
     "RecipeInputError",
@@ -327,7 +326,7 @@ def roc_figure(path: pathlib.Path, target: np.ndarray, score: np.ndarray, title:
     fig.tight_layout()
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path, dpi=100)
     plt.close(fig)
     return path
 
@@ -356,43 +355,6 @@ def read_inference(path: pathlib.Path, need: Sequence[str]):
     if missing or frame.height == 0:
         raise RecipeInputError(f"inference file {path} lacks columns {missing} or rows; run `infer` again")
     return frame
-
-
-def classification_rows(
-    probs: np.ndarray,
-    labels: np.ndarray,
-    *,
-    n_boot: int,
-    seed: int,
-    class_names: Sequence[str] | None = None,
-    prefix: str = "",
-) -> tuple[list, dict]:
-    """ROC AUC (per class + macro when multi-class), accuracy and balanced accuracy with bootstrap CIs.
-
-    Returns ``(rows for write_report, {name: result})``; the bootstrap is stratified by the label.
-    """
-    from fusefn import metrics
-
-    probs = np.asarray(probs, dtype=np.float64)
-    batch = {"p": probs, "y": np.asarray(labels, dtype=np.int64)}
-    names = tuple(class_names) if class_names is not None and probs.ndim == 2 and probs.shape[1] > 2 else None
-    todo = {
-        "ROC AUC": metrics.AUCROC(pred="p", target="y", class_names=names),
-        "accuracy": metrics.Accuracy(pred="p", target="y"),
-        "balanced accuracy": metrics.BalancedAccuracy(pred="p", target="y"),
-    }
-    results, rows = {}, []
-    for name, m in todo.items():
-        ci = metrics.Bootstrap(m, n=n_boot, seed=seed, stratify="y")
-        r = ci.compute(ci.update(ci.init(), batch))
-        if isinstance(r, Mapping) and "value" not in r:  # per class
-            for k, v in r.items():
-                rows.append((f"{prefix}{name} {k}", v))
-                results[f"{name} {k}"] = v
-        else:
-            rows.append((f"{prefix}{name}", r))
-            results[name] = r
-    return rows, results
 
 
 _NAMES = {
@@ -436,29 +398,16 @@ def classification_report(
 
     probs = np.asarray(probs, dtype=np.float64)
     labels = np.asarray(labels, dtype=np.int64)
-    try:
-        from fusefn.analyze import analyze
+    from fusefn.analyze import analyze
 
-        frame = pl.DataFrame({
-            "sample_id": list(ids) if ids is not None else [f"s{i}" for i in range(len(labels))],
-            "probs": probs.tolist(),
-            "label": labels,
-        })  # fmt: skip
-        names = list(class_names) if class_names is not None else None
-        res = analyze(frame, id="sample_id", score="probs", label="label", out=out_dir, ci=n_boot, seed=seed,
-                      class_names=names)  # fmt: skip
-    except Exception as e:  # the analyzer is optional here: fall back to the plain metrics and figures
-        logging.getLogger("fusefn.recipes").warning("fusefn.analyze failed (%s); using the plain report", e)
-        rows, results = classification_rows(probs, labels, n_boot=n_boot, seed=seed, class_names=class_names,
-                                            prefix=prefix)  # fmt: skip
-        figs = []
-        if probs.ndim == 2 and probs.shape[1] == 2:
-            figs.append(("ROC", roc_figure(pathlib.Path(out_dir) / "roc.png", labels, probs[:, 1])))
-        k = probs.shape[1] if probs.ndim == 2 else 2
-        names = list(class_names) if class_names is not None else [str(i) for i in range(k)]
-        figs.append(("confusion matrix", confusion_figure(labels, probs.argmax(1), names,
-                                                          pathlib.Path(out_dir) / "confusion.png")))  # fmt: skip
-        return rows, results, figs
+    frame = pl.DataFrame({
+        "sample_id": list(ids) if ids is not None else [f"s{i}" for i in range(len(labels))],
+        "probs": probs.tolist(),
+        "label": labels,
+    })  # fmt: skip
+    names = list(class_names) if class_names is not None else None
+    res = analyze(frame, id="sample_id", score="probs", label="label", out=out_dir, ci=n_boot, seed=seed,
+                  class_names=names)  # fmt: skip
     results: dict = {}
     for key, value in res["metrics"].items():
         _flatten_results(_NAMES.get(key, key), value, results)
@@ -505,26 +454,6 @@ def curves_figure(csv_path: pathlib.Path, path: pathlib.Path, keys: Sequence[str
     fig.tight_layout()
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
-
-
-def confusion_figure(labels, preds, names: Sequence[str], path: pathlib.Path) -> pathlib.Path:
-    """A PNG of the confusion matrix (rows: truth, columns: prediction) with counts."""
-    k = len(names)
-    cm = np.zeros((k, k), dtype=np.int64)
-    np.add.at(cm, (np.asarray(labels, dtype=np.int64), np.asarray(preds, dtype=np.int64)), 1)
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(1.2 * k + 2, 1.2 * k + 1.5))
-    ax.imshow(cm, cmap="Blues")
-    for i in range(k):
-        for j in range(k):
-            ax.text(j, i, str(cm[i, j]), ha="center", va="center", color="black")
-    ax.set(xticks=range(k), yticks=range(k), xticklabels=names, yticklabels=names, xlabel="predicted", ylabel="true")
-    fig.tight_layout()
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
+    save_figure(fig, path, dpi=90)
     plt.close(fig)
     return path

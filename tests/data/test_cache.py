@@ -371,3 +371,46 @@ def test_store_key_is_the_same_in_every_process():
         for seed in ("1", "2", "3")
     }
     assert len(keys) == 1
+
+
+def test_verify_reports_a_torn_manifest(tmp_path):
+    from fusefn import nd
+    from fusefn.data import H5Cache, verify_store
+
+    def make(s):
+        return nd.assoc(s, "data.x", np.ones(3, np.float32))
+
+    cache = H5Cache(root=tmp_path, pipeline=make, progress=False)
+    cache.build([0, 1])
+    manifest = next(cache.path.glob("shard-*.json"))
+    manifest.write_text(manifest.read_text()[:10])
+    problems = verify_store(cache.path)
+    assert problems and "unreadable manifest" in problems[0]
+
+
+_HELPER_MODULE = """
+import numpy as np
+from fusefn import nd
+
+
+def _helper(x):
+    return x * {factor}
+
+
+def op(sample):
+    return nd.assoc(sample, "data.x", _helper(np.ones(2)))
+"""
+
+
+def test_editing_a_helper_the_op_calls_changes_the_store(tmp_path, monkeypatch):
+    import importlib
+
+    from fusefn.data.cache import store_key
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+    keys = []
+    for factor in (1, 2):
+        (tmp_path / f"helper_mod_{factor}.py").write_text(_HELPER_MODULE.format(factor=factor))
+        mod = importlib.import_module(f"helper_mod_{factor}")
+        keys.append(store_key(mod.op))
+    assert keys[0] != keys[1]

@@ -160,3 +160,14 @@ def test_dataloader_workers_read_the_cache(tmp_path):
     assert [i for b in batches for i in b["data"]["sample_id"]] == SRC.ids
     img = torch.cat([b["data"]["input"]["img"] for b in batches])
     assert img[:, 0, 0, 0].tolist() == [0, 1, 2, 3, 4, 5]
+
+
+def test_static_and_cache_with_the_same_pipeline_are_accepted(tmp_path):
+    import polars as pl
+
+    from fusefn.data import Dataset, DataSource, H5Cache, ops
+
+    src = DataSource.from_frame(pl.DataFrame({"sample_id": ["a", "b"], "v": [1.0, 2.0]}))
+    static = ops.TableRow(table=src.frame, columns={"v": "data.input.v"})
+    ds = Dataset(source=src, static=static, cache=H5Cache(root=tmp_path, pipeline=static, progress=False))
+    assert len(ds) == 2

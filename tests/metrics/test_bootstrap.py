@@ -182,3 +182,30 @@ def test_pairwise_and_sorted_auc_paths_agree():
     sorted_path = _curves.auc(*_curves.block_counts(pos, order, starts, counts))
     pairwise = _curves.auc_pairwise(s[pos], s[~pos], counts[:, pos], counts[:, ~pos])
     np.testing.assert_allclose(pairwise, sorted_path, rtol=0, atol=1e-12)
+
+
+def test_stratified_strata_survive_batches_with_different_class_sets():
+    # batch 2 holds only positives: per-batch stratum codes would file them under the negatives' stratum
+    from fusefn.metrics import AUCROC, Bootstrap
+
+    rng = np.random.default_rng(3)
+    y = np.array([0] * 20 + [1] * 10 + [1] * 10)
+    s = rng.random(40) + y * 0.3
+    boot = Bootstrap(AUCROC(pred="s", target="y"), n=300, seed=5, stratify="y")
+    whole = boot.compute(boot.update(boot.init(), {"s": s, "y": y}))
+    a = boot.update(boot.init(), {"s": s[:30], "y": y[:30]})
+    b = boot.update(boot.init(), {"s": s[30:], "y": y[30:]})
+    assert boot.compute(boot.merge(a, b)) == whole
+    batched = boot.update(boot.update(boot.init(), {"s": s[:30], "y": y[:30]}), {"s": s[30:], "y": y[30:]})
+    assert boot.compute(batched) == whole
+
+
+def test_state_does_not_alias_the_callers_array():
+    from fusefn.metrics import AUCROC
+
+    s = np.array([0.1, 0.9, 0.2, 0.8])
+    y = np.array([0, 1, 0, 1])
+    auc = AUCROC(pred="s", target="y")
+    state = auc.update(auc.init(), {"s": s, "y": y})
+    s[:] = s[::-1]
+    assert auc.compute(state) == 1.0

@@ -724,25 +724,48 @@ def _code_digest(obj, h, seen: set) -> None:
             with contextlib.suppress(ValueError):
                 _code_digest(cell.cell_contents, h, seen)
         _code_digest(obj.__defaults__, h, seen)
+        # helpers the function calls from its own module: editing one changes what the op computes
+        for name in sorted(_names(obj.__code__)):
+            ref = obj.__globals__.get(name)
+            ref = getattr(ref, "__wrapped__", ref)  # functools.cache / wraps decorate the real function
+            if isinstance(ref, (types.FunctionType, type)) and getattr(ref, "__module__", None) == obj.__module__:
+                _code_digest(ref, h, seen)
+    elif isinstance(obj, type):
+        _feed_methods(obj, h, seen)
     elif isinstance(obj, (list, tuple)):
         for v in obj:
             _code_digest(v, h, seen)
     elif isinstance(obj, Mapping):
         for v in obj.values():
             _code_digest(v, h, seen)
-    elif attrs.has(type(obj)) or (callable(obj) and not isinstance(obj, (type, types.BuiltinFunctionType))):
-        for klass in type(obj).__mro__:
-            if klass.__module__ in ("builtins", "attr", "attrs"):
-                continue
-            for name, member in sorted(vars(klass).items()):
-                # attrs-generated methods are skipped: the fields they encode are in the fingerprint, and
-                # __hash__ embeds a per-process salt that would give every process its own store
-                if isinstance(member, types.FunctionType) and not member.__code__.co_filename.startswith("<attrs"):
-                    h.update(name.encode())
-                    _feed_code(member.__code__, h)
+    elif attrs.has(type(obj)) or (callable(obj) and not isinstance(obj, types.BuiltinFunctionType)):
+        _feed_methods(type(obj), h, seen)
         if attrs.has(type(obj)):
             for f in attrs.fields(type(obj)):
                 _code_digest(getattr(obj, f.name), h, seen)
+
+
+def _feed_methods(cls: type, h, seen: set) -> None:
+    """Feed ``h`` the methods of ``cls`` and its bases (and, through them, their module's helpers)."""
+    for klass in cls.__mro__:
+        if klass.__module__ in ("builtins", "attr", "attrs") or ("class", id(klass)) in seen:
+            continue
+        seen.add(("class", id(klass)))
+        for name, member in sorted(vars(klass).items()):
+            # attrs-generated methods are skipped: the fields they encode are in the fingerprint, and
+            # __hash__ embeds a per-process salt that would give every process its own store
+            if isinstance(member, types.FunctionType) and not member.__code__.co_filename.startswith("<attrs"):
+                h.update(name.encode())
+                _code_digest(member, h, seen)
+
+
+def _names(code) -> set[str]:
+    """Global names used by ``code`` and the code objects nested in it (comprehensions, lambdas)."""
+    out = set(code.co_names)
+    for c in code.co_consts:
+        if isinstance(c, types.CodeType):
+            out |= _names(c)
+    return out
 
 
 def _feed_code(code, h) -> None:
@@ -780,8 +803,12 @@ def verify_store(path: str | os.PathLike, deep: bool = False) -> list[str]:
     path = pathlib.Path(path)
     problems = []
     for mpath in sorted(path.glob("shard-*.json")):
-        manifest = json.loads(mpath.read_text())
-        h5 = path / manifest["file"]
+        try:
+            manifest = json.loads(mpath.read_text())
+            h5 = path / manifest["file"]
+        except (OSError, ValueError, KeyError) as exc:
+            problems.append(f"{mpath.name}: unreadable manifest ({exc})")
+            continue
         if not h5.exists():
             problems.append(f"{h5.name}: missing")
             continue

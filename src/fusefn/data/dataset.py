@@ -24,8 +24,8 @@ import attrs
 import numpy as np
 
 from fusefn import nd
-from fusefn.core import derive_seed, fingerprint, record
-from fusefn.data.cache import H5Cache, NotCachedError, initial_samples
+from fusefn.core import derive_seed, record
+from fusefn.data.cache import H5Cache, NotCachedError, initial_samples, store_key
 from fusefn.data.pipeline import run_pipeline
 from fusefn.data.sources import DataSource
 from fusefn.errors import ConfigError, SampleError
@@ -77,7 +77,7 @@ class Dataset:
         if self.cache is not None:
             if self.static is None:
                 object.__setattr__(self, "static", self.cache.pipeline)
-            elif fingerprint(self.static) != self.cache.fingerprint:
+            elif store_key(self.static) != self.cache.fingerprint:
                 raise ConfigError("Dataset.static differs from Dataset.cache.pipeline: give one pipeline, to the cache")
         samples = initial_samples(self.source)
         object.__setattr__(self, "_initial", {_key(s["data"]["sample_id"]): s for s in samples})

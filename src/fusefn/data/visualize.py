@@ -14,6 +14,7 @@ writes one PNG and returns its path.
 from __future__ import annotations
 
 import math
+import os
 import pathlib
 from collections.abc import Mapping, Sequence
 
@@ -22,7 +23,7 @@ import numpy as np
 from fusefn import nd
 from fusefn.errors import SampleError
 
-__all__ = ["show_sample", "show_batch", "show_before_after", "show_volume", "show_histogram"]
+__all__ = ["save_figure", "show_batch", "show_before_after", "show_histogram", "show_sample", "show_volume"]
 
 
 def _figure(w: float, h: float):
@@ -34,10 +35,16 @@ def _figure(w: float, h: float):
     return fig
 
 
-def _save(fig, path) -> pathlib.Path:
+def save_figure(fig, path, **savefig_kwargs) -> pathlib.Path:
+    """Write ``fig`` as a PNG at ``path`` atomically (a temporary file, then a rename): never half a file."""
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        fig.savefig(tmp, format="png", **savefig_kwargs)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -105,7 +112,7 @@ def show_sample(
     fig = _figure(4, 4.3)
     _draw(fig.add_subplot(1, 1, 1), sample, image_key, mask_key, label_key, pred_key)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def show_batch(
@@ -128,7 +135,7 @@ def show_batch(
     for i, s in enumerate(samples):
         _draw(fig.add_subplot(rows, cols, i + 1), s, image_key, mask_key, label_key, pred_key)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def show_before_after(
@@ -139,7 +146,7 @@ def show_before_after(
     _draw(fig.add_subplot(1, 2, 1), before, image_key, mask_key, None, None, "before: ")
     _draw(fig.add_subplot(1, 2, 2), after, image_key, mask_key, None, None, "after: ")
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def show_volume(
@@ -175,7 +182,7 @@ def show_volume(
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def show_histogram(sample: Mapping, path, image_key: str = "data.input.img", bins: int = 64) -> pathlib.Path:
@@ -195,4 +202,4 @@ def show_histogram(sample: Mapping, path, image_key: str = "data.input.img", bin
     )
     ax.set_xlabel(image_key, fontsize=8)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)

@@ -177,10 +177,11 @@ def validate_key(instance, attribute, value):
 
 def cat(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Concatenate two column stores (either may be empty)."""
+    # copies: a state must never share memory with the caller's arrays (they may be reused or edited)
     if not a:
-        return dict(b)
+        return {k: np.array(v, copy=True) for k, v in b.items()}
     if not b:
-        return dict(a)
+        return {k: np.array(v, copy=True) for k, v in a.items()}
     if a.keys() != b.keys():
         raise ValueError(f"cannot merge states with columns {sorted(a)} and {sorted(b)}")
     out = {}

@@ -159,10 +159,10 @@ class Bootstrap(ColumnStore):
                 raise ConfigError(
                     f"Bootstrap.stratify {self.stratify!r} is NaN for sample {ids[bad] if ids else bad!r}"
                 )
-            _, codes = np.unique(strata, return_inverse=True)
+            # raw values are stored: codes numbered per batch would mix strata up when batches merge
+            cols[_STRATA] = strata.reshape(n)
         else:
-            codes = np.zeros(n, dtype=np.int64)
-        cols[_STRATA] = codes.astype(np.int64).reshape(n)
+            cols[_STRATA] = np.zeros(n, dtype=np.int64)
         return cols
 
     def compute(self, state: Mapping):
@@ -172,11 +172,13 @@ class Bootstrap(ColumnStore):
         value = self.metric.compute(self.metric.accumulate(self.metric.init(), cols))
         rng = np.random.default_rng(self.seed)
         size = num_samples(cols)
+        _, strata = np.unique(state[_STRATA], return_inverse=True)
         parts = []
-        # chunks keep the (n, N) count matrix small for large N; the stream is the same for any N
+        # chunks keep the (n, N) count matrix small for large N; the draws are deterministic for a
+        # given seed and data, but the chunking (hence the stream) depends on N
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UndefinedMetricWarning)
             for rows in row_chunks(self.n, size * 4):
-                counts = resample_counts(rng, rows.stop - rows.start, state[_STRATA])
+                counts = resample_counts(rng, rows.stop - rows.start, strata.reshape(-1))
                 parts.append(self.metric.resampled(cols, counts))
         return summarize(value, _concat(parts), self.level, self.method)

@@ -153,11 +153,17 @@ def _accumulators(metrics: Mapping) -> dict:
     return {"loss_sums": {}, "batches": 0, "metrics": {k: m.init() for k, m in metrics.items()}}
 
 
-def _accumulate(acc: dict, out: Mapping, metrics: Mapping) -> dict:
+def _loss_values(out: Mapping) -> dict:
+    """``{flat loss key: float}`` of one step's output (one host read per loss)."""
+    return {k: float(v) for k, v in nd.flatten(out.get("losses", {})).items()}
+
+
+def _accumulate(acc: dict, out: Mapping, metrics: Mapping, values: Mapping | None = None) -> dict:
+    """``acc`` plus one batch: loss sums (``values`` when already read, else from ``out``) and metric states."""
     sums = dict(acc["loss_sums"])
-    for k, v in nd.flatten(out.get("losses", {})).items():
-        sums[k] = sums.get(k, 0.0) + float(v)
-    mstates = {k: metrics[k].update(acc["metrics"][k], out) for k in metrics}
+    for k, v in (_loss_values(out) if values is None else values).items():
+        sums[k] = sums.get(k, 0.0) + v
+    mstates = {k: metrics[k].update(acc["metrics"][k], out) for k in metrics} if metrics else acc["metrics"]
     return {"loss_sums": sums, "batches": acc["batches"] + 1, "metrics": mstates}
 
 
@@ -419,6 +425,7 @@ def fit(
                 )  # fmt: skip
                 wait = 0.0
                 samples = 0
+                shown_at = -1.0
                 with tqdm(
                     total=None if count is None else count + skip, initial=skip, desc=f"epoch {epoch} train",
                     disable=not show, leave=False, unit="batch",
@@ -438,26 +445,31 @@ def fit(
                                 augment(b, Rng(state.seed).child("augment", state.step, i).generator(dev))
                                 for i, b in enumerate(group)
                             ]
-                        ids = [nd.get(b, "data.sample_id", default=None) for b in group]
                         state, out = train_step(state, group[0] if accumulate == 1 else group)
                         outs = [out] if accumulate == 1 else out
-                        step_losses = [float(o["losses"]["total_loss"]) for o in outs]
+                        values = [_loss_values(o) for o in outs]
+                        step_losses = [v["total_loss"] for v in values]
                         loss = sum(step_losses) / len(step_losses)
                         if not all(math.isfinite(v) for v in step_losses):
+                            ids = [nd.get(b, "data.sample_id", default=None) for b in group]
                             last = model_dir / "checkpoints" / "last.pt"
                             raise NonFiniteLossError(
                                 f"loss is {loss} at step {state.step} (epoch {epoch}, batch {pos}); "
                                 f"sample ids {ids}; last good checkpoint: {last if last.exists() else 'none'}"
                             )
-                        for o in outs:
-                            acc = _accumulate(acc, o, train_metrics)
-                            n = o.get("data", {}).get("sample_id")
-                            samples += len(n) if n is not None else 0
+                        for o, v in zip(outs, values):
+                            acc = _accumulate(acc, o, train_metrics, v)
                         pos += len(group)
                         state = state.replace(batch_in_epoch=pos)
-                        bar.update(len(group))
-                        el = time.perf_counter() - t0
-                        bar.set_postfix(loss=f"{loss:.4f}", samples_s=f"{samples / max(el, 1e-9):.0f}")
+                        if show:
+                            for o in outs:
+                                n = o.get("data", {}).get("sample_id")
+                                samples += len(n) if n is not None else 0
+                            bar.update(len(group))
+                            el = time.perf_counter() - t0
+                            if el - shown_at >= 0.25:  # formatting the postfix every step costs more than the bar
+                                shown_at = el
+                                bar.set_postfix(loss=f"{loss:.4f}", samples_s=f"{samples / max(el, 1e-9):.0f}")
                         if flag.raised:
                             state = state.replace(partial=acc)
                             save(["last"], state)

@@ -63,9 +63,31 @@ def _accepts_rng(apply) -> bool:
 
 
 def _with_losses(out: dict, total: torch.Tensor, parts: Mapping) -> dict:
-    items = {f"losses.{k}": v.detach() for k, v in parts.items()}
-    items["losses.total_loss"] = total.detach()
+    items = {f"losses.{k}": _detached(v) for k, v in parts.items()}
+    items["losses.total_loss"] = _detached(total)
     return nd.assoc_many(out, items)
+
+
+def _detached(tree, ref=None):
+    """``tree`` with the tensors that belong to an autograd graph detached, sharing everything else.
+
+    Sub-trees that are the very objects of ``ref`` (the input batch, which the step
+    did not make) are kept as they are without a walk: cheap enough to run every step.
+    """
+    if isinstance(tree, torch.Tensor):
+        return tree.detach() if tree.requires_grad else tree
+    if not isinstance(tree, dict):
+        return tree
+    out = None
+    for k, v in tree.items():
+        if ref is not None and ref.get(k) is v:
+            continue
+        d = _detached(v, ref.get(k) if isinstance(ref, dict) else None)
+        if d is not v:
+            if out is None:
+                out = dict(tree)
+            out[k] = d
+    return tree if out is None else out
 
 
 def _autocast(precision: str, device_type: str):
@@ -125,6 +147,8 @@ def make_train_step(
         raise ConfigError(f"make_train_step: accumulate must be an int >= 1, got {accumulate!r}")
     apply = apply or _default_apply()
     pass_rng = _accepts_rng(apply)
+    from fusefn.losses import total as loss_total
+
     if distributed is None:
         distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
 
@@ -135,7 +159,7 @@ def make_train_step(
             with _autocast(precision, device_type):
                 kw = {"rng": rng} if pass_rng else {}
                 out, new_buffers = apply(model, p, buffers, batch, train=True, **kw)
-                tot, parts = total_loss(losses, out)
+                tot, parts = loss_total(losses, out)
             tot = tot.float()
             return tot * scale if scale is not None else tot, (tot, out, new_buffers, parts)
 
@@ -143,7 +167,7 @@ def make_train_step(
             # the batch reaching here holds tensors only (see _split_tensors), as torch.func's aux requires
             grads, (_, (tot, out, new_buffers, parts)) = torch.func.grad_and_value(objective, has_aux=True)(params)
         else:
-            grads, tot, out, new_buffers, parts = _autograd_grads(objective, params)
+            grads, tot, out, new_buffers, parts = _autograd_grads(objective, params, batch)
         return grads, new_buffers, _with_losses(out, tot, parts)
 
     def accumulate_grads(params, buffers, batches, rngs, scale):
@@ -215,7 +239,7 @@ def make_train_step(
     return train_step
 
 
-def _autograd_grads(objective, params: Mapping):
+def _autograd_grads(objective, params: Mapping, batch: Mapping | None = None):
     """What ``torch.func.grad_and_value(objective, has_aux=True)(params)`` gives, by reverse-mode autograd.
 
     The eager step uses this: functorch wraps every op of the forward pass, which
@@ -228,15 +252,8 @@ def _autograd_grads(objective, params: Mapping):
         value, (tot, out, new_buffers, parts) = objective(leaves)
     gs = torch.autograd.grad(value, list(leaves.values()), allow_unused=True)
     grads = {k: g if g is not None else torch.zeros_like(leaves[k]) for k, g in zip(leaves, gs)}
-
-    def detach(tree):
-        if isinstance(tree, torch.Tensor):
-            return tree.detach()
-        if isinstance(tree, dict):
-            return {k: detach(v) for k, v in tree.items()}
-        return tree
-
-    return grads, tot.detach(), detach(out), detach(new_buffers), detach(parts)
+    # the losses are detached once, where they are put into the output (_with_losses)
+    return grads, tot, _detached(out, batch), _detached(new_buffers), parts
 
 
 def _split_tensors(batch: Mapping) -> tuple[dict, dict]:
