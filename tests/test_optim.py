@@ -63,6 +63,24 @@ def test_adamw_equals_torch(wd):
     _close(out, ref)
 
 
+@pytest.mark.parametrize(
+    ("ours", "theirs"),
+    [
+        (
+            lambda: optim.adamw(lr=3e-2, weight_decay=0.05),
+            lambda p: torch.optim.AdamW(p, lr=3e-2, weight_decay=0.05, fused=True),
+        ),
+        (lambda: optim.Adam(lr=1e-2, amsgrad=True), lambda p: torch.optim.Adam(p, lr=1e-2, amsgrad=True, fused=True)),
+    ],
+)
+def test_eager_cpu_adam_is_torchs_fused_kernel_bit_for_bit(ours, theirs):
+    """Eager on the CPU the Adam family runs torch's fused kernel (the cheap one per step): equal, not just close."""
+    ref = _run_torch(theirs)
+    out, _ = _run_fusefn(ours())
+    for k in ref:
+        assert torch.equal(out[k], ref[k]), k
+
+
 def test_adam_amsgrad_equals_torch():
     ref = _run_torch(lambda p: torch.optim.Adam(p, lr=1e-2, betas=(0.8, 0.99), weight_decay=0.01, amsgrad=True))
     out, _ = _run_fusefn(optim.Adam(lr=1e-2, b1=0.8, b2=0.99, weight_decay=0.01, amsgrad=True))

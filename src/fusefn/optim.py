@@ -9,12 +9,12 @@ An optimizer is a frozen record; its state lives outside it (optax-style)::
 ``fusefn.models.init`` returns). The update math is torch's own:
 :func:`torch.optim.adamw.adamw`, :func:`torch.optim.adam.adam` and
 :func:`torch.optim.sgd.sgd` are called on the tensors of the dicts, so N steps
-here equal N steps of ``torch.optim.AdamW``/``SGD`` (to float rounding: eager on
-the CPU, Adam and AdamW run torch's fused kernel, ``fused=True`` in ``torch.optim``,
-which is several times cheaper per step than the default loop over tensors). Like JAX buffer donation,
-``update`` writes the new values into the storage of ``params`` and of the
-state it is given; the caller must not use the old ones afterwards. That is what
-saves a copy of the parameters per step.
+here equal N steps of ``torch.optim.AdamW``/``SGD`` to float rounding. Eager on
+the CPU, Adam and AdamW run torch's fused kernel (bit for bit ``torch.optim.AdamW(
+..., fused=True)``), several times cheaper per step than torch's default loop over
+tensors. Like JAX buffer donation, ``update`` writes the new values into the
+storage of ``params`` and of the state it is given; the caller must not use the
+old ones afterwards. That is what saves a copy of the parameters per step.
 
 Learning rates are floats or *schedules*: records that map a step tensor to an
 lr tensor, so a compiled step sees a tensor whose value changes and never

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 from collections.abc import Callable
 from typing import Any
@@ -42,7 +43,15 @@ def init_process_group(backend: str | None = None) -> bool:
     if backend is None:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
     torch.distributed.init_process_group(backend=backend)
+    # a group left alive at interpreter exit can abort the process ("terminate called without an
+    # active exception") while its communication threads are torn down: close it first
+    atexit.register(_destroy)
     return True
+
+
+def _destroy() -> None:
+    if _active():
+        torch.distributed.destroy_process_group()
 
 
 def barrier() -> None:
