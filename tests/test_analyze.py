@@ -134,3 +134,20 @@ def test_invalid_samples_stop_or_are_skipped_and_listed(fuse_eval_dir, tmp_path)
         r = analyze(df, targets, score="CanAT-score", label="Task1-target", ci=0, skip_invalid=True)
     assert r["skipped"] == [{"id": "case_00011", "reason": "NaN or infinite score"}]
     assert r["num_samples"] == 59
+
+
+def test_markdown_report_embeds_the_figures(tmp_path, fuse_eval_dir):
+    from fusefn.analyze import analyze
+
+    analyze(
+        fuse_eval_dir / "example1_predictions.csv",
+        fuse_eval_dir / "example1_targets.csv",
+        id="id",
+        score="CanAT-score",
+        label="Task1-target",
+        ci=200,
+        out=tmp_path,
+    )
+    md = (tmp_path / "report.md").read_text()
+    for name in ("roc.png", "confusion_matrix.png", "reliability.png"):
+        assert f"]({name})" in md and (tmp_path / name).stat().st_size > 0

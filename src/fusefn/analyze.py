@@ -441,13 +441,19 @@ def analyze(
         out.mkdir(parents=True, exist_ok=True)
         _atomic_write(out / "metrics.json", (json.dumps(_jsonable(results), indent=2) + "\n").encode())
         _atomic_write(out / "report.txt", format_report(results, level).encode())
-        _atomic_write(out / "report.md", format_report(results, level, markdown=True).encode())
+        figures = []
         if plots:
             _plot_roc(batch, class_names, ci, seed, level, out / "roc.png")
             _plot_confusion(cm_value["matrix"], class_names, out / "confusion_matrix.png")
+            figures = [("ROC curve", "roc.png"), ("confusion matrix", "confusion_matrix.png")]
             if "ece" in point:
                 ece_state = point["ece"].update(point["ece"].init(), batch)
                 _plot_reliability(point["ece"].compute(ece_state), out / "reliability.png")
+                figures.append(("reliability diagram", "reliability.png"))
+        # the Markdown report embeds the figures, so one file shows the whole analysis
+        md = format_report(results, level, markdown=True)
+        md += "".join(f"\n### {title}\n\n![{title}]({name})\n" for title, name in figures)
+        _atomic_write(out / "report.md", md.encode())
     return results
 
 

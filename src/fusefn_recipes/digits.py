@@ -14,6 +14,9 @@ shows every fusefn piece in small, real form:
 * analysis → ``eval/metrics.json`` and ``eval/report.txt``.
 
 Run it: ``fusefn demo --out DIR`` or ``python recipes/digits.py all --out DIR``.
+
+Figure reached (seed 0, full default run, about 10 s on 2 CPU cores): test accuracy 0.983
+[0.969, 0.994] and macro one-vs-rest AUC 0.9999 on the 360 test digits.
 """
 
 from __future__ import annotations
@@ -333,6 +336,8 @@ def run_analyze(out, seed: int = 0, debug: str = "default") -> dict:
         path, out=out / EVAL_DIR, score="probabilities", label="label", ci=200 if fast else 2000, seed=seed,
         plots=not fast, strict=False,
     )  # fmt: skip
+    if not fast:
+        _report_figures(out, frame, seed)
     m = results["metrics"]
     auc = m["auc"]["macro"] if "macro" in m["auc"] else m["auc"]
     summary = {
@@ -344,6 +349,30 @@ def run_analyze(out, seed: int = 0, debug: str = "default") -> dict:
     _log.info("test accuracy %s, macro AUC %s (%d samples)", _fmt(summary["accuracy"]), _fmt(summary["auc_macro"]),
               frame.height)  # fmt: skip
     return summary
+
+
+def _report_figures(out: pathlib.Path, frame: pl.DataFrame, seed: int) -> None:
+    """Training curves and a grid of test predictions, appended to ``eval/report.md``."""
+    from fusefn.data import Dataset, H5Cache, collate
+    from fusefn.data.visualize import show_batch
+    from fusefn_recipes._common import curves_figure
+
+    eval_dir = out / EVAL_DIR
+    curves = curves_figure(
+        out / MODEL_DIR / "metrics.csv", eval_dir / "curves.png", ("losses.total_loss", "metrics.auc.macro")
+    )
+    first = frame.head(16)
+    ds = Dataset(source=source(seed).take(first["sample_id"].to_list()), cache=H5Cache(root=out / CACHE_DIR,
+                 pipeline=ReadDigit(), progress=False))  # fmt: skip
+    batch = nd.assoc(collate([ds[i] for i in range(len(ds))]), "model.pred",
+                     np.asarray(first["probabilities"].to_list()).argmax(1))  # fmt: skip
+    grid = show_batch(batch, eval_dir / "predictions.png", mask_key=None, pred_key="model.pred")
+    figures = [("training curves", curves), ("test predictions (gt / pred)", grid)]
+    md = "".join(f"\n### {t}\n\n![{t}]({p.name})\n" for t, p in figures if p is not None)
+    report = eval_dir / "report.md"
+    tmp = report.with_suffix(".md.tmp")
+    tmp.write_text(report.read_text() + md)
+    os.replace(tmp, report)
 
 
 def _plain(value):
