@@ -150,10 +150,15 @@ def _per_class(cm) -> dict[str, np.ndarray]:
     }
 
 
+@record
 class _Decisions(Reducer):
     """Reducer over a confusion matrix (rows: target, columns: decision); state = (C, C) int64 array."""
 
-    __slots__ = ()
+    pred: str | tuple = attrs.field(converter=key_field, validator=validate_key)
+    target: str | tuple = attrs.field(converter=key_field, validator=validate_key)
+    threshold: float | tuple | None = attrs.field(default=None, converter=_threshold)
+    num_classes: int | None = None
+    class_names: tuple | None = attrs.field(default=None, converter=optional_tuple)
 
     def init(self) -> np.ndarray:
         c = self.num_classes or (len(self.class_names) if self.class_names else 0)
@@ -202,12 +207,6 @@ class _Decisions(Reducer):
 class Accuracy(_Decisions):
     """Fraction of samples whose decision (argmax, or score >= threshold) equals the target."""
 
-    pred: str | tuple = attrs.field(converter=key_field, validator=validate_key)
-    target: str | tuple = attrs.field(converter=key_field, validator=validate_key)
-    threshold: float | tuple | None = attrs.field(default=None, converter=_threshold)
-    num_classes: int | None = None
-    class_names: tuple | None = attrs.field(default=None, converter=optional_tuple)
-
     def compute(self, state: np.ndarray) -> float:
         return float(_accuracy(state)) if self._check(state) else float("nan")
 
@@ -219,12 +218,6 @@ class Accuracy(_Decisions):
 class BalancedAccuracy(_Decisions):
     """Mean recall over the classes present in the target (as scikit-learn's ``balanced_accuracy_score``)."""
 
-    pred: str | tuple = attrs.field(converter=key_field, validator=validate_key)
-    target: str | tuple = attrs.field(converter=key_field, validator=validate_key)
-    threshold: float | tuple | None = attrs.field(default=None, converter=_threshold)
-    num_classes: int | None = None
-    class_names: tuple | None = attrs.field(default=None, converter=optional_tuple)
-
     def compute(self, state: np.ndarray) -> float:
         return float(_balanced_accuracy(state)) if self._check(state) else float("nan")
 
@@ -235,12 +228,6 @@ class BalancedAccuracy(_Decisions):
 @record
 class MCC(_Decisions):
     """Matthews correlation coefficient (multi-class R_K); NaN with a warning when undefined."""
-
-    pred: str | tuple = attrs.field(converter=key_field, validator=validate_key)
-    target: str | tuple = attrs.field(converter=key_field, validator=validate_key)
-    threshold: float | tuple | None = attrs.field(default=None, converter=_threshold)
-    num_classes: int | None = None
-    class_names: tuple | None = attrs.field(default=None, converter=optional_tuple)
 
     def compute(self, state: np.ndarray) -> float:
         if not self._check(state):
@@ -261,12 +248,6 @@ class ConfusionMatrix(_Decisions):
     ``compute`` returns ``{"matrix": [[...]], "accuracy": a, "classes": {name: {stat: value}}}``;
     matrix rows are targets, columns decisions.
     """
-
-    pred: str | tuple = attrs.field(converter=key_field, validator=validate_key)
-    target: str | tuple = attrs.field(converter=key_field, validator=validate_key)
-    threshold: float | tuple | None = attrs.field(default=None, converter=_threshold)
-    num_classes: int | None = None
-    class_names: tuple | None = attrs.field(default=None, converter=optional_tuple)
 
     def _names(self, c: int) -> tuple:
         return class_names_for(c, self.class_names) if self.class_names else tuple(str(i) for i in range(c))
@@ -292,10 +273,13 @@ class ConfusionMatrix(_Decisions):
 # ------------------------------------------------------------------ ranking family
 
 
+@record
 class _Ranking(ColumnStore):
     """Rank statistics per class (one-vs-rest) from the stored scores; binary gives one float."""
 
-    __slots__ = ()
+    pred: str | tuple = attrs.field(converter=key_field, validator=validate_key)
+    target: str | tuple = attrs.field(converter=key_field, validator=validate_key)
+    class_names: tuple | None = attrs.field(default=None, converter=optional_tuple)
     _what = "metric"
 
     def extract(self, batch: Mapping) -> dict[str, np.ndarray]:
@@ -385,9 +369,6 @@ class AUCROC(_Ranking):
     sample gives NaN and a warning saying which.
     """
 
-    pred: str | tuple = attrs.field(converter=key_field, validator=validate_key)
-    target: str | tuple = attrs.field(converter=key_field, validator=validate_key)
-    class_names: tuple | None = attrs.field(default=None, converter=optional_tuple)
     _what = "ROC AUC"
 
     def _stat(self, p, n):
@@ -414,11 +395,8 @@ class PartialAUC(_Ranking):
     operating region.
     """
 
-    pred: str | tuple = attrs.field(converter=key_field, validator=validate_key)
-    target: str | tuple = attrs.field(converter=key_field, validator=validate_key)
     max_fpr: float | None = attrs.field(default=None, validator=_check_partial)
     min_tpr: float | None = attrs.field(default=None, validator=_check_partial)
-    class_names: tuple | None = attrs.field(default=None, converter=optional_tuple)
     _what = "partial AUC"
 
     def __attrs_post_init__(self):
@@ -437,9 +415,6 @@ class PartialAUC(_Ranking):
 class AveragePrecision(_Ranking):
     """Average precision (area under the precision-recall curve, step-wise as scikit-learn)."""
 
-    pred: str | tuple = attrs.field(converter=key_field, validator=validate_key)
-    target: str | tuple = attrs.field(converter=key_field, validator=validate_key)
-    class_names: tuple | None = attrs.field(default=None, converter=optional_tuple)
     _what = "average precision"
 
     def _stat(self, p, n):
@@ -453,9 +428,6 @@ class ROCCurve(_Ranking):
     The first threshold is ``inf`` (nothing called positive); then one point per distinct score.
     """
 
-    pred: str | tuple = attrs.field(converter=key_field, validator=validate_key)
-    target: str | tuple = attrs.field(converter=key_field, validator=validate_key)
-    class_names: tuple | None = attrs.field(default=None, converter=optional_tuple)
     _what = "ROC curve"
 
     def _curve(self, s: np.ndarray, pos: np.ndarray, counts=None) -> dict:
