@@ -20,7 +20,6 @@ import json
 import math
 import os
 import pathlib
-import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -29,6 +28,7 @@ import click
 import numpy as np
 import polars as pl
 
+from fusefn._atomic import write_bytes
 from fusefn.errors import ConfigError
 from fusefn.metrics import (
     AUCROC,
@@ -103,20 +103,6 @@ def _score_matrix(df: pl.DataFrame, cols: tuple[str, ...]) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------- helpers
-
-
-def _atomic_write(path: pathlib.Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` all at once: a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _jsonable(obj: Any) -> Any:
@@ -198,7 +184,7 @@ def _save(fig, path: pathlib.Path) -> None:
     FigureCanvasAgg(fig)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    _atomic_write(path, buf.getvalue())
+    write_bytes(path, buf.getvalue())
 
 
 def _plot_roc(batch, class_names, ci: int, seed: int, level: float, path: pathlib.Path) -> None:
@@ -439,8 +425,8 @@ def analyze(
     if out is not None:
         out = pathlib.Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        _atomic_write(out / "metrics.json", (json.dumps(_jsonable(results), indent=2) + "\n").encode())
-        _atomic_write(out / "report.txt", format_report(results, level).encode())
+        write_bytes(out / "metrics.json", (json.dumps(_jsonable(results), indent=2) + "\n").encode())
+        write_bytes(out / "report.txt", format_report(results, level).encode())
         figures = []
         if plots:
             _plot_roc(batch, class_names, ci, seed, level, out / "roc.png")
@@ -453,7 +439,7 @@ def analyze(
         # the Markdown report embeds the figures, so one file shows the whole analysis
         md = format_report(results, level, markdown=True)
         md += "".join(f"\n### {title}\n\n![{title}]({name})\n" for title, name in figures)
-        _atomic_write(out / "report.md", md.encode())
+        write_bytes(out / "report.md", md.encode())
     return results
 
 

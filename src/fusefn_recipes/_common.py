@@ -34,6 +34,7 @@ import numpy as np
 
 from fusefn import debug as fdebug
 from fusefn import log as flog
+from fusefn._atomic import write_bytes
 from fusefn.core import record
 from fusefn.data.visualize import save_figure
 from fusefn.errors import FusefnError
@@ -273,11 +274,11 @@ def write_report(
     for head, body in sections:
         lines += [f"## {head}", "", body.strip(), ""]
     for caption, fig in figures:
-        rel = pathlib.Path(fig).resolve().relative_to(path.parent.resolve()) if fig else fig
+        if fig is None:  # a figure with nothing to draw (e.g. no metrics CSV yet)
+            continue
+        rel = pathlib.Path(fig).resolve().relative_to(path.parent.resolve())
         lines += [f"![{caption}]({rel.as_posix()})", ""]
-    tmp = path.with_suffix(".md.tmp")
-    tmp.write_text("\n".join(lines), encoding="utf-8")
-    tmp.replace(path)
+    write_bytes(path, "\n".join(lines).encode())
     return path
 
 
@@ -298,10 +299,7 @@ def _jsonable(obj):
 def save_json(path: pathlib.Path, obj) -> pathlib.Path:
     """Write ``obj`` as indented JSON atomically (NaN → null)."""
     path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(_jsonable(obj), indent=2), encoding="utf-8")
-    tmp.replace(path)
+    write_bytes(path, json.dumps(_jsonable(obj), indent=2).encode())
     return path
 
 

@@ -353,6 +353,7 @@ def run_analyze(out, seed: int = 0, debug: str = "default") -> dict:
 
 def _report_figures(out: pathlib.Path, frame: pl.DataFrame, seed: int) -> None:
     """Training curves and a grid of test predictions, appended to ``eval/report.md``."""
+    from fusefn._atomic import write_bytes
     from fusefn.data import Dataset, H5Cache, collate
     from fusefn.data.visualize import show_batch
     from fusefn_recipes._common import curves_figure
@@ -370,9 +371,7 @@ def _report_figures(out: pathlib.Path, frame: pl.DataFrame, seed: int) -> None:
     figures = [("training curves", curves), ("test predictions (gt / pred)", grid)]
     md = "".join(f"\n### {t}\n\n![{t}]({p.name})\n" for t, p in figures if p is not None)
     report = eval_dir / "report.md"
-    tmp = report.with_suffix(".md.tmp")
-    tmp.write_text(report.read_text() + md)
-    os.replace(tmp, report)
+    write_bytes(report, (report.read_text() + md).encode())
 
 
 def _plain(value):

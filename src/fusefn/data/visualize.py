@@ -14,13 +14,13 @@ writes one PNG and returns its path.
 from __future__ import annotations
 
 import math
-import os
 import pathlib
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 from fusefn import nd
+from fusefn._atomic import atomic_path
 from fusefn.errors import SampleError
 
 __all__ = ["save_figure", "show_batch", "show_before_after", "show_histogram", "show_sample", "show_volume"]
@@ -38,13 +38,8 @@ def _figure(w: float, h: float):
 def save_figure(fig, path, **savefig_kwargs) -> pathlib.Path:
     """Write ``fig`` as a PNG at ``path`` atomically (a temporary file, then a rename): never half a file."""
     path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", **savefig_kwargs)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 

@@ -14,12 +14,10 @@ checkpoint intact.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import os
 import pathlib
-import tempfile
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -27,6 +25,7 @@ import attrs
 import torch
 
 from fusefn import nd
+from fusefn._atomic import atomic_path
 from fusefn.core import fingerprint, from_config, record, to_config
 from fusefn.errors import ConfigError, FusefnError
 from fusefn.train.state import TrainState, tree_to
@@ -120,51 +119,10 @@ def checkpoint_path(model_dir: str | os.PathLike, which: str | int | os.PathLike
     return ckdir / f"{which}.pt"
 
 
-def _fsync_dir(path: pathlib.Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-_MODE = 0o666 & ~_umask()
-
-
 def _atomic_write(path: pathlib.Path, write, durable: bool = True) -> None:
-    """Write through ``write(file)`` to a temporary file, then rename it over ``path``.
-
-    The rename makes the file appear whole or not at all, even if the process is
-    killed. ``durable`` also flushes it to the disk (fsync), which protects against a
-    power loss and costs a few milliseconds per file.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.chmod(tmp, _MODE)  # mkstemp makes 0600 files; a checkpoint is an ordinary file
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            if durable:
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    if durable:
-        _fsync_dir(path.parent)
+    """Write through ``write(file)`` atomically (see :mod:`fusefn._atomic`); ``durable`` fsyncs it."""
+    with atomic_path(path, durable=durable) as tmp, open(tmp, "wb") as f:
+        write(f)
 
 
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:

@@ -17,7 +17,6 @@ import json
 import logging
 import os
 import pathlib
-import tempfile
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -26,6 +25,7 @@ import polars as pl
 import torch
 
 from fusefn import nd
+from fusefn._atomic import atomic_path
 from fusefn.core import from_config
 from fusefn.errors import ConfigError, SampleError
 from fusefn.train.checkpoint import CheckpointError, checkpoint_path, load_checkpoint
@@ -141,16 +141,9 @@ def _is_big(values: list, max_inline: int) -> bool:
 
 
 def _atomic(path: pathlib.Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """``write(tmp_path)`` then rename over ``path`` (see :mod:`fusefn._atomic`)."""
+    with atomic_path(path) as tmp:
+        write(str(tmp))
 
 
 def _vote(member_rows: list[list]) -> list[int]:

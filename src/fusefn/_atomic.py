@@ -1,0 +1,75 @@
+"""Atomic file writes: a file appears whole or not at all, even if the process is killed.
+
+Every file fusefn writes goes through :func:`atomic_path`: the content is written to
+a temporary file beside the target, which is then renamed over it. The HDF5 cache
+keeps its own temporary names, which its recovery sweeps.
+
+>>> import pathlib, tempfile
+>>> target = pathlib.Path(tempfile.mkdtemp()) / "out" / "a.txt"
+>>> write_bytes(target, b"whole")
+>>> target.read_bytes(), [p.name for p in target.parent.iterdir()]
+(b'whole', ['a.txt'])
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pathlib
+import tempfile
+from collections.abc import Iterator
+
+__all__ = ["atomic_path", "write_bytes"]
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# mkstemp makes 0600 files; what fusefn writes is an ordinary file
+_MODE = 0o666 & ~_umask()
+
+
+def _fsync(path: str | os.PathLike) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, *, durable: bool = False) -> Iterator[pathlib.Path]:
+    """A temporary path to write; renamed over ``path`` when the block succeeds, removed when it fails.
+
+    ``durable`` also flushes the file and its folder to the disk (fsync): safe against a
+    power loss, at a few milliseconds per file.
+    """
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        os.chmod(tmp, _MODE)
+        yield pathlib.Path(tmp)
+        if durable:
+            _fsync(tmp)
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+    if durable:
+        _fsync(path.parent)
+
+
+def write_bytes(path: str | os.PathLike, data: bytes, *, durable: bool = False) -> None:
+    """Write ``data`` to ``path`` atomically."""
+    with atomic_path(path, durable=durable) as tmp:
+        tmp.write_bytes(data)
