@@ -2,7 +2,13 @@
 
 Every system caches the output of the same cheap static op — a deterministic float32 array per sample id — for
 2,000 samples of 1×256×256 (2D) and 200 volumes of 1×64×128×128 (3D), building with 2 worker processes, then reads
-every sample back once per repetition in one fixed shuffled order, in the main process.
+every sample back once per repetition in one fixed shuffled order, in the main process, and sums its values: a read
+counts once every byte of the array has been used, so a system that defers work (fusefn maps large rows instead of
+copying them) pays for it inside the timing.
+
+Before every build (untimed, for every system alike) the previous store is deleted and ``os.sync()`` flushes the
+dirty pages the last build left: otherwise a build's time depends on how much of the previous one the disk still has
+to write back, which on this machine swings the 3D build rate by 3×.
 
 Systems and settings:
 - FuseMedML 0.4.1: ``SamplesCacher(workers=2)`` + ``DatasetDefault(...).create()``, read with ``dataset[i]``;
@@ -13,6 +19,8 @@ Systems and settings:
 - h5py ceiling: a 2-process pool computes the arrays, the main process writes them into one HDF5 dataset of shape
   ``(n, *shape)`` chunked one sample per chunk, no compression; read with ``dataset[i]`` on the open file.
 - fusefn: ``H5Cache(workers=2)`` (defaults otherwise: no compression), ``build(ids)``, read with ``cache.read(id)``.
+- fusefn, lzf: the same with ``compression="lzf"`` (bytes shuffled, then LZF), to show what disk use below the raw
+  bytes costs on this data (uniform random floats: only their exponent bytes compress).
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import _common as C
 
 KEY = "data.input.img"
+FUSEFN_LZF = "fusefn, lzf"
 
 
 def make_array(sample_id, shape) -> np.ndarray:
@@ -48,6 +57,12 @@ def disk_bytes(path: pathlib.Path) -> int:
 def fresh(path: pathlib.Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
     path.mkdir(parents=True)
+
+
+def clean(path: pathlib.Path) -> None:
+    """Ahead of a timed build: no previous store, and no dirty pages of it left for the disk to write back."""
+    fresh(path)
+    os.sync()
 
 
 # ---------------------------------------------------------------- FuseMedML
@@ -78,9 +93,11 @@ def fusemedml_system(shape, ids, root: pathlib.Path):
 
     def read(order):
         ds = state["ds"]
+        total = 0.0
         for i in order:
             x = ds[int(i)][KEY]
-        assert x.shape == shape
+            total += float(x.sum())
+        assert x.shape == shape and total > 0
 
     return build, read
 
@@ -104,7 +121,6 @@ def monai_system(shape, ids, root: pathlib.Path):
     state = {}
 
     def build():
-        fresh(root)
         ds = PersistentDataset(data=[{"id": int(i)} for i in ids], transform=MakeArrayd(), cache_dir=root)
         for _ in DataLoader(ds, batch_size=16, num_workers=2, collate_fn=_count):
             pass
@@ -112,9 +128,11 @@ def monai_system(shape, ids, root: pathlib.Path):
 
     def read(order):
         ds = state["ds"]
+        total = 0.0
         for i in order:
             x = ds[int(i)]["img"]
-        assert tuple(x.shape) == shape
+            total += float(x.sum())
+        assert tuple(x.shape) == shape and total > 0
 
     return build, read
 
@@ -134,7 +152,6 @@ def h5py_system(shape, ids, root: pathlib.Path):
     state = {}
 
     def build():
-        fresh(root)
         ctx = multiprocessing.get_context("fork")
         with ctx.Pool(2) as pool, h5py.File(path, "w") as f:
             ds = f.create_dataset("x", shape=(len(ids), *shape), dtype="float32", chunks=(1, *shape))
@@ -145,9 +162,11 @@ def h5py_system(shape, ids, root: pathlib.Path):
         if "f" not in state:
             state["f"] = h5py.File(path, "r")
         ds = state["f"]["x"]
+        total = 0.0
         for i in order:
             x = ds[int(i)]
-        assert x.shape == shape
+            total += float(x.sum())
+        assert x.shape == shape and total > 0
 
     def close():
         if "f" in state:
@@ -159,7 +178,7 @@ def h5py_system(shape, ids, root: pathlib.Path):
 # ---------------------------------------------------------------- fusefn
 
 
-def fusefn_system(shape, ids, root: pathlib.Path):
+def fusefn_system(shape, ids, root: pathlib.Path, compression=None):
     """fusefn's side, or the reason it is not there yet."""
     cache_mod, why = C.optional_import("fusefn.data.cache", "H5Cache")
     if cache_mod is None:
@@ -168,17 +187,18 @@ def fusefn_system(shape, ids, root: pathlib.Path):
     state = {}
 
     def build():
-        fresh(root)
-        cache = cache_mod.H5Cache(root=root, pipeline=op, workers=2, progress=False)
+        cache = cache_mod.H5Cache(root=root, pipeline=op, workers=2, compression=compression, progress=False)
         report = cache.build(list(ids))
         assert report.computed == len(ids), report
         state["cache"] = cache
 
     def read(order):
         cache = state["cache"]
+        total = 0.0
         for i in order:
             x = cache.read(int(i))["data"]["input"]["img"]
-        assert x.shape == shape
+            total += float(x.sum())
+        assert x.shape == shape and total > 0
 
     return (build, read), None
 
@@ -247,10 +267,14 @@ def run_case(rec: C.Recorder, args, label: str, shape: tuple, n: int, workdir: p
         rec.skip(f"cache.*.{label}", C.FUSEFN, why)
     else:
         systems.append((C.FUSEFN, root, *sides, None, "H5Cache(workers=2) defaults, read with H5Cache.read"))
+        # the disk-for-speed trade: on this incompressible data only compression gets under the raw bytes
+        root = workdir / f"fusefn_lzf_{label}"
+        sides, _ = C.attempt(fusefn_system, shape, ids, root, compression="lzf")
+        systems.append((FUSEFN_LZF, root, *sides, None, 'H5Cache(workers=2, compression="lzf"), shuffled bytes'))
 
     for system, root, build, read, close, settings in systems:
         try:
-            times = C.measure(build, repeats=args.repeats, warmup=args.warmup)
+            times = C.measure(build, repeats=args.repeats, warmup=args.warmup, before=lambda root=root: clean(root))
             rec.add(
                 f"cache.build.{label}",
                 system,

@@ -28,12 +28,14 @@ COMPARISONS: dict[str, dict[str, Any]] = {
     "cache.build.2d": {
         "title": "Sample cache: build, 2D (1×256×256 float32, 2 workers)",
         "issue": 3,
+        "note": "Before every timed build, untimed and for every system: the previous store is deleted and `os.sync()` writes back its dirty pages, so no build pays for the one before it.",
         "better": "higher",
         "targets": {C.FUSEMEDML: (">=", 3.0, "build ≥ 3× FuseMedML")},
     },
     "cache.read.2d": {
         "title": "Sample cache: read, 2D (1×256×256 float32)",
         "issue": 3,
+        "note": "A read fetches every sample once, in one shuffled order, and sums all its values: the time counts until every byte was used, so work a system defers (fusefn maps large rows) is inside it.",
         "better": "higher",
         "targets": {
             C.FUSEMEDML: (">=", 10.0, "read ≥ 10× FuseMedML"),
@@ -49,12 +51,14 @@ COMPARISONS: dict[str, dict[str, Any]] = {
     "cache.build.3d": {
         "title": "Sample cache: build, 3D (1×64×128×128 float32, 2 workers)",
         "issue": 3,
+        "note": "Before every timed build, untimed and for every system: the previous store is deleted and `os.sync()` writes back its dirty pages, so no build pays for the one before it.",
         "better": "higher",
         "targets": {C.FUSEMEDML: (">=", 3.0, "build ≥ 3× FuseMedML")},
     },
     "cache.read.3d": {
         "title": "Sample cache: read, 3D (1×64×128×128 float32)",
         "issue": 3,
+        "note": "A read fetches every sample once, in one shuffled order, and sums all its values: the time counts until every byte was used, so work a system defers (fusefn maps large rows) is inside it.",
         "better": "higher",
         "targets": {
             C.FUSEMEDML: (">=", 10.0, "read ≥ 10× FuseMedML"),
@@ -236,6 +240,8 @@ def comparison_md(name: str, rows: list[dict]) -> tuple[list[str], list[tuple[st
     out.append("")
     notes = [f"- {s}: {r['settings']}" for s, r in by_sys.items() if r.get("settings")]
     vals = [f"- value computed by {s}: `{json.dumps(r['value'])}`" for s, r in by_sys.items() if "value" in r]
+    if spec.get("note"):
+        notes.append(f"- {spec['note']}")
     out += notes + vals
     if notes or vals:
         out.append("")
@@ -256,8 +262,20 @@ def machine_md(info: dict) -> list[str]:
         f"- **run**: {info.get('date')}, {'QUICK (reduced sizes)' if info.get('quick') else 'full sizes'}, "
         f"{info.get('repeats')} timed repetitions after {info.get('warmup')} warm-up; load average at start "
         f"{info.get('load_average')} (other work on the machine makes the figures noisy)",
+        *_runs_md(info.get("runs") or {}),
         "",
     ]
+
+
+def _runs_md(runs: dict) -> list[str]:
+    """When some benchmarks were re-run alone (``--only``), which rows come from which run."""
+    by_date: dict[str, list[str]] = {}
+    for bench, date in runs.items():
+        by_date.setdefault(date, []).append(bench)
+    if len(by_date) < 2:
+        return []
+    parts = [f"{', '.join(b)} at {d}" for d, b in sorted(by_date.items(), reverse=True)]
+    return [f"- **rows measured**: {'; '.join(parts)} (re-run alone; the machine line above is the latest run's)"]
 
 
 def generate(paths: Sequence[pathlib.Path] | None = None, out: pathlib.Path = OUT) -> pathlib.Path:

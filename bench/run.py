@@ -44,18 +44,22 @@ def main(argv=None) -> int:
     selected = only or list(BENCHES)
     results = args.results or C.results_path(args.device)
 
-    # keep the rows of benchmarks not re-run (with --only), drop the rest and the old machine line
-    kept = []
+    # keep the rows of benchmarks not re-run (with --only), and when each of them was measured; drop the rest
+    kept, runs = [], {}
     if only and results.exists():
         for line in results.read_text().splitlines():
             row = json.loads(line)
-            if row.get("bench") not in selected and row.get("bench") != "_machine":
+            if row.get("bench") == "_machine":
+                runs = row.get("runs") or dict.fromkeys(BENCHES, row.get("date"))
+            elif row.get("bench") not in selected:
                 kept.append(line)
+    kept_benches = {json.loads(line).get("bench") for line in kept}
     import torch
 
     torch.set_num_threads(args.threads)
-    info = {"bench": "_machine", "quick": args.quick, "repeats": args.repeats, "warmup": args.warmup,
-            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    date = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    info = {"bench": "_machine", "quick": args.quick, "repeats": args.repeats, "warmup": args.warmup, "date": date,
+            "runs": {**{b: d for b, d in runs.items() if b in kept_benches}, **dict.fromkeys(selected, date)},
             **C.machine_info(args.device, args.threads)}  # fmt: skip
     results.parent.mkdir(parents=True, exist_ok=True)
     results.write_text("".join(x + "\n" for x in [json.dumps(info), *kept]))

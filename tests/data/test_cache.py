@@ -1,4 +1,5 @@
 import json
+import mmap
 import os
 import signal
 import subprocess
@@ -48,6 +49,7 @@ def odd_only(s):
 
 
 IDS = [f"s{i}" for i in range(10)]
+MMAP = mmap.mmap  # the type, kept before any test replaces the function
 
 
 def assert_same(a, b):
@@ -186,11 +188,36 @@ def test_parallel_build_equals_serial(tmp_path):
         assert_same(parallel.read(sid), serial.read(sid))
 
 
-def test_compression_round_trip(tmp_path):
-    cache = H5Cache(root=tmp_path, pipeline=make, compression="gzip", progress=False)
+@pytest.mark.parametrize("compression", ["gzip", "lzf"])
+def test_compression_round_trip(tmp_path, compression):
+    cache = H5Cache(root=tmp_path, pipeline=make, compression=compression, progress=False)
     cache.build(IDS)
     for sid in IDS:
         assert_same(cache.read(sid), make({"data": {"sample_id": sid}}))
+
+
+def _scan(s):
+    # a float image with a lot of background, like a CT slice: compressible once its bytes are shuffled
+    n = int(s["data"]["sample_id"][1:])
+    img = np.zeros((1, 128, 128), np.float32)
+    img[0, 32:96, 32:96] = np.random.default_rng(n).normal(size=(64, 64)).astype(np.float32)
+    return nd.assoc(s, "data.input.img", img)
+
+
+@pytest.mark.parametrize("compression", ["gzip", "lzf"])
+def test_compression_stores_less_than_the_raw_bytes(tmp_path, compression):
+    ids = [f"s{i}" for i in range(8)]
+    raw = len(ids) * 128 * 128 * 4
+    plain = H5Cache(root=tmp_path / "plain", pipeline=_scan, progress=False)
+    packed = H5Cache(root=tmp_path / "packed", pipeline=_scan, compression=compression, progress=False)
+    plain.build(ids)
+    packed.build(ids)
+    size = sum(f.stat().st_size for f in packed.path.glob("shard-*.h5"))
+    assert size < 0.6 * raw < sum(f.stat().st_size for f in plain.path.glob("shard-*.h5"))
+    for sid in ids:
+        np.testing.assert_array_equal(
+            packed.read(sid)["data"]["input"]["img"], _scan({"data": {"sample_id": sid}})["data"]["input"]["img"]
+        )
 
 
 def test_editing_an_op_body_gets_a_new_store(tmp_path):
@@ -414,3 +441,73 @@ def test_editing_a_helper_the_op_calls_changes_the_store(tmp_path, monkeypatch):
         mod = importlib.import_module(f"helper_mod_{factor}")
         keys.append(store_key(mod.op))
     assert keys[0] != keys[1]
+
+
+def _volume(s):
+    n = int(s["data"]["sample_id"][1:])
+    vol = np.random.default_rng(n).random((1, 64, 64, 64), dtype=np.float32)  # 1 MiB: read by mapping
+    return nd.assoc_many(s, {"data.input.vol": vol, "data.input.t": torch.from_numpy(vol[0, 0].copy())})
+
+
+def _mapped_base(x) -> bool:
+    while x is not None and not isinstance(x, MMAP):
+        x = x.obj if isinstance(x, memoryview) else getattr(x, "base", None)
+    return x is not None
+
+
+def test_large_rows_are_mapped_writable_and_private(tmp_path):
+    cache = H5Cache(root=tmp_path, pipeline=_volume, progress=False)
+    cache.build(["v1", "v2"])
+    (shard,) = cache.path.glob("shard-*.h5")
+    before = shard.read_bytes()
+    first = cache.read("v1")["data"]["input"]["vol"]
+    expected = _volume({"data": {"sample_id": "v1"}})["data"]["input"]["vol"]
+    assert _mapped_base(first) and first.flags.writeable
+    np.testing.assert_array_equal(first, expected)
+    first[0, 0, 0, :] = -1.0  # copy-on-write: neither the file nor the next read of the sample sees it
+    first *= 2
+    again = cache.read("v1")["data"]["input"]["vol"]
+    np.testing.assert_array_equal(again, expected)
+    assert shard.read_bytes() == before
+    np.testing.assert_array_equal(
+        cache.read("v2")["data"]["input"]["vol"], _volume({"data": {"sample_id": "v2"}})["data"]["input"]["vol"]
+    )
+    # a mapped array outlives the store's handles and survives pickling (DataLoader workers send it)
+    import pickle
+
+    _forget(cache.path)
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(again)), expected)
+
+
+def test_mapping_failure_falls_back_to_a_copy(tmp_path, monkeypatch):
+    from fusefn.data import cache as cache_mod
+
+    cache = H5Cache(root=tmp_path, pipeline=make, progress=False)
+    cache.build(IDS)
+    monkeypatch.setattr(cache_mod, "_MAP_MIN_BYTES", 1)  # map every row, even the small ones
+    mapped = {sid: cache.read(sid) for sid in IDS}
+    assert _mapped_base(mapped["s3"]["data"]["input"]["img"])
+
+    def refuse(*a, **k):
+        raise OSError(12, "Cannot allocate memory")
+
+    monkeypatch.setattr(mmap, "mmap", refuse)
+    for sid in IDS:
+        copied = cache.read(sid)
+        assert not _mapped_base(copied["data"]["input"]["img"])
+        assert_same(copied, mapped[sid])
+        assert_same(copied, make({"data": {"sample_id": sid}}))
+
+
+def test_mapped_read_of_a_truncated_file_is_an_error_not_a_crash(tmp_path, monkeypatch):
+    from fusefn.data import cache as cache_mod
+
+    monkeypatch.setattr(cache_mod, "_MAP_MIN_BYTES", 1)
+    cache = H5Cache(root=tmp_path, pipeline=make, shard_size=10, progress=False)
+    cache.build(IDS)
+    cache.read("s0")
+    (shard,) = cache.path.glob("shard-*.h5")
+    with open(shard, "r+b") as fh:
+        fh.truncate(1024)
+    with pytest.raises(NotCachedError, match="damaged"):
+        cache.read("s9")

@@ -152,7 +152,10 @@ def test_wrap_torch_dataset():
 
 
 @pytest.mark.slow
-def test_dataloader_workers_read_the_cache(tmp_path):
+@pytest.mark.parametrize("mapped", [False, True], ids=["copied", "mapped"])
+def test_dataloader_workers_read_the_cache(tmp_path, monkeypatch, mapped):
+    if mapped:  # every row read by mapping, as volumes are; the workers are forked, so they inherit this
+        monkeypatch.setattr("fusefn.data.cache._MAP_MIN_BYTES", 1)
     ds = Dataset(source=SRC, cache=H5Cache(root=tmp_path, pipeline=STATIC, progress=False))
     ds[0]  # the parent has the store open before the workers fork
     loader = torch.utils.data.DataLoader(ds, batch_size=2, num_workers=2, collate_fn=collate)

@@ -20,9 +20,12 @@ is checked against its manifest on open; a truncated or unreadable shard is
 reported, set aside (``*.corrupt``) and its samples rebuilt.
 
 Arrays of one shape and dtype are stored as one ``(n, *shape)`` dataset per key
-(contiguous, one row per sample, read with a single ``pread`` straight into the
-output buffer); other arrays as one dataset per sample; scalars and strings as
-columns held in memory by readers. Each process opens the store lazily, so
+(contiguous, one row per sample); other arrays as one dataset per sample; scalars
+and strings as columns held in memory by readers. A contiguous row is read with a
+single ``pread`` straight into the output buffer or, from 1 MiB up (volumes), is
+mapped copy-on-write: the page-cache pages are mapped into the array handed out
+(no copy), and writing to it copies only the pages written, never touching the
+file or another read of the same sample. Each process opens the store lazily, so
 DataLoader workers never share an HDF5 handle.
 
 >>> import numpy as np, tempfile
@@ -48,6 +51,7 @@ import decimal
 import hashlib
 import json
 import logging
+import mmap
 import multiprocessing as mp
 import os
 import pathlib
@@ -76,6 +80,12 @@ FORMAT = 1
 SAMPLE_ID = "data.sample_id"
 _log = logging.getLogger("fusefn")
 _LOCK = threading.RLock()
+# rows this large are mapped instead of copied: below it a pread is as fast, and each mapping
+# costs the process one of its limited memory-map slots (vm.max_map_count) while the array lives
+_MAP_MIN_BYTES = 1 << 20
+# Linux >= 5.14: fault the mapped page-cache pages in at read time (no copy), so a read hands out
+# resident data and the first touch pays no page faults; older kernels refuse it and get readahead
+_MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22)
 
 
 class NotCachedError(FusefnError, KeyError):
@@ -265,6 +275,7 @@ def _write_shard(path: str, rows: list[dict], compression, compression_level) ->
                         chunks=(1, *shape[1:]) if len(shape) > 1 and np.prod(shape) else None,
                         compression=compression,
                         compression_opts=compression_level,
+                        shuffle=dtype.itemsize > 1,
                     )
                 ds.attrs["kind"] = sig[0]
             elif len(kinds) == 1 and kinds <= {"torch", "numpy"}:
@@ -279,6 +290,7 @@ def _write_shard(path: str, rows: list[dict], compression, compression_level) ->
                             data=a,
                             compression=compression if chunked else None,
                             compression_opts=compression_level if chunked else None,
+                            shuffle=chunked and a.dtype.itemsize > 1,
                         )
             elif len(sigs) == 1 and complete and kinds <= set(_TABLE_DTYPES):
                 ds = f.create_dataset(f"table/{name}", data=np.asarray(values, dtype=_TABLE_DTYPES[next(iter(kinds))]))
@@ -552,12 +564,7 @@ class _Shard:
         flat: dict[str, Any] = {}
         for key, kind, offset, nbytes, shape, dtype in self.raw:
             if wanted(key):
-                buf = np.empty(shape, dtype)  # read straight into the array handed out: no extra copy
-                if nbytes:
-                    got = os.preadv(self.fd, [buf], offset + row * nbytes)
-                    if got != nbytes:
-                        raise OSError(f"{self.path}: short read ({got} of {nbytes} bytes); the file was truncated")
-                flat[key] = _wrap(buf, kind)
+                flat[key] = _wrap(self._row(offset + row * nbytes, nbytes, shape, dtype), kind)
         for key, kind, ds in self.chunked:
             if wanted(key):
                 flat[key] = _wrap(ds[row], kind)
@@ -569,7 +576,25 @@ class _Shard:
                 flat[key] = values[row]
         return nd.unflatten(flat)
 
+    def _row(self, at: int, nbytes: int, shape: tuple, dtype) -> np.ndarray:
+        """``nbytes`` at file offset ``at`` as a fresh, writable array of ``shape``."""
+        if nbytes >= _MAP_MIN_BYTES:
+            # checked per read: touching a mapped page past the end of a file truncated since kills the process
+            if os.fstat(self.fd).st_size < at + nbytes:
+                raise OSError(f"{self.path}: row at {at} ends past the end of the file; the file was truncated")
+            try:
+                return _mapped(self.fd, at, nbytes, shape, dtype)
+            except (OSError, ValueError):  # no mapping slot left, or a file system that cannot map: copy
+                pass
+        buf = np.empty(shape, dtype)  # read straight into the array handed out: no extra copy
+        if nbytes:
+            got = os.preadv(self.fd, [buf], at)
+            if got != nbytes:
+                raise OSError(f"{self.path}: short read ({got} of {nbytes} bytes); the file was truncated")
+        return buf
+
     def close(self) -> None:
+        # arrays mapped from this shard stay valid: each mapping holds its own reference to the file
         if self.fd is not None:
             with contextlib.suppress(OSError):
                 os.close(self.fd)
@@ -577,6 +602,18 @@ class _Shard:
             with contextlib.suppress(Exception):
                 self.h5.close()
         self.loaded, self.fd, self.h5 = False, None, None
+
+
+def _mapped(fd: int, at: int, nbytes: int, shape: tuple, dtype) -> np.ndarray:
+    """A private copy-on-write mapping of ``nbytes`` at ``at`` in ``fd``, as an array; unmapped when it dies."""
+    start = at - at % mmap.ALLOCATIONGRANULARITY
+    m = mmap.mmap(fd, at - start + nbytes, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE, offset=start)
+    try:
+        m.madvise(_MADV_POPULATE_READ)
+    except OSError:
+        with contextlib.suppress(OSError):
+            m.madvise(mmap.MADV_WILLNEED)
+    return np.frombuffer(m, dtype, count=int(np.prod(shape, dtype=np.int64)), offset=at - start).reshape(shape)
 
 
 def _wrap(arr: np.ndarray, kind: str):
@@ -873,7 +910,8 @@ class H5Cache:
         root: directory holding stores; each pipeline gets ``root/<fingerprint>``.
         pipeline: the static pipeline, ``sample -> sample | None | list[sample]``.
         workers: processes computing samples during :meth:`build` (0: in this process).
-        compression: ``None`` (fastest reads), or lossless ``"gzip"``/``"lzf"`` per sample.
+        compression: ``None`` (fastest reads), or lossless ``"gzip"``/``"lzf"`` per sample (bytes shuffled
+            first for multi-byte types, which lets float images compress).
         shard_bytes: array bytes per shard file before a worker commits it.
         checksum: store a CRC32 per shard, checked by ``verify(deep=True)``.
         durable: fsync shards before committing (survives power loss, slower).
