@@ -357,8 +357,27 @@ def _pdeathsig() -> None:
         pass
 
 
+def _keep_freed_memory() -> None:
+    """Have glibc keep freed memory in this build worker instead of handing it back to the kernel.
+
+    A worker allocates and frees arrays of the same sizes sample after sample. By default glibc serves
+    large ones from fresh mappings and hands freed heap back to the kernel, so every next sample faults
+    its pages in again: a fifth of a 3D build's time here. Only build workers do this; they exit when
+    the build ends.
+    """
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD: arrays up to 32 MiB come from the reusable heap
+        libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD: keep up to 1 GiB of freed heap for the next samples
+    except Exception:
+        pass
+
+
 def _init_worker(pipeline, store_dir, parent_pid, options) -> None:
     _pdeathsig()
+    _keep_freed_memory()
     if os.getppid() != parent_pid:
         os._exit(1)
     torch = sys.modules.get("torch")  # importing it here would cost each worker seconds
