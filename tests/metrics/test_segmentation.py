@@ -105,7 +105,7 @@ def test_hausdorff95_matches_brute_force_surface_distances():
     from scipy import ndimage
     from scipy.spatial.distance import cdist
 
-    from fusefn.metrics.segmentation import Hausdorff95
+    from fusefn.metrics import Hausdorff95
 
     rng = np.random.default_rng(4)
     t = np.zeros((2, 12, 12, 12), int)

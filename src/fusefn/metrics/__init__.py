@@ -27,7 +27,7 @@ from fusefn.metrics.detection import BoxDetection
 from fusefn.metrics.distributed import gather
 from fusefn.metrics.evaluation import evaluate
 from fusefn.metrics.group import GroupBy
-from fusefn.metrics.segmentation import Dice, IoU
+from fusefn.metrics.segmentation import Dice, Hausdorff95, IoU
 from fusefn.metrics.stats import DeLong, McNemar
 
 __all__ = [
@@ -43,6 +43,7 @@ __all__ = [
     "DeLong",
     "Dice",
     "GroupBy",
+    "Hausdorff95",
     "IoU",
     "McNemar",
     "PartialAUC",
