@@ -7,8 +7,8 @@ counts once every byte of the array has been used, so a system that defers work 
 copying them) pays for it inside the timing.
 
 Before every build (untimed, for every system alike) the previous store is deleted and ``os.sync()`` flushes the
-dirty pages the last build left: otherwise a build's time depends on how much of the previous one the disk still has
-to write back, which on this machine swings the 3D build rate by 3×.
+dirty pages the last build left: without it a build's time depended on the write-back still pending from the builds
+before it, and the 3D build rates swung by up to 3× between repetitions.
 
 Systems and settings:
 - FuseMedML 0.4.1: ``SamplesCacher(workers=2)`` + ``DatasetDefault(...).create()``, read with ``dataset[i]``;

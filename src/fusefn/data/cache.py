@@ -362,7 +362,7 @@ def _keep_freed_memory() -> None:
 
     A worker allocates and frees arrays of the same sizes sample after sample. By default glibc serves
     large ones from fresh mappings and hands freed heap back to the kernel, so every next sample faults
-    its pages in again: a fifth of a 3D build's time here. Only build workers do this; they exit when
+    its pages in again: about a sixth of a 3D build's time here. Only build workers do this; they exit when
     the build ends.
     """
     try:
