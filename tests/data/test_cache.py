@@ -511,3 +511,17 @@ def test_mapped_read_of_a_truncated_file_is_an_error_not_a_crash(tmp_path, monke
         fh.truncate(1024)
     with pytest.raises(NotCachedError, match="damaged"):
         cache.read("s9")
+
+
+def test_readers_hold_no_hdf5_chunk_cache(tmp_path):
+    # each sample is read once per epoch: HDF5's chunk cache (8 MiB per dataset since HDF5 2.0) would only
+    # hold decompressed chunks in every DataLoader worker, for every shard it opened
+    from fusefn.data.cache import _store
+
+    cache = H5Cache(root=tmp_path, pipeline=make, compression="lzf", progress=False)
+    cache.build(IDS)
+    cache.read("s1")
+    (shard,) = [s for s in _store(cache.path).shards.values() if s.loaded]
+    assert shard.chunked, "the compressed arrays are chunked datasets"
+    for _key, _kind, ds in shard.chunked:
+        assert ds.id.get_access_plist().get_chunk_cache()[1] == 0

@@ -543,7 +543,9 @@ class _Shard:
         size = os.path.getsize(self.path)
         if size != self.manifest["size"]:
             raise OSError(f"{self.path} is {size} bytes, its manifest says {self.manifest['size']} (truncated?)")
-        self.h5 = h5py.File(self.path, "r", locking=False)
+        # no chunk cache: an epoch reads each sample once, so HDF5's cache (8 MiB per dataset since HDF5 2.0)
+        # would only hold memory, in every worker and for every shard opened
+        self.h5 = h5py.File(self.path, "r", locking=False, rdcc_nbytes=0)
         self.fd = os.open(self.path, os.O_RDONLY)
         self.raw: list[tuple] = []  # (key, kind, offset, row_nbytes, shape, dtype)
         self.chunked: list[tuple] = []  # (key, kind, dataset)
