@@ -525,3 +525,107 @@ def test_readers_hold_no_hdf5_chunk_cache(tmp_path):
     assert shard.chunked, "the compressed arrays are chunked datasets"
     for _key, _kind, ds in shard.chunked:
         assert ds.id.get_access_plist().get_chunk_cache()[1] == 0
+
+
+def _import_fresh(name: str):
+    import importlib
+    import sys
+
+    sys.modules.pop(name, None)
+    importlib.invalidate_caches()
+    return importlib.import_module(name)
+
+
+@pytest.mark.parametrize("style", ["from helpers import scale", "import helpers"])
+def test_editing_a_helper_in_another_module_changes_the_store(tmp_path, monkeypatch, style):
+    from fusefn.data.cache import store_key
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+    call = "scale(x)" if style.startswith("from") else "helpers.scale(x)"
+    (tmp_path / "user_ops.py").write_text(
+        f"from fusefn import nd\n{style}\n\ndef op(s):\n    x = 1.0\n    return nd.assoc(s, 'data.x', {call})\n"
+    )
+    keys = []
+    for factor in (2, 3):
+        (tmp_path / "helpers.py").write_text(f"def scale(x):\n    return x * {factor}\n")
+        _import_fresh("helpers")
+        op = _import_fresh("user_ops").op
+        assert op({"data": {"sample_id": 0}})["data"]["x"] == factor
+        keys.append(store_key(op))
+    assert keys[0] != keys[1]
+    monkeypatch.delitem(__import__("sys").modules, "helpers")
+    monkeypatch.delitem(__import__("sys").modules, "user_ops")
+
+
+def test_changing_a_module_constant_the_op_reads_changes_the_store(tmp_path, monkeypatch):
+    from fusefn.data.cache import store_key
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+    keys = []
+    for scale in (2, 3):
+        (tmp_path / "const_ops.py").write_text(
+            f"from fusefn import nd\nSCALE = {scale}\nNAMES = ('a', 'b')\n\n"
+            "def op(s):\n    return nd.assoc(s, 'data.x', SCALE * len(NAMES))\n"
+        )
+        keys.append(store_key(_import_fresh("const_ops").op))
+    assert keys[0] != keys[1]
+    monkeypatch.delitem(__import__("sys").modules, "const_ops")
+
+
+def test_numpy_integer_ids_find_their_samples(tmp_path):
+    cache = H5Cache(root=tmp_path, pipeline=lambda s: nd.assoc(s, "data.x", 1), progress=False)
+    cache.build([1, 2])
+    assert np.int64(1) in cache and cache.entry(np.int64(2))["status"] == "ok"
+    assert cache.read(np.int64(2))["data"]["sample_id"] == 2
+
+
+def test_a_tensor_numpy_cannot_hold_is_a_recorded_failure(tmp_path):
+    def op(s):
+        dtype = torch.bfloat16 if s["data"]["sample_id"] == 2 else torch.float32
+        return nd.assoc(s, "data.t", torch.ones(3, dtype=dtype))
+
+    cache = H5Cache(root=tmp_path, pipeline=op, progress=False)
+    report = cache.build([1, 2, 3])
+    assert (report.computed, report.failed) == (2, 1)
+    (failure,) = cache.failures()
+    assert failure["sample_id"] == 2 and failure["key"] == "data.t" and "bfloat16" in failure["error"]
+    assert cache.read(3)["data"]["t"].dtype == torch.float32
+
+
+def test_two_sources_with_one_output_id_are_reported_not_hidden(tmp_path):
+    def by_patient(s):  # a static op that (wrongly) re-keys every sample by its patient
+        return nd.assoc_many(s, {"data.sample_id": "patient1", "data.x": s["data"]["sample_id"]})
+
+    cache = H5Cache(root=tmp_path, pipeline=by_patient, progress=False)
+    report = cache.build([1, 2])
+    (failure,) = report.failures
+    assert failure["sample_id"] == 2 and "'patient1'" in failure["error"] and "1 and 2" in failure["error"]
+    with pytest.raises(SampleError, match="produced by source samples 1 and 2"):
+        cache.read("patient1")
+
+
+def test_mapped_rows_are_aligned_after_a_small_key(tmp_path):
+    def op(s):
+        return nd.assoc_many(s, {"data.a": np.zeros(3, np.uint8), "data.v": np.ones((1, 64, 64, 64), np.float64)})
+
+    cache = H5Cache(root=tmp_path, pipeline=op, progress=False)
+    cache.build([0, 1])
+    v = cache.read(1)["data"]["v"]
+    assert _mapped_base(v) and v.flags.aligned and v.ctypes.data % 8 == 0
+
+
+def test_a_read_error_while_mapping_falls_back_to_a_copy(tmp_path, monkeypatch):
+    import errno
+
+    from fusefn.data import cache as cache_mod
+
+    class FailingMap(MMAP):
+        def madvise(self, *args):
+            raise OSError(errno.EIO, "Input/output error")
+
+    cache = H5Cache(root=tmp_path, pipeline=_volume, progress=False)
+    cache.build(["v1"])
+    monkeypatch.setattr(cache_mod.mmap, "mmap", FailingMap)
+    v = cache.read("v1")["data"]["input"]["vol"]
+    assert not _mapped_base(v)
+    np.testing.assert_array_equal(v, _volume({"data": {"sample_id": "v1"}})["data"]["input"]["vol"])

@@ -1,5 +1,6 @@
 import collections
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -63,6 +64,13 @@ def test_bad_config():
         BalancedBatchSampler(LABELS, batch_size=3, rank=2, world_size=2)
     with pytest.raises(ConfigError, match="empty"):
         BalancedBatchSampler([], batch_size=3)
+
+
+def test_missing_labels_raise():
+    with pytest.raises(ConfigError, match=r"2 of 6 labels are missing \(NaN/None\), first at positions \[4, 5\]"):
+        BalancedBatchSampler(np.array([0, 0, 1, 1, np.nan, np.nan]), batch_size=4)
+    with pytest.raises(ConfigError, match=r"1 of 3 labels are missing.*positions \[1\]"):
+        BalancedBatchSampler(["a", None, "b"], batch_size=2)
 
 
 @settings(max_examples=30, deadline=None)

@@ -52,6 +52,35 @@ def test_from_glob_ids_from_file_names(tmp_path):
         DataSource.from_glob(str(tmp_path / "*.png"))
 
 
+def test_from_glob_stem_strips_only_the_extension(tmp_path):
+    # DICOM files named by UID: every dot before the extension belongs to the id
+    names = ("1.2.840.113619.2.55.3.1.dcm", "1.2.840.113619.2.55.3.2.dcm", "case01.nii.gz", "img.png", "t.csv.zst")
+    for name in names:
+        (tmp_path / name).write_bytes(b"x")
+    assert sorted(DataSource.from_glob(str(tmp_path / "*")).ids) == [
+        "1.2.840.113619.2.55.3.1",
+        "1.2.840.113619.2.55.3.2",
+        "case01",
+        "img",
+        "t",
+    ]
+
+
+def test_from_csv_reads_ids_as_text(tmp_path):
+    (tmp_path / "t.csv").write_text("sample_id,label\n001,0\n002,1\n")
+    (tmp_path / "001.png").write_bytes(b"x")
+    src = DataSource.from_csv(tmp_path / "t.csv")
+    assert src.ids == ["001", "002"]
+    assert src.column("label") == [0, 1]  # only the id column is forced to text
+    assert DataSource.from_glob(str(tmp_path / "*.png")).ids[0] in src.ids
+    (tmp_path / "u.csv").write_text("case,label\n007,0\n")
+    assert DataSource.from_csv(tmp_path / "u.csv", id_column="case").ids == ["007"]
+    # the caller's own typing of the id column wins
+    assert DataSource.from_csv(tmp_path / "t.csv", schema_overrides={"sample_id": pl.Int64}).ids == [1, 2]
+    # a frame built in memory keeps integer ids
+    assert DataSource.from_frame(pl.DataFrame({"sample_id": [1, 2]})).ids == [1, 2]
+
+
 def test_from_medmnist_layout(tmp_path):
     np.savez(
         tmp_path / "m.npz",

@@ -48,6 +48,8 @@ import concurrent.futures as cf
 import contextlib
 import datetime
 import decimal
+import errno
+import functools
 import hashlib
 import json
 import logging
@@ -148,6 +150,8 @@ def _id_key(sid) -> str:
         return "s" + sid
     if t is int:
         return f"i{sid}"
+    if isinstance(sid, np.generic):  # np.int64(1) from an index array is the id 1
+        return _id_key(sid.item())
     return "j" + json.dumps(sid)
 
 
@@ -220,6 +224,12 @@ def _as_numpy(v) -> np.ndarray:
     return np.ascontiguousarray(v)
 
 
+def _array_bytes(v) -> int:
+    if _is_tensor(v):
+        return v.nelement() * v.element_size()
+    return v.nbytes if isinstance(v, np.ndarray) else 0
+
+
 _TABLE_DTYPES = {"bool": np.bool_, "int": np.int64, "float": np.float64}
 
 
@@ -243,7 +253,11 @@ def _write_shard(path: str, rows: list[dict], compression, compression_level) ->
         keys.update(dict.fromkeys(r))
     n = len(rows)
     raw: list[tuple[int, list]] = []
-    with h5py.File(path, "w", libver="latest", locking=False) as f:
+    # large datasets start on a page boundary, so every row of a stacked array is aligned for its dtype
+    # (readers map rows of volumes straight into arrays)
+    with h5py.File(
+        path, "w", libver="latest", locking=False, alignment_threshold=_MAP_MIN_BYTES, alignment_interval=4096
+    ) as f:
         f.attrs["format"] = FORMAT
         f.attrs["n"] = n
         for key in keys:
@@ -331,6 +345,17 @@ def _plain(v):
 
 
 def _check_leaf(v, key: str, sid) -> None:
+    if _is_tensor(v):
+        try:
+            v.new_empty(0, device="cpu").numpy()
+        except TypeError:
+            raise SampleError(
+                f"cannot store a {v.dtype} tensor in the cache: numpy has no such type; cast it in the static "
+                "pipeline (e.g. .float()) or leave the cast to the dynamic pipeline",
+                sample_id=sid,
+                key=key,
+            ) from None
+        return
     if _signature(v) == ("json",):
         try:
             json.dumps(to_config(_plain(v)))
@@ -440,6 +465,7 @@ def _build_items(pipeline, store_dir: str, items, options: dict, parent_pid: int
                 for k, v in flat.items():
                     _check_leaf(v, k, nd.get(o, SAMPLE_ID))
                 flat_outs.append(flat)
+            size = sum(_array_bytes(v) for f in flat_outs for v in f.values())
         except Exception as exc:
             entry.update(status="failed", **{k: v for k, v in _failure(sid, exc).items() if k != "sample_id"})
             entries.append(entry)
@@ -449,9 +475,7 @@ def _build_items(pipeline, store_dir: str, items, options: dict, parent_pid: int
         entry["outputs"] = [f[SAMPLE_ID] for f in flat_outs]
         rows.extend(flat_outs)
         entries.append(entry)
-        nbytes += sum(
-            _as_numpy(v).nbytes for f in flat_outs for v in f.values() if _signature(v)[0] in ("torch", "numpy")
-        )
+        nbytes += size
         if nbytes >= options["shard_bytes"]:
             flush()
     flush()
@@ -599,7 +623,7 @@ class _Shard:
 
     def _row(self, at: int, nbytes: int, shape: tuple, dtype) -> np.ndarray:
         """``nbytes`` at file offset ``at`` as a fresh, writable array of ``shape``."""
-        if nbytes >= _MAP_MIN_BYTES:
+        if nbytes >= _MAP_MIN_BYTES and at % dtype.alignment == 0:  # stores written before rows were aligned: copy
             # checked per read: touching a mapped page past the end of a file truncated since kills the process
             if os.fstat(self.fd).st_size < at + nbytes:
                 raise OSError(f"{self.path}: row at {at} ends past the end of the file; the file was truncated")
@@ -631,8 +655,13 @@ def _mapped(fd: int, at: int, nbytes: int, shape: tuple, dtype) -> np.ndarray:
     m = mmap.mmap(fd, at - start + nbytes, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE, offset=start)
     try:
         m.madvise(_MADV_POPULATE_READ)
-    except OSError:
-        with contextlib.suppress(OSError):
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:
+            # a read error or a short file: a mapping would kill the process on first touch; the caller
+            # copies instead, and a copy reports the error
+            m.close()
+            raise
+        with contextlib.suppress(OSError):  # a kernel without MADV_POPULATE_READ: start readahead instead
             m.madvise(mmap.MADV_WILLNEED)
     return np.frombuffer(m, dtype, count=int(np.prod(shape, dtype=np.int64)), offset=at - start).reshape(shape)
 
@@ -679,6 +708,8 @@ class _Store:
         self.shards: dict[str, _Shard] = {}
         self.entries: dict[str, dict] = {}  # id key -> latest manifest entry (+ "shard")
         self.rows: dict[str, tuple[str, int]] = {}  # output id key -> (shard file, row)
+        self.owner: dict[str, str] = {}  # output id key -> id key of the source sample that produced it
+        self.clashes: dict[str, tuple] = {}  # output id key -> (output id, first source id, other source id)
         self.bad: dict[str, str] = {}
         self.scan()
 
@@ -712,13 +743,22 @@ class _Store:
         for _, name, manifest in sorted(new, key=lambda t: (t[0], t[1])):
             self.shards[name] = _Shard(str(self.path / name), manifest)
             for e in manifest["samples"]:
-                old = self.entries.get(_id_key(e["id"]))
+                src = _id_key(e["id"])
+                old = self.entries.get(src)
                 if old is not None:  # a newer build of this sample supersedes the old rows
                     for o in old.get("outputs", ()):
-                        self.rows.pop(_id_key(o), None)
-                self.entries[_id_key(e["id"])] = {**e, "shard": name}
+                        if self.owner.get(_id_key(o)) == src:
+                            self.rows.pop(_id_key(o), None)
+                            self.owner.pop(_id_key(o), None)
+                self.entries[src] = {**e, "shard": name}
                 for o, r in zip(e.get("outputs", ()), e.get("rows", ())):
-                    self.rows[_id_key(o)] = (name, r)
+                    out = _id_key(o)
+                    first = self.owner.get(out)
+                    if first is not None and first != src:
+                        # two source samples claim one output id: serving either would hide the other
+                        self.clashes[out] = (o, self.entries[first]["id"], e["id"])
+                    self.rows[out] = (name, r)
+                    self.owner[out] = src
 
     def entry(self, sid) -> dict | None:
         return self.entries.get(_id_key(sid))
@@ -728,6 +768,8 @@ class _Store:
         if loc is None:
             self.scan()  # a build in another process may have committed it since
             loc = self.rows.get(_id_key(sid))
+        if self.clashes and _id_key(sid) in self.clashes:
+            raise SampleError(_clash_message(*self.clashes[_id_key(sid)]), sample_id=sid, key=SAMPLE_ID)
         if loc is None:
             e = self.entry(sid)
             if e is not None and e.get("status") == "failed":
@@ -748,6 +790,13 @@ class _Store:
     def close(self) -> None:
         for s in self.shards.values():
             s.close()
+
+
+def _clash_message(out, first, other) -> str:
+    return (
+        f"output sample id {out!r} is produced by source samples {first!r} and {other!r}; the static "
+        "pipeline must give every output its own id"
+    )
 
 
 _STORES: dict[str, _Store] = {}
@@ -782,12 +831,22 @@ def _code_digest(obj, h, seen: set) -> None:
             with contextlib.suppress(ValueError):
                 _code_digest(cell.cell_contents, h, seen)
         _code_digest(obj.__defaults__, h, seen)
-        # helpers the function calls from its own module: editing one changes what the op computes
-        for name in sorted(_names(obj.__code__)):
+        # what the function uses from the code around it: editing a helper it calls (in its module, in the
+        # user's other modules, or elsewhere in its own package) or a constant it reads changes what it computes
+        names = sorted(_names(obj.__code__))
+        for name in names:
             ref = obj.__globals__.get(name)
-            ref = getattr(ref, "__wrapped__", ref)  # functools.cache / wraps decorate the real function
-            if isinstance(ref, (types.FunctionType, type)) and getattr(ref, "__module__", None) == obj.__module__:
-                _code_digest(ref, h, seen)
+            if _is_constant(ref):
+                h.update(f"{name}={_constant_repr(ref)}".encode())
+            elif isinstance(ref, types.ModuleType) and _followed(ref, obj):
+                for attr in names:  # `helpers.scale(x)`: the attribute names are among the code's names
+                    sub = getattr(ref, attr, None)
+                    if _is_constant(sub):
+                        h.update(f"{name}.{attr}={_constant_repr(sub)}".encode())
+                    else:
+                        _follow(sub, obj, h, seen)
+            else:
+                _follow(ref, obj, h, seen)
     elif isinstance(obj, type):
         _feed_methods(obj, h, seen)
     elif isinstance(obj, (list, tuple)):
@@ -801,6 +860,54 @@ def _code_digest(obj, h, seen: set) -> None:
         if attrs.has(type(obj)):
             for f in attrs.fields(type(obj)):
                 _code_digest(getattr(obj, f.name), h, seen)
+
+
+def _follow(ref, user, h, seen: set) -> None:
+    ref = getattr(ref, "__wrapped__", ref)  # functools.cache / wraps decorate the real function
+    if isinstance(ref, (types.FunctionType, type)) and _followed(ref, user):
+        _code_digest(ref, h, seen)
+
+
+def _followed(ref, user) -> bool:
+    """Whether the code of ``ref`` (function, class or module) counts in the store key of code using it:
+    the user's own code, and anything in the same top-level package; not the standard library or the
+    installed third-party packages (numpy, torch: their version is not the pipeline's business)."""
+    module = getattr(ref, "__module__", None) if not isinstance(ref, types.ModuleType) else ref.__name__
+    if module is None:
+        return False
+    if module == user.__module__ or module.partition(".")[0] == str(user.__module__).partition(".")[0]:
+        return True
+    path = getattr(sys.modules.get(module), "__file__", None)
+    return path is not None and not os.path.realpath(path).startswith(_library_dirs())
+
+
+@functools.cache
+def _library_dirs() -> tuple[str, ...]:
+    import sysconfig
+
+    paths = sysconfig.get_paths()
+    dirs = {os.path.realpath(paths[k]) for k in ("stdlib", "platstdlib", "purelib", "platlib") if k in paths}
+    dirs |= {os.path.realpath(p) for p in sys.path if p and ("site-packages" in p or "dist-packages" in p)}
+    return tuple(sorted(d + os.sep for d in dirs))
+
+
+_CONSTANT_TYPES = (bool, int, float, complex, str, bytes, type(None))
+
+
+def _is_constant(v) -> bool:
+    if isinstance(v, _CONSTANT_TYPES):
+        return True
+    if isinstance(v, (tuple, frozenset)):
+        return all(_is_constant(x) for x in v)
+    return False
+
+
+def _constant_repr(v) -> str:
+    if isinstance(v, frozenset):  # its repr order follows the process's hash seed
+        return repr(sorted(map(_constant_repr, v)))
+    if isinstance(v, tuple):
+        return "(" + ",".join(map(_constant_repr, v)) + ")"
+    return repr(v)
 
 
 def _feed_methods(cls: type, h, seen: set) -> None:
@@ -840,7 +947,11 @@ def _feed_code(code, h) -> None:
 
 def store_key(pipeline) -> str:
     """The name of ``pipeline``'s store: its :func:`~fusefn.core.fingerprint` (configuration) combined
-    with the bytecode of its functions and op classes, so editing an op's body also gets a new store."""
+    with the bytecode of its functions and op classes, of the helpers they call from the user's modules or
+    their own package, and the plain constants those read: editing any of them gets a new store.
+
+    Not covered: file contents behind paths, module-level arrays or dicts, installed library versions.
+    """
     h = hashlib.sha256(fingerprint(pipeline).encode())
     _code_digest(pipeline, h, set())
     return h.hexdigest()[:32]
@@ -1038,6 +1149,12 @@ class H5Cache:
                 dropped += 1
             else:
                 outputs += len(e["outputs"])
+        wanted = {_id_key(s["data"]["sample_id"]) for s in samples}
+        for oid, first, other in store.clashes.values():
+            if _id_key(other) in wanted:
+                failures.append(
+                    {"sample_id": other, "op": None, "key": SAMPLE_ID, "error": _clash_message(oid, first, other)}
+                )
         computed = sum(1 for m in manifests for e in m["samples"] if e["status"] != "failed")
         report = BuildReport(
             store=str(store_dir),

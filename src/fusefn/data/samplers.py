@@ -30,6 +30,10 @@ def _hashable(v):
     return v
 
 
+def _is_missing(v) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v))
+
+
 class BalancedBatchSampler:
     """Yield lists of dataset indices, balanced over the classes in ``labels``.
 
@@ -38,7 +42,8 @@ class BalancedBatchSampler:
     set with :meth:`set_epoch`; :meth:`batches` is the pure function of ``(seed, epoch)``.
 
     Args:
-        labels: the class of each dataset index (any hashable values), e.g. ``dataset.values("data.gt.label")``.
+        labels: the class of each dataset index (any hashable values), e.g. ``dataset.values("data.gt.label")``;
+            a NaN or ``None`` label raises.
         batch_size: indices per batch.
         classes: the classes to balance (default: those in ``labels``, sorted). A class with no
             sample raises here rather than hanging or failing mid-epoch.
@@ -82,6 +87,13 @@ class BalancedBatchSampler:
         labels = [_hashable(v) for v in labels]
         if not labels:
             raise ConfigError("BalancedBatchSampler.labels is empty")
+        # NaN != NaN, so every NaN label would become a class of its own
+        missing = [i for i, v in enumerate(labels) if _is_missing(v)]
+        if missing:
+            raise ConfigError(
+                f"BalancedBatchSampler.labels: {len(missing)} of {len(labels)} labels are missing (NaN/None), "
+                f"first at positions {missing[:5]}; drop those samples or give them a class"
+            )
         present = sorted(set(labels), key=lambda v: (type(v).__name__, v))
         self.classes = list(classes) if classes is not None else present
         if len(set(self.classes)) != len(self.classes):

@@ -20,7 +20,7 @@ import glob as _glob
 import os
 import pathlib
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -41,6 +41,30 @@ def _close(name: str, options: Iterable[str]) -> str:
 def _require_column(frame: pl.DataFrame, name: str, what: str) -> None:
     if name not in frame.columns:
         raise ConfigError(f"{what} column {name!r} not in the table{_close(name, frame.columns)}")
+
+
+# compressed forms wrap another format, so ``x.nii.gz`` loses both suffixes
+_COMPRESSION_SUFFIXES = (".gz", ".bz2", ".xz", ".zst")
+
+
+def _strip_extension(name: str) -> str:
+    """``name`` without its extension: the last suffix, or two when the last is a compression one."""
+    path = pathlib.PurePath(name)
+    if path.suffix.lower() in _COMPRESSION_SUFFIXES:
+        path = pathlib.PurePath(path.stem)
+    return path.stem
+
+
+def _id_as_string(id_column: str, read_kwargs: dict) -> dict:
+    """``read_kwargs`` with the id column read as text unless the caller typed it already."""
+    if "schema" in read_kwargs:
+        return read_kwargs
+    overrides = read_kwargs.get("schema_overrides")
+    if overrides is None:
+        overrides = {}
+    elif not isinstance(overrides, Mapping):  # positional dtypes: cannot name the id column
+        return read_kwargs
+    return {**read_kwargs, "schema_overrides": {id_column: pl.String, **overrides}}
 
 
 def _check_frame(instance, attribute, frame) -> None:
@@ -92,11 +116,18 @@ class DataSource:
 
     @classmethod
     def from_csv(cls, path, id_column: str = "sample_id", **read_kwargs) -> DataSource:
-        """A source over a CSV file (``read_kwargs`` go to ``polars.read_csv``)."""
+        """A source over a CSV file (``read_kwargs`` go to ``polars.read_csv``).
+
+        The id column is read as text, so ids such as ``001`` keep their leading zeros and
+        match the ids :meth:`from_glob` takes from file names (a ``schema`` or a
+        ``schema_overrides`` entry for the id column in ``read_kwargs`` wins).
+        """
         path = pathlib.Path(path)
         if not path.is_file():
             raise ConfigError(f"CSV table not found: {path}")
-        return cls(frame=pl.read_csv(path, **read_kwargs), id_column=id_column, name=str(path))
+        return cls(
+            frame=pl.read_csv(path, **_id_as_string(id_column, read_kwargs)), id_column=id_column, name=str(path)
+        )
 
     @classmethod
     def from_parquet(cls, path, id_column: str = "sample_id", **read_kwargs) -> DataSource:
@@ -111,8 +142,13 @@ class DataSource:
         """One sample per file matching ``pattern`` (``**`` recurses); columns ``sample_id`` and ``path``.
 
         Args:
-            id_from: ``"stem"`` (file name without suffixes, e.g. ``ct_01`` for ``ct_01.nii.gz``),
-                ``"name"`` (file name) or ``"relpath"`` (path relative to the pattern's fixed prefix).
+            id_from: ``"stem"`` (the file name without its extension), ``"name"`` (file name) or
+                ``"relpath"`` (path relative to the pattern's fixed prefix).
+
+        The extension is the last suffix, or the last two when the last is a compression suffix
+        (``.gz``, ``.bz2``, ``.xz``, ``.zst``): ``ct_01.nii.gz`` -> ``ct_01``, ``img.png`` -> ``img``,
+        ``1.2.840.1.dcm`` -> ``1.2.840.1`` (dots before the extension are part of the id, as in
+        DICOM UIDs). A name starting with a dot and holding no other (``.hidden``) is kept whole.
         """
         if id_from not in ("stem", "name", "relpath"):
             raise ConfigError(f"from_glob.id_from must be 'stem', 'name' or 'relpath', got {id_from!r}")
@@ -128,7 +164,7 @@ class DataSource:
                 return pp.name
             if id_from == "relpath":
                 return str(pp.relative_to(base))
-            return pp.name.split(".", 1)[0] if not pp.name.startswith(".") else pp.name
+            return _strip_extension(pp.name)
 
         frame = pl.DataFrame({id_column: [sample_id(p) for p in paths], "path": paths})
         return cls(frame=frame, id_column=id_column, name=f"glob {pattern}")

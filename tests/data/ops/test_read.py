@@ -117,6 +117,115 @@ def test_corrupt_dicom(tmp_path):
         ops.ReadDicom(path=str(tmp_path / "{sample_id}.dcm"))(sample("x"))
 
 
+def write_pixels(path, data, shape, photometric, samples=1, frames=None, bits=8, signed=False, **tags):
+    """A secondary-capture DICOM of ``shape`` (rows, columns) whose PixelData is ``data`` as stored."""
+    import pydicom
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = pydicom.Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Rows, ds.Columns = shape
+    if frames is not None:
+        ds.NumberOfFrames = frames
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = samples, photometric
+    if samples == 3:
+        ds.PlanarConfiguration = 0
+    alloc = 8 if bits <= 8 else 16
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = alloc, bits, bits - 1, int(signed)
+    for name, value in tags.items():
+        setattr(ds, name, value)
+    dtype = {(8, False): "u1", (8, True): "i1", (16, False): "<u2", (16, True): "<i2"}[alloc, signed]
+    ds.PixelData = np.asarray(data).astype(dtype).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+
+
+def read_dicom(path, **kw):
+    return ops.ReadDicom(path=str(path), **kw)(sample("d"))["data"]["input"]["img"]
+
+
+def test_dicom_rgb_is_channel_first_like_read_image(tmp_path):
+    from PIL import Image
+
+    rgb = np.arange(4 * 5 * 3).reshape(4, 5, 3)
+    write_pixels(tmp_path / "rgb.dcm", rgb, (4, 5), "RGB", samples=3)
+    Image.fromarray(rgb.astype(np.uint8)).save(tmp_path / "rgb.png")
+    img = read_dicom(tmp_path / "rgb.dcm")
+    assert img.shape == (3, 4, 5) and img.dtype == np.float32
+    np.testing.assert_array_equal(
+        img, ops.ReadImage(path=str(tmp_path / "rgb.png"))(sample("d"))["data"]["input"]["img"]
+    )
+    video = np.arange(2 * 4 * 5 * 3).reshape(2, 4, 5, 3) % 256
+    write_pixels(tmp_path / "video.dcm", video, (4, 5), "RGB", samples=3, frames=2)
+    np.testing.assert_array_equal(read_dicom(tmp_path / "video.dcm"), np.moveaxis(video, -1, 0))  # 3×F×H×W
+
+
+def test_dicom_ybr_full_and_422_become_rgb(tmp_path):
+    from pydicom.pixels import convert_color_space
+
+    ybr = np.random.default_rng(0).integers(0, 256, (4, 6, 3)).astype(np.uint8)
+    write_pixels(tmp_path / "ybr.dcm", ybr, (4, 6), "YBR_FULL", samples=3)
+    expected = convert_color_space(ybr, "YBR_FULL", "RGB")
+    np.testing.assert_array_equal(read_dicom(tmp_path / "ybr.dcm"), np.moveaxis(expected, -1, 0))
+    # 4:2:2 stores Y1 Y2 Cb Cr per pair of pixels; neutral chroma is gray
+    pairs = np.array([[10, 20, 128, 128], [30, 40, 128, 128], [50, 60, 128, 128]] * 2)
+    write_pixels(tmp_path / "y422.dcm", pairs, (2, 6), "YBR_FULL_422", samples=3)
+    img = read_dicom(tmp_path / "y422.dcm")
+    assert img.shape == (3, 2, 6)
+    np.testing.assert_allclose(img, np.broadcast_to([10, 20, 30, 40, 50, 60], (3, 2, 6)), atol=1)
+
+
+def test_dicom_palette_color_is_looked_up(tmp_path):
+    lut = np.arange(256)
+    tags = {}
+    for colour, scale in (("Red", 1), ("Green", 2), ("Blue", 3)):
+        tags[f"{colour}PaletteColorLookupTableDescriptor"] = [256, 0, 16]
+        tags[f"{colour}PaletteColorLookupTableData"] = (lut * scale).astype("<u2").tobytes()
+    write_pixels(tmp_path / "pal.dcm", [[0, 1, 2], [3, 4, 5]], (2, 3), "PALETTE COLOR", **tags)
+    img = read_dicom(tmp_path / "pal.dcm")
+    np.testing.assert_array_equal(img, [[[0, 1, 2], [3, 4, 5]], [[0, 2, 4], [6, 8, 10]], [[0, 3, 6], [9, 12, 15]]])
+
+
+def test_dicom_unsupported_colour_space_is_named(tmp_path):
+    write_pixels(tmp_path / "hsv.dcm", np.zeros((4, 5, 3)), (4, 5), "HSV", samples=3)
+    with pytest.raises(SampleError, match="op ReadDicom, key 'data.input.img': .*photometric interpretation 'HSV'"):
+        read_dicom(tmp_path / "hsv.dcm")
+
+
+@pytest.mark.parametrize(
+    ("bits", "signed", "stored", "expected"),
+    [(8, False, [0, 255, 10], [255, 0, 245]), (12, False, [0, 4095, 10], [4095, 0, 4085]),
+     (12, True, [-2048, 2047, 10], [2047, -2048, -11])],
+)  # fmt: skip
+def test_dicom_monochrome1_is_inverted_over_the_stored_range(tmp_path, bits, signed, stored, expected):
+    write_pixels(tmp_path / "m1.dcm", [stored], (1, 3), "MONOCHROME1", bits=bits, signed=signed)
+    np.testing.assert_array_equal(read_dicom(tmp_path / "m1.dcm"), [[expected]])
+    write_pixels(tmp_path / "m1r.dcm", [stored], (1, 3), "MONOCHROME1", bits=bits, signed=signed,
+                 RescaleSlope=2, RescaleIntercept=-100)  # fmt: skip
+    np.testing.assert_array_equal(read_dicom(tmp_path / "m1r.dcm"), [[np.array(expected) * 2 - 100]])
+    np.testing.assert_array_equal(read_dicom(tmp_path / "m1r.dcm", rescale=False), [[expected]])
+
+
+def test_dicom_monochrome1_file_window_is_the_mirror_of_monochrome2(tmp_path):
+    pixels = np.array([[0, 50, 100, 150, 200, 255]])
+    tags = {"RescaleSlope": 2, "RescaleIntercept": -10, "WindowCenter": 150, "WindowWidth": 200}
+    write_pixels(tmp_path / "m1.dcm", pixels, (1, 6), "MONOCHROME1", **tags)
+    write_pixels(tmp_path / "m2.dcm", pixels, (1, 6), "MONOCHROME2", **tags)
+    m1, m2 = read_dicom(tmp_path / "m1.dcm", window="file"), read_dicom(tmp_path / "m2.dcm", window="file")
+    assert m2.max() > m2.min()
+    np.testing.assert_allclose(m1, 1 - m2, atol=1e-6)
+    # a window given to the op is over the output values, which MONOCHROME1 has already inverted
+    m1_values = read_dicom(tmp_path / "m1.dcm")
+    np.testing.assert_allclose(
+        read_dicom(tmp_path / "m1.dcm", window=(300, 200)), np.clip((m1_values - 200) / 200, 0, 1), atol=1e-6
+    )
+
+
 def test_nifti_array_and_spacing(tmp_path):
     import nibabel as nib
 

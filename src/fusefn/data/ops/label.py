@@ -89,10 +89,71 @@ def _pairs(m) -> tuple:
 
 _NO_DEFAULT = "__raise__"
 
+_REAL = (bool, int, float, np.bool_, np.integer, np.floating)
+
+
+def _fits(value, dtype: np.dtype) -> bool:
+    """Whether ``value`` can be stored in ``dtype`` as it is (no wrap-around, truncation or overflow)."""
+    v = value.item() if isinstance(value, np.generic) else value
+    if dtype.kind == "b":
+        return v in (0, 1)
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        return (isinstance(v, int) or (math.isfinite(v) and float(v).is_integer())) and info.min <= v <= info.max
+    if dtype.kind == "f":
+        return not math.isfinite(v) or abs(v) <= np.finfo(dtype).max
+    return dtype.kind == "c"
+
+
+def _widen(dtype: np.dtype, value) -> np.dtype:
+    v = value.item() if isinstance(value, np.generic) else value
+    if (isinstance(v, float) and not (math.isfinite(v) and v.is_integer())) or dtype.kind == "f":
+        # float32 at least: float16 would silently round values such as 0.1
+        return np.result_type(dtype, np.float32)
+    return np.result_type(dtype, np.min_scalar_type(int(v)))
+
+
+def _map_array(op, sample, arr: np.ndarray) -> np.ndarray:
+    """``arr`` mapped element-wise; every output is looked up in the original, so pairs never chain."""
+    if arr.dtype.kind not in "biufc":
+        raise fail(sample, op, op.key, f"cannot map an array of dtype {arr.dtype} element-wise; expected numbers")
+    outs = [out for _, out in op.mapping] + ([] if op.default == _NO_DEFAULT else [op.default])
+    dtype = arr.dtype
+    for out in outs:
+        if not isinstance(out, _REAL):
+            raise fail(sample, op, op.key, f"an array maps to numbers only, but the mapping has {out!r}")
+        if not _fits(out, dtype):
+            dtype = _widen(dtype, out)
+    result = arr.astype(dtype, copy=True)
+    done = np.zeros(arr.shape, bool)
+    for k, out in op.mapping:
+        if not isinstance(k, _REAL):
+            continue
+        # the first matching pair wins, as for a single value
+        hit = (arr == k) & ~done
+        result[hit] = out
+        done |= hit
+    if not done.all():
+        if op.default == _NO_DEFAULT:
+            missing = np.unique(arr[~done])
+            shown = ", ".join(repr(x) for x in missing[:10].tolist()) + (", ..." if missing.size > 10 else "")
+            known = [k for k, _ in op.mapping]
+            raise fail(sample, op, op.key, f"values [{shown}] not in the mapping {known}")
+        result[~done] = op.default
+    return result
+
 
 @record
 class MapValues:
-    """Replace the value at ``key`` through ``mapping``; unmapped values raise unless ``default`` is given."""
+    """Replace the value at ``key`` through ``mapping``; unmapped values raise unless ``default`` is given.
+
+    A numpy array or torch tensor with at least one axis (a mask) is mapped element-wise and keeps its
+    shape, container and device: all pairs are applied at once, so ``{1: 2, 2: 1}`` swaps. Its dtype is
+    kept unless a mapped value (or ``default``) does not fit it, e.g. ``-1`` in ``uint8`` gives ``int16``
+    and ``0.5`` in an integer array gives at least ``float32``. Elements matching no key raise, or become
+    ``default``, just like a single value; list identity pairs (``{0: 0}``) to keep values.
+    Zero-dimensional values and numpy scalars are single values and may map to anything.
+    """
 
     key: str = "data.gt.label"
     mapping: tuple = attrs.field(default=(), converter=_pairs)
@@ -101,6 +162,17 @@ class MapValues:
 
     def __call__(self, sample: Mapping) -> dict:
         v = get(sample, self, self.key)
+        if is_tensor(v) and v.ndim > 0:
+            import torch
+
+            t = v.detach().cpu()
+            exotic = t.is_floating_point() and t.dtype not in (torch.float16, torch.float32, torch.float64)
+            # numpy has no bfloat16/float8: map those in float32 and hand back their own dtype
+            mapped = _map_array(self, sample, (t.float() if exotic else t).numpy())
+            out = torch.from_numpy(mapped).to(v.device)
+            return nd.assoc(sample, self.out_key or self.key, out.to(v.dtype) if exotic else out)
+        if isinstance(v, np.ndarray) and v.ndim > 0:
+            return nd.assoc(sample, self.out_key or self.key, _map_array(self, sample, v))
         hv = v.item() if isinstance(v, np.generic) or (is_tensor(v) and v.numel() == 1) else v
         for k, out in self.mapping:
             if k == hv:

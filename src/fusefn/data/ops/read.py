@@ -167,14 +167,52 @@ def _first(v) -> float:
         return float(v)
 
 
+def _decoded(ds) -> tuple[np.ndarray, str]:
+    """The pixels and the photometric interpretation they came out in."""
+    try:
+        from pydicom.pixels import get_decoder
+    except ImportError:  # pydicom 2: a handler that converts colour says so in the dataset, read after decoding
+        arr = ds.pixel_array
+        return arr, str(ds.PhotometricInterpretation)
+    # decoding plugins differ in whether they convert YCbCr themselves; the decoder says which it did
+    arr, meta = get_decoder(ds.file_meta.TransferSyntaxUID).as_array(ds, as_rgb=False)
+    return arr, str(meta["photometric_interpretation"])
+
+
+def _colour_helpers():
+    try:
+        from pydicom.pixels import apply_color_lut, convert_color_space
+    except ImportError:  # pydicom 2
+        from pydicom.pixel_data_handlers.util import apply_color_lut, convert_color_space
+    return apply_color_lut, convert_color_space
+
+
+def _stored_range(ds) -> tuple[int, int]:
+    bits = int(ds.get("BitsStored") or ds.BitsAllocated)
+    if int(ds.get("PixelRepresentation", 0)) == 1:
+        return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    return 0, 2**bits - 1
+
+
 @record
 class ReadDicom:
-    """Read a DICOM file's pixels (``1×H×W`` float32; frames first for multi-frame) into ``key``.
+    """Read a DICOM file's pixels as float32 into ``key``.
+
+    Grayscale comes out ``1×H×W`` (``F×H×W`` for ``F`` frames). Colour comes out channel-first
+    like :class:`ReadImage`, ``3×H×W`` RGB, and multi-frame colour as the volume ``3×F×H×W``
+    (``C×D×H×W``, as the geometry ops take it). YBR_FULL and YBR_FULL_422 are converted to RGB and
+    PALETTE COLOR is looked up through its palette (values on the palette's scale, up to 65535 for
+    16-bit entries); other colour spaces raise.
+
+    MONOCHROME1 ("minimum is white") is inverted so that higher is always brighter: ``lo + hi - x``,
+    with ``[lo, hi]`` the range BitsStored/PixelRepresentation can store (through the rescale when
+    it is applied), so the same stored value gives the same output in every file of a series.
 
     Args:
-        rescale: apply RescaleSlope/RescaleIntercept (e.g. to Hounsfield units).
-        window: ``(center, width)`` to clip to and map to [0, 1]; ``"file"`` uses the file's
-            WindowCenter/WindowWidth; ``None`` keeps the values.
+        rescale: apply RescaleSlope/RescaleIntercept (e.g. to Hounsfield units); grayscale only.
+        window: ``(center, width)`` of the output values (after rescale and inversion) to clip to
+            and map to [0, 1]; ``"file"`` uses the file's WindowCenter/WindowWidth, which for
+            MONOCHROME1 are mirrored the same way as the pixels; ``None`` keeps the values.
         spacing_key: where to put ``(row, column)`` PixelSpacing when present (``None``: nowhere).
     """
 
@@ -190,21 +228,47 @@ class ReadDicom:
         path = resolve_path(self, sample)
         try:
             ds = pydicom.dcmread(path)
-            arr = ds.pixel_array.astype(np.float32)
+            arr, photometric = _decoded(ds)
+            apply_color_lut, convert_color_space = _colour_helpers()
+            if photometric in ("YBR_FULL", "YBR_FULL_422"):
+                arr, photometric = convert_color_space(arr, photometric, "RGB"), "RGB"
+            elif photometric == "PALETTE COLOR":
+                arr, photometric = apply_color_lut(arr, ds), "RGB"
         except Exception as exc:
             raise fail(sample, self, self.key, f"cannot read DICOM {path}: {type(exc).__name__}: {exc}") from exc
-        if self.rescale:
-            arr = arr * float(getattr(ds, "RescaleSlope", 1.0)) + float(getattr(ds, "RescaleIntercept", 0.0))
+        if photometric not in ("MONOCHROME1", "MONOCHROME2", "RGB"):
+            raise fail(
+                sample,
+                self,
+                self.key,
+                f"{path}: photometric interpretation {photometric!r} is not supported "
+                "(MONOCHROME1/2, RGB, YBR_FULL, YBR_FULL_422, PALETTE COLOR are)",
+            )
+        arr = arr.astype(np.float32)
+        gray = photometric != "RGB"
+        lo, hi = _stored_range(ds)
+        # the modality LUT is defined for grayscale only; colour samples are never rescaled
+        if self.rescale and gray:
+            slope, intercept = float(getattr(ds, "RescaleSlope", 1.0)), float(getattr(ds, "RescaleIntercept", 0.0))
+            arr = arr * slope + intercept
+            lo, hi = lo * slope + intercept, hi * slope + intercept
+        inverted = photometric == "MONOCHROME1"
+        if inverted:
+            arr = (lo + hi) - arr
         window = self.window
         if window == "file":
             if "WindowCenter" not in ds or "WindowWidth" not in ds:
                 raise fail(sample, self, self.key, f"{path} has no WindowCenter/WindowWidth")
-            window = (_first(ds.WindowCenter), _first(ds.WindowWidth))
+            center = _first(ds.WindowCenter)
+            # the file's window is over its own values, before the inversion above
+            window = ((lo + hi) - center if inverted else center, _first(ds.WindowWidth))
         if window is not None:
-            lo = window[0] - window[1] / 2
-            arr = np.clip((arr - lo) / window[1], 0.0, 1.0).astype(np.float32)
-        if arr.ndim == 2:
-            arr = arr[None]
+            lo_w = window[0] - window[1] / 2
+            arr = np.clip((arr - lo_w) / window[1], 0.0, 1.0).astype(np.float32)
+        if gray:
+            arr = arr[None] if arr.ndim == 2 else arr
+        else:
+            arr = np.moveaxis(arr, -1, 0)
         out = {self.key: np.ascontiguousarray(arr, dtype=np.float32)}
         if self.spacing_key is not None and "PixelSpacing" in ds:
             out[self.spacing_key] = tuple(float(s) for s in ds.PixelSpacing)

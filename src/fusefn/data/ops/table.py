@@ -32,10 +32,16 @@ __all__ = ["Table", "TableRow"]
 
 @record
 class Table:
-    """An immutable column store keyed by an id column; its fingerprint covers the values."""
+    """An immutable column store keyed by an id column; its fingerprint covers the values.
+
+    ``nulls`` maps a column to its boolean null mask, for the columns whose nulls are kept apart
+    from the values (every non-float column that has any): :meth:`row` gives ``None`` there.
+    Float columns hold their nulls as NaN.
+    """
 
     columns: dict = attrs.field(eq=False, repr=False)
     id_column: str = "sample_id"
+    nulls: dict = attrs.field(factory=dict, eq=False, repr=False)
     _index: dict = attrs.field(init=False, eq=False, repr=False)
 
     def __attrs_post_init__(self):
@@ -49,21 +55,34 @@ class Table:
     def from_frame(cls, frame: pl.DataFrame, id_column: str = "sample_id") -> Table:
         if id_column not in frame.columns:
             raise ConfigError(f"Table: id column {id_column!r} not in columns {frame.columns}")
-        cols = {}
+        n_null_ids = frame.get_column(id_column).null_count()
+        if n_null_ids:
+            raise ConfigError(f"Table: {n_null_ids} rows have no {id_column!r}")
+        cols, nulls = {}, {}
         for name in frame.columns:
             s = frame.get_column(name)
+            if s.null_count() and not s.dtype.is_float():
+                nulls[name] = s.is_null().to_numpy()
+                # a placeholder of the column's own type keeps ints ints and bools bools
+                # (to_numpy would make them float/object); the mask marks the cell missing
+                with contextlib.suppress(pl.exceptions.PolarsError):
+                    s = s.fill_null(strategy="zero")
             arr = s.to_numpy()
             if arr.dtype == object:
                 # fixed-width unicode hashes by value (object arrays would hash pointers)
                 arr = np.array([str(v) if v is not None else "" for v in s.to_list()])
             cols[name] = arr
-        return cls(columns=cols, id_column=id_column)
+        return cls(columns=cols, id_column=id_column, nulls=nulls)
 
     def row(self, sid) -> dict | None:
         n = self._index.get(sid)
         if n is None:
             return None
-        return {k: _py(v[n]) for k, v in self.columns.items() if k != self.id_column}
+        return {
+            k: None if k in self.nulls and self.nulls[k][n] else _py(v[n])
+            for k, v in self.columns.items()
+            if k != self.id_column
+        }
 
 
 def _py(v):
@@ -91,7 +110,8 @@ class TableRow:
         table: CSV/Parquet path, a frame, or a :class:`Table`. A path is read once per process.
         columns: ``{column: key}``; ``None`` means every other column to ``data.input.<col>``.
         gt_columns: columns that go to ``data.gt.<col>`` instead (ground truth).
-        allow_missing_values: when False a null/NaN cell raises, naming the sample and column.
+        allow_missing_values: when False a null/NaN cell raises, naming the sample and column;
+            when True it comes through as ``None`` (NaN in a float column).
     """
 
     table: object = attrs.field(converter=_as_table, repr=False)
@@ -159,6 +179,10 @@ def _load(path: str, id_column: str) -> Table:
     table = _LOADED.get(key)
     if table is None:
         p = pathlib.Path(path)
-        frame = pl.read_parquet(p) if p.suffix in (".parquet", ".pq") else pl.read_csv(p)
+        if p.suffix in (".parquet", ".pq"):
+            frame = pl.read_parquet(p)
+        else:
+            # ids as text, as DataSource.from_csv reads them: ``001`` must stay ``001``
+            frame = pl.read_csv(p, schema_overrides={id_column: pl.String})
         table = _LOADED[key] = Table.from_frame(frame, id_column)
     return table
