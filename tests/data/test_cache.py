@@ -629,3 +629,31 @@ def test_a_read_error_while_mapping_falls_back_to_a_copy(tmp_path, monkeypatch):
     v = cache.read("v1")["data"]["input"]["vol"]
     assert not _mapped_base(v)
     np.testing.assert_array_equal(v, _volume({"data": {"sample_id": "v1"}})["data"]["input"]["vol"])
+
+
+def test_shards_whose_samples_were_all_rebuilt_are_deleted(tmp_path):
+    import polars as pl
+
+    from fusefn.data import DataSource
+    from fusefn.data.cache import _Store
+
+    def from_source(s):
+        return nd.assoc(s, "data.img", np.full((16, 16), s["data"]["source"]["v"], np.float32))
+
+    cache = H5Cache(root=tmp_path, pipeline=from_source, shard_size=2, progress=False)
+    frame = pl.DataFrame({"sample_id": ["a", "b", "c", "d"], "v": [0, 1, 2, 3]})
+    cache.build(DataSource.from_frame(frame))
+    assert len(list(cache.path.glob("shard-*.h5"))) == 2
+    other = _Store(cache.path)  # another process's view, scanned before the rebuild, no shard opened yet
+
+    # a, b and c change: the shard of a and b is superseded whole, the one of c and d only in part
+    cache.build(DataSource.from_frame(frame.with_columns(v=pl.Series([10, 11, 12, 3]))))
+    shards = sorted(p.name for p in cache.path.glob("shard-*.h5"))
+    manifests = sorted(p.name[: -len(".json")] + ".h5" for p in cache.path.glob("shard-*.json"))
+    assert len(shards) == 3 and shards == manifests
+    for sid, v in zip("abcd", [10, 11, 12, 3]):
+        assert cache.read(sid)["data"]["img"][0, 0] == v
+    assert cache.verify() == []
+    # the other view's shard of a and b is gone: it looks again instead of calling the store damaged
+    assert other.read("a")["data"]["img"][0, 0] == 10
+    other.close()

@@ -15,9 +15,10 @@ Layout of a store (``<root>/<store_key(pipeline)>/``)::
 A shard is written under a temporary name and renamed into place, then its
 manifest is written the same way: a build killed at any moment leaves only
 temporary files (removed by the next build) or complete shards. A restarted
-build computes only the samples no committed manifest lists. Every shard's size
-is checked against its manifest on open; a truncated or unreadable shard is
-reported, set aside (``*.corrupt``) and its samples rebuilt.
+build computes only the samples no committed manifest lists, and deletes the
+shards whose samples it has all rebuilt (their source rows changed). Every
+shard's size is checked against its manifest on open; a truncated or unreadable
+shard is reported, set aside (``*.corrupt``) and its samples rebuilt.
 
 Arrays of one shape and dtype are stored as one ``(n, *shape)`` dataset per key
 (contiguous, one row per sample); other arrays as one dataset per sample; scalars
@@ -763,7 +764,7 @@ class _Store:
     def entry(self, sid) -> dict | None:
         return self.entries.get(_id_key(sid))
 
-    def read(self, sid, keys: tuple | None = None) -> dict:
+    def read(self, sid, keys: tuple | None = None, retry: bool = True) -> dict:
         loc = self.rows.get(_id_key(sid))
         if loc is None:
             self.scan()  # a build in another process may have committed it since
@@ -781,6 +782,12 @@ class _Store:
         shard = self.shards[name]
         try:
             return shard.read(row, keys)
+        except FileNotFoundError:
+            if retry:
+                # a build in another process rebuilt every sample of this shard and deleted it: look again
+                self.reset()
+                return self.read(sid, keys, retry=False)
+            raise NotCachedError(f"sample {sid!r} is not in the cache any more (store {self.path})") from None
         except OSError as exc:
             self.bad[name] = str(exc)
             raise NotCachedError(
@@ -790,6 +797,13 @@ class _Store:
     def close(self) -> None:
         for s in self.shards.values():
             s.close()
+
+    def reset(self) -> None:
+        """Forget everything read so far and scan the directory afresh."""
+        with _LOCK:
+            self.close()
+            self.shards, self.entries, self.rows, self.owner, self.clashes, self.bad = {}, {}, {}, {}, {}, {}
+            self._scan()
 
 
 def _clash_message(out, first, other) -> str:
@@ -1120,8 +1134,27 @@ class H5Cache:
             todo = self._todo(store, samples, digests, retry_failed)
             store.close()
             manifests = self._compute(store_dir, todo)
+            self._drop_superseded(store_dir)
         _forget(store_dir)
         return self._report(store_dir, samples, todo, manifests, repaired, t0)
+
+    @staticmethod
+    def _drop_superseded(store_dir: pathlib.Path) -> None:
+        """Delete the shards none of whose samples is current any more (each was rebuilt since), so a
+        store keeps the size of what it serves. A shard holding one current sample stays whole."""
+        store = _Store(store_dir)
+        try:
+            live = {e["shard"] for e in store.entries.values()}
+            dead = [name for name in store.shards if name not in live]
+        finally:
+            store.close()
+        for name in dead:
+            h5 = store_dir / name
+            # the manifest first: a shard without one is uncommitted, and the next build sweeps it
+            h5.with_suffix(".json").unlink(missing_ok=True)
+            h5.unlink(missing_ok=True)
+        if dead:
+            _log.info("cache %s: deleted %d shard(s) whose samples were all rebuilt", store_dir, len(dead))
 
     @staticmethod
     def _todo(store: _Store, samples: list, digests: list, retry_failed: bool) -> list:
