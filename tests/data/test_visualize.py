@@ -41,3 +41,21 @@ def test_bad_shapes_name_the_key(tmp_path):
         )
     with pytest.raises(SampleError, match="needs a 3D volume"):
         visualize.show_volume(np.zeros((4, 4)), tmp_path / "v.png")
+
+
+def test_a_missing_image_names_the_sample_and_key(tmp_path):
+    s = {"data": {"sample_id": "case7", "input": {"image": np.zeros((1, 8, 8))}}}
+    for show in (visualize.show_sample, visualize.show_histogram, visualize.show_volume):
+        with pytest.raises(SampleError, match=r"sample 'case7'.*key 'data.input.img'.*data.input.image"):
+            show(s, tmp_path / "x.png")
+    assert not list(tmp_path.iterdir())  # nothing half written
+
+
+def test_a_mask_of_another_shape_is_an_error_not_a_stretched_overlay(tmp_path):
+    s = sample(0)
+    s["data"]["gt"]["mask"] = np.zeros((1, 8, 8), np.int64)
+    with pytest.raises(SampleError, match=r"sample 's0'.*key 'data.gt.mask'.*\(8, 8\).*\(16, 16\)"):
+        visualize.show_sample(s, tmp_path / "x.png")
+    vol = {"data": {"sample_id": "v", "input": {"img": np.zeros((1, 8, 10, 12))}, "gt": {"mask": np.zeros((8, 10, 6))}}}
+    with pytest.raises(SampleError, match=r"sample 'v'.*\(8, 10, 6\) does not match the image's \(8, 10, 12\)"):
+        visualize.show_volume(vol, tmp_path / "v.png")

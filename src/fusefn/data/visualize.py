@@ -79,12 +79,33 @@ def _scalar_text(v) -> str:
     return f"array{tuple(a.shape)}"
 
 
+def _required(sample: Mapping, key: str, op: str):
+    if not nd.contains(sample, key):
+        sid = nd.get(sample, "data.sample_id", None)
+        raise SampleError(
+            f"no {key!r} to show; the sample has {sorted(nd.keys(sample))}", sample_id=sid, key=key, op=op
+        )
+    return nd.get(sample, key)
+
+
+def _check_mask(mask_shape: tuple, image_shape: tuple, sid, key: str, op: str) -> None:
+    # an overlay of another size would be stretched over the image and look plausible
+    if tuple(mask_shape) != tuple(image_shape):
+        raise SampleError(
+            f"mask of shape {tuple(mask_shape)} does not match the image's {tuple(image_shape)}",
+            sample_id=sid,
+            key=key,
+            op=op,
+        )
+
+
 def _draw(ax, sample: Mapping, image_key, mask_key, label_key, pred_key, title_prefix=""):
     sid = nd.get(sample, "data.sample_id", None)
-    img = _rgb_scale(_image2d(nd.get(sample, image_key), sid, image_key))
+    img = _rgb_scale(_image2d(_required(sample, image_key, "visualize"), sid, image_key))
     ax.imshow(img, cmap="gray" if img.ndim == 2 else None, interpolation="nearest")
     if mask_key is not None and nd.contains(sample, mask_key):
         mask = _image2d(nd.get(sample, mask_key), sid, mask_key)
+        _check_mask(mask.shape[:2], img.shape[:2], sid, mask_key, "visualize")
         ax.imshow(np.ma.masked_where(mask <= 0, mask), cmap="autumn", alpha=0.45, interpolation="nearest")
     parts = [f"{title_prefix}{sid}" if sid is not None else title_prefix]
     if label_key is not None and nd.contains(sample, label_key):
@@ -148,20 +169,25 @@ def show_volume(
     volume, path, n_slices: int = 6, mask=None, title: str | None = None, key: str = "data.input.img"
 ) -> pathlib.Path:
     """A 3D volume (``D×H×W``, ``C×D×H×W``, or a sample dict) as axial/coronal/sagittal slice montages."""
+    sid = None
     if isinstance(volume, Mapping):
-        title = title or str(nd.get(volume, "data.sample_id", ""))
+        sid = nd.get(volume, "data.sample_id", None)
+        title = title or str(sid if sid is not None else "")
         if mask is None and nd.contains(volume, "data.gt.mask"):
             mask = nd.get(volume, "data.gt.mask")
-        volume = nd.get(volume, key)
+        volume = _required(volume, key, "show_volume")
     v = _np(volume).astype(np.float32)
     if v.ndim == 4:
         v = v[0]
     if v.ndim != 3:
-        raise SampleError(f"show_volume needs a 3D volume, got shape {v.shape}", key=key, op="show_volume")
+        raise SampleError(
+            f"show_volume needs a 3D volume, got shape {v.shape}", sample_id=sid, key=key, op="show_volume"
+        )
     m = None
     if mask is not None:
         m = _np(mask)
         m = m[0] if m.ndim == 4 else m
+        _check_mask(m.shape, v.shape, sid, "data.gt.mask", "show_volume")
     lo, hi = float(v.min()), float(v.max())
     fig = _figure(2 * n_slices, 6.4)
     for r, (axis, name) in enumerate(((0, "axial"), (1, "coronal"), (2, "sagittal"))):
@@ -183,7 +209,7 @@ def show_volume(
 def show_histogram(sample: Mapping, path, image_key: str = "data.input.img", bins: int = 64) -> pathlib.Path:
     """The image next to the histogram of its values (checks normalization and windowing)."""
     sid = nd.get(sample, "data.sample_id", None)
-    values = _np(nd.get(sample, image_key)).astype(np.float64).ravel()
+    values = _np(_required(sample, image_key, "show_histogram")).astype(np.float64).ravel()
     fig = _figure(8, 3.6)
     _draw(fig.add_subplot(1, 2, 1), sample, image_key, None, None, None)
     ax = fig.add_subplot(1, 2, 2)
