@@ -66,3 +66,23 @@ def test_bad_shapes_rejected():
         ops.Resize(keys=(), shape=(3, 3))
     with pytest.raises(SampleError, match="fewer than 3 spatial axes"):
         ops.Resize(keys="data.input.img", shape=(2, 2, 2))(s(img=np.zeros((4, 4))))
+
+
+def test_3d_crops_and_pad_match_slicing():
+    x = np.arange(1 * 6 * 8 * 10, dtype=np.float32).reshape(1, 6, 8, 10)
+    keys = ("data.input.img", "data.input.mask")
+    sample = s(img=x, mask=torch.from_numpy(x.copy()))
+    c = ops.CenterCrop(keys=keys, shape=(2, 4, 6))(sample)["data"]["input"]
+    np.testing.assert_array_equal(c["img"], x[:, 2:4, 2:6, 2:8])
+    np.testing.assert_array_equal(c["mask"].numpy(), c["img"])
+    r = ops.RandomCrop(keys=keys, shape=(3, 3, 3), seed=1)(sample)["data"]["input"]
+    assert r["img"].shape == (1, 3, 3, 3)
+    np.testing.assert_array_equal(r["mask"].numpy(), r["img"])  # one window for every key
+    (z, y, w) = np.argwhere(x[0] == r["img"][0, 0, 0, 0])[0]
+    np.testing.assert_array_equal(r["img"], x[:, z : z + 3, y : y + 3, w : w + 3])
+    p = ops.PadTo(keys="data.input.img", shape=(8, 8, 11), value=-1, center=False)(s(img=x))["data"]["input"]["img"]
+    assert p.shape == (1, 8, 8, 11)
+    np.testing.assert_array_equal(p[:, :6, :8, :10], x)
+    assert (p[:, 6:] == -1).all() and (p[..., 10:] == -1).all()
+    pc = ops.PadTo(keys="data.input.img", shape=(8, 8, 12), value=0)(s(img=x))["data"]["input"]["img"]
+    np.testing.assert_array_equal(pc[:, 1:7, :, 1:11], x)
