@@ -21,21 +21,31 @@ import _common as C
 OUT = C.BENCH_DIR / "RESULTS.md"
 FUSEFN_VARIANTS = (C.FUSEFN, C.FUSEFN + " (compiled apply)")
 
+_CACHE_BUILD_NOTE = (
+    "Before every timed build, untimed and for every system: the previous store is deleted and `os.sync()` "
+    "writes back its dirty pages, so no build pays for the one before it."
+)
+_CACHE_READ_NOTE = (
+    "A read fetches every sample once, in one shuffled order, and sums all its values: the time counts until "
+    "every byte was used, so work a system defers (fusefn maps large rows) is inside it."
+)
+
 # name -> what the row measures and the issue's targets on the ratio fusefn / system (of the row's figure).
 # "subject": the fusefn system(s) the ratio is taken for (the best present one when several).
-# "targets": system -> (op, value, words); "gpu_targets" replace them when fusefn ran on CUDA.
+# "targets": system -> (op, value, words); "gpu_targets" replace them when fusefn ran on CUDA; "note": how it
+# was measured, printed under the table.
 COMPARISONS: dict[str, dict[str, Any]] = {
     "cache.build.2d": {
         "title": "Sample cache: build, 2D (1×256×256 float32, 2 workers)",
         "issue": 3,
-        "note": "Before every timed build, untimed and for every system: the previous store is deleted and `os.sync()` writes back its dirty pages, so no build pays for the one before it.",
+        "note": _CACHE_BUILD_NOTE,
         "better": "higher",
         "targets": {C.FUSEMEDML: (">=", 3.0, "build ≥ 3× FuseMedML")},
     },
     "cache.read.2d": {
         "title": "Sample cache: read, 2D (1×256×256 float32)",
         "issue": 3,
-        "note": "A read fetches every sample once, in one shuffled order, and sums all its values: the time counts until every byte was used, so work a system defers (fusefn maps large rows) is inside it.",
+        "note": _CACHE_READ_NOTE,
         "better": "higher",
         "targets": {
             C.FUSEMEDML: (">=", 10.0, "read ≥ 10× FuseMedML"),
@@ -51,14 +61,14 @@ COMPARISONS: dict[str, dict[str, Any]] = {
     "cache.build.3d": {
         "title": "Sample cache: build, 3D (1×64×128×128 float32, 2 workers)",
         "issue": 3,
-        "note": "Before every timed build, untimed and for every system: the previous store is deleted and `os.sync()` writes back its dirty pages, so no build pays for the one before it.",
+        "note": _CACHE_BUILD_NOTE,
         "better": "higher",
         "targets": {C.FUSEMEDML: (">=", 3.0, "build ≥ 3× FuseMedML")},
     },
     "cache.read.3d": {
         "title": "Sample cache: read, 3D (1×64×128×128 float32)",
         "issue": 3,
-        "note": "A read fetches every sample once, in one shuffled order, and sums all its values: the time counts until every byte was used, so work a system defers (fusefn maps large rows) is inside it.",
+        "note": _CACHE_READ_NOTE,
         "better": "higher",
         "targets": {
             C.FUSEMEDML: (">=", 10.0, "read ≥ 10× FuseMedML"),
