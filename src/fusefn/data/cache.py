@@ -1132,9 +1132,11 @@ class H5Cache:
             _forget(store_dir)
             store = _Store(store_dir)
             todo = self._todo(store, samples, digests, retry_failed)
+            rebuilt = any(store.entry(s["data"]["sample_id"]) is not None for _, s in todo)
             store.close()
             manifests = self._compute(store_dir, todo)
-            self._drop_superseded(store_dir)
+            if rebuilt:  # only a sample stored before can leave a shard with nothing current in it
+                self._drop_superseded(store_dir)
         _forget(store_dir)
         return self._report(store_dir, samples, todo, manifests, repaired, t0)
 
