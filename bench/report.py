@@ -30,57 +30,43 @@ _CACHE_READ_NOTE = (
     "every byte was used, so work a system defers (fusefn maps large rows) is inside it."
 )
 
+
+def _cache_comparisons(label: str, dims: str, shape: str) -> dict[str, dict[str, Any]]:
+    """The build / read / disk comparisons of one cache case (issue 3): the same targets in 2D and 3D."""
+    return {
+        f"cache.build.{label}": {
+            "title": f"Sample cache: build, {dims} ({shape} float32, 2 workers)",
+            "issue": 3,
+            "note": _CACHE_BUILD_NOTE,
+            "better": "higher",
+            "targets": {C.FUSEMEDML: (">=", 3.0, "build ≥ 3× FuseMedML")},
+        },
+        f"cache.read.{label}": {
+            "title": f"Sample cache: read, {dims} ({shape} float32)",
+            "issue": 3,
+            "note": _CACHE_READ_NOTE,
+            "better": "higher",
+            "targets": {
+                C.FUSEMEDML: (">=", 10.0, "read ≥ 10× FuseMedML"),
+                C.H5PY: (">=", 0.75, "within 25 % of the plain-h5py ceiling"),
+            },
+        },
+        f"cache.disk.{label}": {
+            "title": f"Sample cache: disk use, {dims}",
+            "issue": 3,
+            "better": "lower",
+            "targets": {"raw array bytes": ("<=", 1.0, "no larger than the raw array bytes")},
+        },
+    }
+
+
 # name -> what the row measures and the issue's targets on the ratio fusefn / system (of the row's figure).
 # "subject": the fusefn system(s) the ratio is taken for (the best present one when several).
 # "targets": system -> (op, value, words); "gpu_targets" replace them when fusefn ran on CUDA; "note": how it
 # was measured, printed under the table.
 COMPARISONS: dict[str, dict[str, Any]] = {
-    "cache.build.2d": {
-        "title": "Sample cache: build, 2D (1×256×256 float32, 2 workers)",
-        "issue": 3,
-        "note": _CACHE_BUILD_NOTE,
-        "better": "higher",
-        "targets": {C.FUSEMEDML: (">=", 3.0, "build ≥ 3× FuseMedML")},
-    },
-    "cache.read.2d": {
-        "title": "Sample cache: read, 2D (1×256×256 float32)",
-        "issue": 3,
-        "note": _CACHE_READ_NOTE,
-        "better": "higher",
-        "targets": {
-            C.FUSEMEDML: (">=", 10.0, "read ≥ 10× FuseMedML"),
-            C.H5PY: (">=", 0.75, "within 25 % of the plain-h5py ceiling"),
-        },
-    },
-    "cache.disk.2d": {
-        "title": "Sample cache: disk use, 2D",
-        "issue": 3,
-        "better": "lower",
-        "targets": {"raw array bytes": ("<=", 1.0, "no larger than the raw array bytes")},
-    },
-    "cache.build.3d": {
-        "title": "Sample cache: build, 3D (1×64×128×128 float32, 2 workers)",
-        "issue": 3,
-        "note": _CACHE_BUILD_NOTE,
-        "better": "higher",
-        "targets": {C.FUSEMEDML: (">=", 3.0, "build ≥ 3× FuseMedML")},
-    },
-    "cache.read.3d": {
-        "title": "Sample cache: read, 3D (1×64×128×128 float32)",
-        "issue": 3,
-        "note": _CACHE_READ_NOTE,
-        "better": "higher",
-        "targets": {
-            C.FUSEMEDML: (">=", 10.0, "read ≥ 10× FuseMedML"),
-            C.H5PY: (">=", 0.75, "within 25 % of the plain-h5py ceiling"),
-        },
-    },
-    "cache.disk.3d": {
-        "title": "Sample cache: disk use, 3D",
-        "issue": 3,
-        "better": "lower",
-        "targets": {"raw array bytes": ("<=", 1.0, "no larger than the raw array bytes")},
-    },
+    **_cache_comparisons("2d", "2D", "1×256×256"),
+    **_cache_comparisons("3d", "3D", "1×64×128×128"),
     "augment.2d": {
         "title": "Augmentation: default pipeline, 2D (1×256×256)",
         "issue": 4,
