@@ -90,8 +90,20 @@ class Chain:
         return batch
 
 
-def chain(*fns: Callable) -> Chain:
-    """Compose ``fns`` left to right; nested :class:`Chain` s are flattened."""
+def chain(*fns: Callable):
+    """Compose ``fns`` left to right; nested chains are flattened. The one ``chain`` of fusefn.
+
+    Transforms give a :class:`Chain`. Kinds that compose differently say how through a
+    ``__chain__(fns)`` class attribute: gradient transformations give ``fusefn.optim.Chain``,
+    augmentations ``fusefn.augment.Pipeline``. Mixing kinds is an error.
+    """
+    combines = {getattr(type(fn), "__chain__", None) for fn in fns}
+    if len(combines) > 1:
+        kinds = sorted({type(fn).__name__ for fn in fns})
+        raise ConfigError(f"chain: cannot mix kinds of components in one chain: {kinds}")
+    combine = combines.pop() if combines else None
+    if combine is not None:
+        return combine(fns)
     flat: list = []
     for fn in fns:
         if isinstance(fn, Chain):
@@ -367,6 +379,12 @@ class Rng:
         g = torch.Generator(device=device)
         g.manual_seed(self.seed)
         return g
+
+    def tensor(self):
+        """This seed as a 0-d int64 tensor: the form a compiled step passes, so its graph does not specialise on it."""
+        import torch
+
+        return torch.tensor(self.seed, dtype=torch.int64)
 
     def numpy(self) -> np.random.Generator:
         """A fresh NumPy ``Generator`` seeded with this seed."""

@@ -1,0 +1,98 @@
+"""The written rules: one ``typing.Protocol`` per kind of fusefn component.
+
+Every component is a frozen record (configuration only) whose behaviour is one of
+the protocols below. fusefn never recognises a component by probing attributes or
+signatures: a value is a transform, a reducer, a gradient transformation, an
+augmentation or a model because it has these methods, with these signatures.
+
+Randomness follows one rule everywhere: a random callable takes one keyword-only
+``rng`` argument, an :class:`fusefn.Rng`, and derives what it needs with
+``rng.child(...)``. Integers are accepted only at the edges (``fit(seed=)``, the
+CLI's and the recipes' ``--seed``) and are turned into an ``Rng`` once, there.
+
+>>> import numpy as np
+>>> from fusefn import chain, on_keys
+>>> isinstance(chain(on_keys(np.sqrt, keys="data.x")), Transform)
+True
+>>> from fusefn.metrics import Accuracy
+>>> isinstance(Accuracy(pred="model.pred", target="data.gt.label"), Reducer)
+True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Protocol, runtime_checkable
+
+__all__ = ["Transform", "Reducer", "GradientTransformation", "Augmentation", "ModelSpec"]
+
+
+@runtime_checkable
+class Transform(Protocol):
+    """A pure ``batch_dict -> batch_dict`` function: returns a new dict, never mutates its input.
+
+    Ops of the data pipelines, ``chain(...)`` of them and ``on_keys(...)`` are transforms.
+    """
+
+    def __call__(self, batch: Mapping, /) -> Mapping: ...
+
+
+@runtime_checkable
+class Reducer(Protocol):
+    """Pure state over a stream of batches: ``init() -> s``, ``update(s, batch) -> s``, ``compute(s)``.
+
+    ``merge(a, b)`` combines the states of two disjoint streams so that
+    ``merge(update(init(), x), update(init(), y)) == update(update(init(), x), y)``
+    (in what ``compute`` returns): this is what shards metrics across ranks and batches.
+    """
+
+    def init(self) -> Any: ...
+
+    def update(self, state: Any, batch: Any, /) -> Any: ...
+
+    def merge(self, a: Any, b: Any, /) -> Any: ...
+
+    def compute(self, state: Any, /) -> Any: ...
+
+
+@runtime_checkable
+class GradientTransformation(Protocol):
+    """optax's pair: ``init(params) -> state``; ``update(grads, state, params, *, lr_scale) -> (params, state)``.
+
+    An optimizer, a clipping rule or a schedule scaling; ``chain(...)`` of them is one too.
+    """
+
+    def init(self, params: Mapping, /) -> Any: ...
+
+    def update(self, grads: Mapping, state: Any, params: Mapping, /, lr_scale: Any = None) -> tuple: ...
+
+
+@runtime_checkable
+class Augmentation(Protocol):
+    """A random batch transform split into ``sample(...) -> params`` and a pure ``apply(batch, params)``.
+
+    ``sample`` runs eagerly on the host and is the only place randomness enters; ``apply`` has no
+    randomness and is what a compiled step runs. ``__call__(batch, *, rng)`` is
+    ``apply(batch, sample_like(batch, rng=rng))``.
+    """
+
+    def sample(self, batch_size: int, *, rng: Any, device: Any = None, shapes: Any = None) -> Any: ...
+
+    def sample_like(self, batch: Mapping, *, rng: Any) -> Any: ...
+
+    def apply(self, batch: Mapping, params: Any, /) -> Mapping: ...
+
+    def __call__(self, batch: Mapping, *, rng: Any) -> Mapping: ...
+
+
+@runtime_checkable
+class ModelSpec(Protocol):
+    """A model record: ``init(*, rng) -> (params, buffers)`` and a pure ``apply``.
+
+    ``apply(params, buffers, batch, *, train, rng) -> (batch with the model's keys, new buffers)``;
+    ``rng`` seeds dropout in training. ``fusefn.models.init`` / ``fusefn.models.apply`` call these.
+    """
+
+    def init(self, *, rng: Any, device: Any = None) -> tuple: ...
+
+    def apply(self, params: Mapping, buffers: Mapping, batch: Mapping, *, train: bool = False, rng: Any = None) -> tuple: ...
