@@ -177,17 +177,19 @@ def fusefn_pipeline(ndim: int):
 
 def fusefn_runs(imgs: torch.Tensor, device: str, compiled: bool = True):
     """[(system label, run, settings)] for fusefn eager and compiled, or (None, why)."""
-    from fusefn import nd
+    import itertools
+
+    from fusefn import Rng, nd
 
     ndim = imgs.ndim - 2
     pipe, why = fusefn_pipeline(ndim)
     if pipe is None:
         return None, why
     batch = nd.assoc({}, KEY, imgs.to(device))
-    gen = torch.Generator(device=device).manual_seed(0)
+    calls = itertools.count()  # new draws every call, as fit's (seed, "augment", step) streams give
 
     def eager():
-        out = pipe(batch, gen)
+        out = pipe(batch, rng=Rng(0).child(next(calls)))
         assert nd.get(out, KEY).shape == imgs.shape
 
     runs = [(C.FUSEFN, eager, "default pipeline, one batch, eager")]
@@ -195,7 +197,7 @@ def fusefn_runs(imgs: torch.Tensor, device: str, compiled: bool = True):
         compiled_apply = torch.compile(pipe.apply, fullgraph=True)
 
         def compiled():
-            params = pipe.sample_like(batch, gen)
+            params = pipe.sample_like(batch, rng=Rng(0).child(next(calls)))
             out = compiled_apply(batch, params)
             assert nd.get(out, KEY).shape == imgs.shape
 

@@ -18,7 +18,7 @@ Systems and settings:
   ``dataset[i]``.
 - h5py ceiling: a 2-process pool computes the arrays, the main process writes them into one HDF5 dataset of shape
   ``(n, *shape)`` chunked one sample per chunk, no compression; read with ``dataset[i]`` on the open file.
-- fusefn: ``H5Cache(workers=2)`` (defaults otherwise: no compression), ``build(ids)``, read with ``cache.read(id)``.
+- fusefn: ``H5Cache(workers=2)`` (defaults otherwise: no compression), ``build(ids)``, read with ``reader.read(id)`` (``reader = cache.open()``).
 - fusefn, lzf: the same with ``compression="lzf"`` (bytes shuffled, then LZF), to show what disk use below the raw
   bytes costs on this data (uniform random floats: only their exponent bytes compress).
 """
@@ -193,10 +193,10 @@ def fusefn_system(shape, ids, root: pathlib.Path, compression=None):
         state["cache"] = cache
 
     def read(order):
-        cache = state["cache"]
+        reader = state["cache"].open()
         total = 0.0
         for i in order:
-            x = cache.read(int(i))["data"]["input"]["img"]
+            x = reader.read(int(i))["data"]["input"]["img"]
             total += float(x.sum())
         assert x.shape == shape and total > 0
 
@@ -266,7 +266,7 @@ def run_case(rec: C.Recorder, args, label: str, shape: tuple, n: int, workdir: p
     if sides is None:
         rec.skip(f"cache.*.{label}", C.FUSEFN, why)
     else:
-        systems.append((C.FUSEFN, root, *sides, None, "H5Cache(workers=2) defaults, read with H5Cache.read"))
+        systems.append((C.FUSEFN, root, *sides, None, "H5Cache(workers=2) defaults, read with H5Cache.open().read"))
         # the disk-for-speed trade: on this incompressible data only compression gets under the raw bytes
         root = workdir / f"fusefn_lzf_{label}"
         sides, _ = C.attempt(fusefn_system, shape, ids, root, compression="lzf")

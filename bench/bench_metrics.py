@@ -5,7 +5,7 @@
    systems use the same count). Each timing includes reading the two CSV files.
    - FuseMedML 0.4.1: its own example 4 (``EvaluatorDefault().eval`` with
      ``CI(MetricAUCROC(...), stratum="target.Task1-target", rnd_seed=1234)``, other arguments at their defaults).
-   - fusefn: ``Bootstrap(AUCROC(...), n=..., seed=1234, stratify=...)`` over the joined Polars frame.
+   - fusefn: ``Bootstrap(AUCROC(...), n=..., rng=Rng(1234), stratify=...)`` over the joined Polars frame.
 2. ROC AUC of 10⁶ float32 scores with labels drawn as Bernoulli(score) (so AUC ≈ 0.83, with ties), the same
    arrays for all: scikit-learn ``roc_auc_score`` (defaults), torchmetrics ``binary_auroc`` (defaults, exact:
    ``thresholds=None``) and fusefn ``AUCROC`` (init → update → compute on a batch dict holding the arrays).
@@ -56,10 +56,12 @@ def fusefn_ci(n_boot: int):
         return None, why
     import polars as pl
 
+    from fusefn import Rng
+
     boot = metrics.Bootstrap(
         metrics.AUCROC(pred="pred.CanAT-score", target="target.Task1-target"),
         n=n_boot,
-        seed=1234,
+        rng=Rng(1234),
         stratify="target.Task1-target",
     )
     out = {}
@@ -130,7 +132,7 @@ def main(argv=None) -> None:
                 n=n_boot,
                 n_unit="resamples",
                 extra={"value": out["value"]},
-                settings=f"Bootstrap(AUCROC, n={n_boot}, seed=1234, stratify=target), percentile",
+                settings=f"Bootstrap(AUCROC, n={n_boot}, rng=Rng(1234), stratify=target), percentile",
             )
 
     # 2. AUC on 10^6 scores

@@ -68,9 +68,10 @@ def make_batch(shape, device):
 
 def steps(model, shape, iters: int, device: str):
     """{system: callable running ``iters`` forward+backward steps}."""
+    from fusefn import Rng
     from fusefn.models import apply, as_module, init
 
-    params, buffers = init(model, seed=0, device=device)
+    params, buffers = init(model, rng=Rng(0), device=device)
     batch = make_batch(shape, device)
     y = batch["data"]["gt"]["label"]
     module = as_module(model, {k: t.clone() for k, t in params.items()}, dict(buffers), train=True)
@@ -105,9 +106,10 @@ def steps(model, shape, iters: int, device: str):
 
 
 def compiled_steps(model, shape, iters: int, device: str):
+    from fusefn import Rng
     from fusefn.models import apply, init
 
-    params, buffers = init(model, seed=0, device=device)
+    params, buffers = init(model, rng=Rng(0), device=device)
     batch = make_batch(shape, device)
     y = batch["data"]["gt"]["label"]
 

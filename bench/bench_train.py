@@ -71,9 +71,10 @@ def digits_model():
 
 
 def fresh_module(model, device):
+    from fusefn import Rng
     from fusefn.models import as_module, init
 
-    params, buffers = init(model, seed=0, device=device)
+    params, buffers = init(model, rng=Rng(0), device=device)
     return as_module(model, params, buffers, train=True)
 
 
@@ -130,7 +131,7 @@ def fusefn_epochs(model, batches, epochs: int, device: str, workdir: pathlib.Pat
         epochs=epochs,
         device=device,
         seed=0,
-        shuffle=False,
+        loader=train.LoaderSettings(shuffle=False),
         progress=False,
         callbacks=(EpochClock(),),
     )

@@ -247,8 +247,11 @@ def comparison_md(name: str, rows: list[dict]) -> tuple[list[str], list[tuple[st
 def machine_md(info: dict) -> list[str]:
     if not info:
         return ["Machine: not recorded (rows written by a script run alone).", ""]
-    peers = ", ".join(f"{k} {info[k]}" for k in ("fuse-med-ml", "monai", "torchmetrics", "scikit-learn", "h5py", "numpy")
-                      if info.get(k))  # fmt: skip
+    peers = ", ".join(
+        f"{k} {info[k]}"
+        for k in ("fuse-med-ml", "monai", "torchmetrics", "scikit-learn", "h5py", "numpy")
+        if info.get(k)
+    )
     return [
         f"- **CPU**: {info.get('cpu')}, {info.get('cores')} cores; **threads** (torch.set_num_threads, all systems): "
         f"{info.get('threads')}",
@@ -297,8 +300,11 @@ def generate(paths: Sequence[pathlib.Path] | None = None, out: pathlib.Path = OU
         body += [f"## {kind} run (`{label}`)", ""]
         body += machine_md(info)
         if info.get("quick"):
-            body += ["> Quick run: reduced sizes, so the figures are indicative only; the issues' targets are for the",
-                     "> full sizes.", ""]  # fmt: skip
+            body += [
+                "> Quick run: reduced sizes, so the figures are indicative only; the issues' targets are for the",
+                "> full sizes.",
+                "",
+            ]
         names = list(dict.fromkeys(r["name"] for r in rows))
         order = [n for n in COMPARISONS if n in names] + [n for n in names if n not in COMPARISONS]
         for name in order:
@@ -306,8 +312,12 @@ def generate(paths: Sequence[pathlib.Path] | None = None, out: pathlib.Path = OU
             body += md
             summary += [(f"{kind}: {n}", w, ok) for n, w, ok in verdicts]
     if summary:
-        lines += ["## Targets at a glance", "", "| comparison | target: measured ratio vs required | met |",
-                  "| --- | --- | --- |"]  # fmt: skip
+        lines += [
+            "## Targets at a glance",
+            "",
+            "| comparison | target: measured ratio vs required | met |",
+            "| --- | --- | --- |",
+        ]
         for n, w, ok in summary:
             lines.append(f"| `{n}` | {w} | {'met' if ok else ('—' if ok is None else '**not met**')} |")
         lines.append("")

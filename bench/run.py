@@ -58,14 +58,30 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(args.threads)
     date = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    info = {"bench": "_machine", "quick": args.quick, "repeats": args.repeats, "warmup": args.warmup, "date": date,
-            "runs": {**{b: d for b, d in runs.items() if b in kept_benches}, **dict.fromkeys(selected, date)},
-            **C.machine_info(args.device, args.threads)}  # fmt: skip
+    info = {
+        "bench": "_machine",
+        "quick": args.quick,
+        "repeats": args.repeats,
+        "warmup": args.warmup,
+        "date": date,
+        "runs": {**{b: d for b, d in runs.items() if b in kept_benches}, **dict.fromkeys(selected, date)},
+        **C.machine_info(args.device, args.threads),
+    }
     results.parent.mkdir(parents=True, exist_ok=True)
     results.write_text("".join(x + "\n" for x in [json.dumps(info), *kept]))
 
-    common = ["--device", args.device, "--repeats", str(args.repeats), "--warmup", str(args.warmup),
-              "--threads", str(args.threads), "--results", str(results)]  # fmt: skip
+    common = [
+        "--device",
+        args.device,
+        "--repeats",
+        str(args.repeats),
+        "--warmup",
+        str(args.warmup),
+        "--threads",
+        str(args.threads),
+        "--results",
+        str(results),
+    ]
     if args.quick:
         common.append("--quick")
     failed = []

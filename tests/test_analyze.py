@@ -7,7 +7,9 @@ import polars as pl
 import pytest
 from click.testing import CliRunner
 
-from fusefn.analyze import analyze, analyze_command
+from fusefn import Rng
+from fusefn.analyze import analyze
+from fusefn.cli import analyze_command
 from fusefn.errors import ConfigError, SampleError
 
 OUTPUTS = {"metrics.json", "report.txt", "report.md", "roc.png", "confusion_matrix.png", "reliability.png"}
@@ -70,7 +72,7 @@ def test_multiclass_score_columns(fuse_eval_dir, tmp_path):
         score=cols,
         label="Task2-target",
         ci=300,
-        seed=0,
+        rng=Rng(0),
         out=tmp_path,
         plots=False,
     )
@@ -95,7 +97,7 @@ def test_inference_parquet_with_probability_list_column(tmp_path):
         }
     )
     df.write_parquet(tmp_path / "infer.parquet")
-    r = analyze(tmp_path / "infer.parquet", out=tmp_path / "eval", ci=200, seed=1, class_names=("a", "b", "c", "d"))
+    r = analyze(tmp_path / "infer.parquet", out=tmp_path / "eval", ci=200, rng=Rng(1), class_names=("a", "b", "c", "d"))
     assert r["inputs"]["score"] == ["model.head_0.probs"] and r["inputs"]["id"] == "sample_id"
     assert r["metrics"]["accuracy"]["value"] == pytest.approx((probs.argmax(1) == y).mean())
     assert set(r["groups"]["fold"]["auc"]["groups"]) == {0, 1}
@@ -151,3 +153,66 @@ def test_markdown_report_embeds_the_figures(tmp_path, fuse_eval_dir):
     md = (tmp_path / "report.md").read_text()
     for name in ("roc.png", "confusion_matrix.png", "reliability.png"):
         assert f"]({name})" in md and (tmp_path / name).stat().st_size > 0
+
+
+def test_the_three_steps_give_what_analyze_gives(fuse_eval_dir, tmp_path):
+    from fusefn.analyze import (
+        plot_confusion,
+        plot_reliability,
+        plot_roc,
+        read_predictions,
+        reliability,
+        roc_curves,
+        run_suite,
+        select_inputs,
+        write_markdown,
+        write_results,
+    )
+
+    pred, target = fuse_eval_dir / "example1_predictions.csv", fuse_eval_dir / "example1_targets.csv"
+    cols = {"score": "CanAT-score", "label": "Task1-target"}
+    whole = analyze(pred, target, id="id", **cols, ci=300, rng=Rng(7), out=tmp_path / "a")
+    frame, id = read_predictions(pred, target, id="id")
+    inputs = select_inputs(frame, id=id, **cols)
+    assert (inputs.num_samples, inputs.class_names, inputs.skipped) == (60, ("0", "1"), ())
+    suite = run_suite(inputs, ci=300, rng=Rng(7))
+    assert list(suite) == ["metrics", "groups", "confusion_matrix", "warnings"]
+    assert {k: whole[k] for k in suite} == suite
+    # the report step alone writes the same files from the same results
+    out = tmp_path / "b"
+    write_results(out, whole)
+    curves, band = roc_curves(inputs, ci=300, rng=Rng(7))
+    plot_roc(curves, band, out / "roc.png")
+    plot_confusion(whole["confusion_matrix"]["matrix"], inputs.class_names, out / "confusion_matrix.png")
+    plot_reliability(reliability(inputs), out / "reliability.png")
+    figures = [("ROC curve", "roc.png"), ("confusion matrix", "confusion_matrix.png")]
+    write_markdown(out, whole, figures=[*figures, ("reliability diagram", "reliability.png")])
+    for name in OUTPUTS:
+        assert (out / name).read_bytes() == (tmp_path / "a" / name).read_bytes(), name
+
+
+def test_the_default_rng_is_the_clis_default_seed():
+    df = pl.DataFrame(
+        {"id": list("abcdefgh"), "s": [0.1, 0.2, 0.7, 0.4, 0.8, 0.9, 0.3, 0.6], "y": [0, 0, 0, 1, 1, 1, 0, 1]}
+    )
+    a = analyze(df, score="s", label="y", ci=100)
+    assert a == analyze(df, score="s", label="y", ci=100, rng=Rng(1234))
+    assert a["settings"]["seed"] == 1234
+    assert a["metrics"]["auc"] != analyze(df, score="s", label="y", ci=100, rng=Rng(1))["metrics"]["auc"]
+
+
+def test_group_columns_with_dots_in_their_names():
+    df = pl.DataFrame(
+        {"id": list("abcdefgh"), "s": [0.1, 0.2, 0.7, 0.4, 0.8, 0.9, 0.3, 0.6], "y": [0, 0, 0, 1, 1, 1, 0, 1]}
+    ).with_columns(pl.Series("data.site", ["x", "y"] * 4))
+    r = analyze(df, score="s", label="y", group="data.site", ci=0)
+    assert set(r["groups"]["data.site"]["accuracy"]["groups"]) == {"x", "y"}
+
+
+def test_the_library_imports_neither_click_nor_matplotlib():
+    import subprocess
+    import sys
+
+    script = "import sys, fusefn.analyze; print(sorted({'click', 'matplotlib'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -20,3 +20,20 @@ def test_written_files_are_ordinary_files(tmp_path):
     os.umask(mask)
     write_bytes(tmp_path / "a" / "b.json", b"{}", durable=True)
     assert (tmp_path / "a" / "b.json").stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+def test_importing_does_not_touch_the_umask():
+    # reading the umask means setting it; importing fusefn must leave process state alone
+    import subprocess
+    import sys
+
+    script = (
+        "import os\n"
+        "calls = []\n"
+        "real = os.umask\n"
+        "os.umask = lambda m: calls.append(m) or real(m)\n"
+        "import fusefn._atomic, fusefn.data\n"
+        "print(len(calls))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "0"

@@ -105,3 +105,80 @@ def test_every_command_has_help():
     for args in (["--help"], ["demo", "--help"], ["analyze", "--help"], ["cache", "--help"], ["inspect", "--help"]):
         r = CliRunner().invoke(main, args)
         assert r.exit_code == 0 and "Usage" in r.output
+
+
+def test_analyze_runs_and_its_errors_are_one_line(tmp_path):
+    import polars as pl
+
+    pred = tmp_path / "pred.csv"
+    pl.DataFrame({"id": list("abcdef"), "s": [0.1, 0.2, 0.7, 0.4, 0.8, 0.9], "y": [0, 0, 0, 1, 1, 1]}).write_csv(pred)
+    args = ["analyze", "--pred", str(pred), "--score", "s", "--label", "y", "--ci", "100", "--seed", "3"]
+    r = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "out"), "--no-plots"])
+    assert r.exit_code == 0, r.output
+    assert "seed 3" in r.output and "auc" in r.output and "written:" in r.output
+    _one_line_error(
+        CliRunner().invoke(main, ["analyze", "--pred", str(tmp_path / "none.csv"), "--out", str(tmp_path / "o")]),
+        "file not found",
+    )
+    _one_line_error(CliRunner().invoke(main, [*args[:3], "--score", "nope", "--out", str(tmp_path / "o")]), "nope")
+
+
+_TOY_RECIPE = """
+import numpy as np
+import polars as pl
+
+from fusefn import keys, nd, recipe, record
+from fusefn.data import DataSource, H5Cache
+
+
+@record
+class MakeSquare:
+    def __call__(self, sample):
+        i = int(nd.get(sample, keys.SAMPLE_ID).rsplit("_", 1)[1])
+        return nd.assoc_many(sample, {keys.IMAGE: np.full((1, 6, 6), i, np.float32), keys.LABEL: i % 2})
+
+
+def static_data(cache_dir, *, rng):
+    source = DataSource.from_frame(pl.DataFrame({"sample_id": ["sq_0", "sq_1", "sq_2"]}))
+    return H5Cache(root=cache_dir, pipeline=MakeSquare(), workers=0), source
+
+
+RECIPE = recipe.Recipe(name="toy_squares", doc="Squares of a user's package.", analyze=print, static_data=static_data)
+"""
+
+
+@pytest.fixture
+def user_recipe(tmp_path, monkeypatch):
+    """A recipe of a user's own installed package: a module and its dist-info declaring the entry point."""
+    import importlib
+
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "toy_squares_pkg.py").write_text(_TOY_RECIPE)
+    info = site / "toy_squares_pkg-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: toy-squares-pkg\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[fusefn.recipes]\ntoy_squares = toy_squares_pkg:RECIPE\n")
+    monkeypatch.syspath_prepend(str(site))
+    importlib.invalidate_caches()
+    return "toy_squares"
+
+
+def test_a_registered_recipe_of_another_package_is_accepted(user_recipe, tmp_path):
+    r = CliRunner().invoke(main, ["recipes"])
+    assert r.exit_code == 0 and user_recipe in r.output and "Squares of a user's package." in r.output
+    root = tmp_path / "cache"
+    r = CliRunner().invoke(main, ["cache", "build", user_recipe, "--cache-dir", str(root)])
+    assert r.exit_code == 0, r.output
+    assert "3 computed" in r.output
+    r = CliRunner().invoke(main, ["visualize", user_recipe, "--out", str(tmp_path / "png"), "-n", "2"])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "png" / f"{user_recipe}_samples.png").stat().st_size > 0
+
+
+def test_a_recipe_without_static_data_cannot_be_cached(tmp_path):
+    _one_line_error(
+        CliRunner().invoke(main, ["cache", "build", "evaluate_knight", "--cache-dir", str(tmp_path)]),
+        "evaluate_knight",
+        "static",
+    )

@@ -218,3 +218,31 @@ def test_cross_entropy_with_unit_sample_weights_is_the_plain_loss(class_weights)
     torch.testing.assert_close(
         CrossEntropy(pred="p", target="t", class_weights=class_weights, sample_weight="w")(batch0), only
     )
+
+
+def test_every_public_loss_follows_the_loss_call_protocol():
+    # a loss maps a batch to a weighted 0-d tensor (not to a batch: it is not a Transform); apply is the Transform
+    import inspect
+
+    from fusefn import keys, losses
+
+    b = {
+        "p": torch.randn(4, 3, 6, 6, generator=gen(1)),
+        "t": torch.randint(0, 3, (4, 6, 6), generator=gen(2)),
+        "pb": torch.randn(4, 1, generator=gen(3)),
+        "tb": torch.randint(0, 2, (4, 1), generator=gen(4)).float(),
+    }
+    examples = {
+        "Loss": Loss(fn=F.mse_loss, pred="pb", target="tb"),
+        "CrossEntropy": CrossEntropy(pred="p", target="t"),
+        "BCEWithLogits": BCEWithLogits(pred="pb", target="tb"),
+        "Focal": Focal(pred="p", target="t"),
+        "SoftDice": SoftDice(pred="p", target="t"),
+        "SegmentationCrossEntropy": SegmentationCrossEntropy(pred="p", target="t"),
+    }
+    assert {n for n in losses.__all__ if inspect.isclass(getattr(losses, n))} == set(examples)
+    for name, loss in examples.items():
+        value = loss(b)
+        assert isinstance(value, torch.Tensor) and value.ndim == 0, name
+    out = apply(examples, b)
+    assert set(out["losses"]) == {*examples, "total_loss"} and nd.get(out, keys.TOTAL_LOSS).ndim == 0

@@ -236,3 +236,73 @@ def test_compiled_update_matches_eager_without_recompiles():
         for _ in range(6):
             params, state = compiled(params, state)
     _close(params, eager, tol=1e-5)
+
+
+GRADIENT_TRANSFORMS = {
+    "Sgd": optim.sgd(lr=0.1, momentum=0.9),
+    "Adam": optim.adam(lr=1e-2),
+    "AdamW": optim.adamw(lr=1e-2),
+    "ClipByGlobalNorm": optim.clip_by_global_norm(1.0),
+    "ScaleBySchedule": optim.scale_by_schedule(optim.cosine_decay(1.0, 10)),
+    "Chain": optim.chain(optim.clip_by_global_norm(1.0), optim.sgd(lr=0.1)),
+}
+
+
+def test_every_public_gradient_transformation_satisfies_the_protocol():
+    import inspect
+
+    from fusefn.protocols import GradientTransformation
+
+    public = {
+        n
+        for n in optim.__all__
+        if inspect.isclass(getattr(optim, n)) and issubclass(getattr(optim, n), optim.GradientTransform)
+    }
+    assert public - {"GradientTransform"} == set(GRADIENT_TRANSFORMS)
+    params, x, y = _problem()
+    for name, t in GRADIENT_TRANSFORMS.items():
+        assert isinstance(t, GradientTransformation), name
+        p = {k: v.clone() for k, v in params.items()}
+        new, _ = t.update(torch.func.grad(_loss)(p, x, y), t.init(p), p)
+        assert set(new) == set(params), name
+
+
+def test_one_chain_for_gradient_transformations():
+    import fusefn
+
+    assert optim.chain is fusefn.chain
+    parts = [optim.clip_by_global_norm(0.5), optim.scale_by_schedule(optim.step_decay(1.0, 1, 0.5)), optim.sgd(0.1)]
+    c = fusefn.chain(parts[0], fusefn.chain(*parts[1:]))
+    assert isinstance(c, optim.Chain) and c == optim.Chain(transforms=tuple(parts))
+    # the hand-written fold of the three updates, two steps
+    params, x, y = _problem()
+    ref = {k: v.clone() for k, v in params.items()}
+    state = c.init(params)
+    states = [t.init(ref) for t in parts]
+    for _ in range(2):
+        params, state = c.update(torch.func.grad(_loss)(params, x, y), state, params)
+        g, scale = dict(torch.func.grad(_loss)(ref, x, y)), None
+        for i, t in enumerate(parts):
+            g, states[i], ref, scale = t._apply(g, states[i], ref, scale)
+    _close(params, ref)
+
+
+def test_chain_of_mixed_kinds_raises():
+    import fusefn
+    from fusefn import augment
+
+    with pytest.raises(ConfigError, match="cannot mix"):
+        fusefn.chain(optim.sgd(lr=0.1), augment.GaussianNoise(image_keys="img"))
+
+
+def test_plateau_is_the_fold_it_claims_to_be():
+    from fusefn.protocols import Reducer
+
+    r = optim.ReduceLROnPlateau(patience=0, factor=0.5)
+    s = r.init()
+    for v in (1.0, 2.0, 3.0):
+        s = r.update(s, v)
+    assert r.compute(s) == s["scale"] == 0.25
+    assert not isinstance(r, Reducer)  # ordered epochs: no merge
+    with pytest.raises(ConfigError, match=r"ReduceLROnPlateau\.factor"):
+        optim.ReduceLROnPlateau(factor=1.0)

@@ -1,8 +1,9 @@
 """Atomic file writes: a file appears whole or not at all, even if the process is killed.
 
 Every file fusefn writes goes through :func:`atomic_path`: the content is written to
-a temporary file beside the target, which is then renamed over it. The HDF5 cache
-keeps its own temporary names, which its recovery sweeps.
+a temporary file beside the target (``.<name>.<random>.tmp``), which is then renamed
+over it. The HDF5 cache writes its shards and manifests this way too, and its next
+build sweeps the temporary files a killed build left.
 
 >>> import pathlib, tempfile
 >>> target = pathlib.Path(tempfile.mkdtemp()) / "out" / "a.txt"
@@ -14,6 +15,7 @@ keeps its own temporary names, which its recovery sweeps.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import pathlib
 import tempfile
@@ -22,14 +24,16 @@ from collections.abc import Iterator
 __all__ = ["atomic_path", "write_bytes"]
 
 
-def _umask() -> int:
+@functools.cache
+def _file_mode() -> int:
+    """The mode of an ordinary new file under this process's umask: mkstemp makes 0600 files.
+
+    Read on first use, not at import: reading the umask means setting it, and importing
+    fusefn must not touch process state. Cached, so it is set (and restored) once per process.
+    """
     mask = os.umask(0)
     os.umask(mask)
-    return mask
-
-
-# mkstemp makes 0600 files; what fusefn writes is an ordinary file
-_MODE = 0o666 & ~_umask()
+    return 0o666 & ~mask
 
 
 def _fsync(path: str | os.PathLike) -> None:
@@ -57,7 +61,7 @@ def atomic_path(path: str | os.PathLike, *, durable: bool = False) -> Iterator[p
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        os.chmod(tmp, _MODE)
+        os.chmod(tmp, _file_mode())
         yield pathlib.Path(tmp)
         if durable:
             _fsync(tmp)

@@ -6,14 +6,13 @@ code; the traceback goes to the debug log only.
 
 from __future__ import annotations
 
-import functools
 import logging
 import pathlib
-import pkgutil
 import sys
 
 import click
 
+from fusefn import keys
 from fusefn.errors import FusefnError
 
 __all__ = ["main"]
@@ -61,11 +60,13 @@ def main() -> None:
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 def demo(out: pathlib.Path, seed: int, debug: str, compile: bool, device: str) -> None:
     """Train, infer and analyze the hello-world recipe (scikit-learn's digits) end to end."""
-    from fusefn_recipes import digits
+    from fusefn import recipe
+    from fusefn.core import Rng
 
-    results = digits.run_all(out=out, seed=seed, debug=debug, compile=compile, device=device)
+    digits = recipe.find("digits")
+    results = digits.run("all", out, rng=Rng(seed), debug=debug, compile=compile, device=device)
     click.echo(f"\ndemo done: {out.resolve()}")
-    report = out / "eval" / "report.txt"
+    report = out / digits.report_name / "report.md"
     if report.exists():
         click.echo(f"report: {report.resolve()}")
     acc = results.get("accuracy") if isinstance(results, dict) else None
@@ -73,36 +74,28 @@ def demo(out: pathlib.Path, seed: int, debug: str, compile: bool, device: str) -
         click.echo(f"test accuracy: {acc:.4f}")
 
 
-def _recipe_names() -> list[str]:
-    import fusefn_recipes
-
-    return sorted(m.name for m in pkgutil.iter_modules(fusefn_recipes.__path__) if not m.name.startswith("_"))
-
-
 @main.command("recipes")
 def recipes_cmd() -> None:
-    """List the recipes and what each shows."""
-    import importlib
+    """List the recipes (the entry points ``fusefn.recipes`` of every installed package) and what each shows."""
+    from fusefn import recipe
 
-    for name in _recipe_names():
-        mod = importlib.import_module(f"fusefn_recipes.{name}")
-        first = (mod.__doc__ or "").strip().splitlines()[:1]
-        click.echo(f"{name:20s} {first[0] if first else ''}")
-    click.echo("\nrun one with: python -m fusefn_recipes.<name> all --out DIR")
+    for name in recipe.names():
+        click.echo(f"{name:20s} {recipe.find(name).summary}")
+    click.echo("\nrun one with: python -m fusefn_recipes.<name> all --out DIR (the built-in ones)")
 
 
 # ------------------------------------------------------------------------ recipes hooks
 
 
-def _recipe(name: str):
-    import importlib
+def _static_data(name: str, cache_dir: pathlib.Path, seed: int):
+    """``(H5Cache, DataSource)`` of the recipe registered as ``name``: its ``Recipe.static_data`` hook."""
+    from fusefn import recipe
+    from fusefn.core import Rng
 
-    if name not in _recipe_names():
-        raise FusefnError(f"unknown recipe {name!r}; `fusefn recipes` lists them: {', '.join(_recipe_names())}")
-    mod = importlib.import_module(f"fusefn_recipes.{name}")
-    if not hasattr(mod, "static_data"):
-        raise FusefnError(f"recipe {name!r} has no static pipeline to cache (no static_data hook)")
-    return mod
+    found = recipe.find(name)
+    if found.static_data is None:
+        raise FusefnError(f"recipe {name!r} has no static pipeline to cache (its Recipe.static_data is None)")
+    return found.static_data(cache_dir, rng=Rng(seed))
 
 
 # --------------------------------------------------------------------------------- cache
@@ -135,7 +128,7 @@ def cache_build(recipe: str, cache_dir: pathlib.Path, seed: int, workers: int | 
     """Build RECIPE's static pipeline into --cache-dir (resumable: only missing samples are computed)."""
     import attrs
 
-    store, source = _recipe(recipe).static_data(cache_dir, seed=seed)
+    store, source = _static_data(recipe, cache_dir, seed)
     if workers is not None:
         store = attrs.evolve(store, workers=workers)
     report = store.build(source)
@@ -213,9 +206,9 @@ def cache_clear(path: pathlib.Path, yes: bool) -> None:
     default=None,
     help="Cache root for a recipe's samples (default: a temporary folder).",
 )
-@click.option("--image-key", default="data.input.img", show_default=True)
-@click.option("--mask-key", default="data.gt.mask", show_default=True)
-@click.option("--label-key", default="data.gt.label", show_default=True)
+@click.option("--image-key", default=keys.IMAGE, show_default=True)
+@click.option("--mask-key", default=keys.MASK, show_default=True)
+@click.option("--label-key", default=keys.LABEL, show_default=True)
 def visualize(what: str, out: pathlib.Path, num: int, seed: int, cache_dir, image_key, mask_key, label_key) -> None:
     """Draw WHAT to PNG: a recipe's first samples (WHAT = recipe name) or an inference file's scores (.parquet/.csv)."""
     import tempfile
@@ -228,10 +221,9 @@ def visualize(what: str, out: pathlib.Path, num: int, seed: int, cache_dir, imag
         from fusefn.data import visualize as vis
 
         with tempfile.TemporaryDirectory() as tmp:
-            store, source = _recipe(what).static_data(cache_dir or pathlib.Path(tmp), seed=seed)
+            store, source = _static_data(what, cache_dir or pathlib.Path(tmp), seed)
             ids = source.ids[:num]
-            ds = Dataset(source=source.take(ids), cache=store)
-            store.build(source.take(ids))
+            ds = Dataset(source=source.take(ids), cache=store).build()
             batch = collate([ds[i] for i in range(len(ds))])
             written = [
                 vis.show_batch(
@@ -322,7 +314,7 @@ def _describe_checkpoint(payload: dict, path: pathlib.Path) -> None:
     n_params = sum(int(v.numel()) for v in state.params.values())
     cfg = payload.get("model_config") or {}
     click.echo(f"checkpoint {path}")
-    click.echo(f"  epoch {state.epoch}, step {state.step}, seed {state.seed}, {n_params:,} parameters")
+    click.echo(f"  epoch {state.epoch}, step {state.step}, seed {state.rng.seed}, {n_params:,} parameters")
     if isinstance(cfg, dict) and "__type__" in cfg:
         click.echo(f"  model {cfg['__type__']} (fingerprint {payload.get('model_fingerprint')})")
     opt = payload.get("optimizer_config")
@@ -338,14 +330,84 @@ def _describe_checkpoint(payload: dict, path: pathlib.Path) -> None:
             click.echo(f"    {k:45s} {v:.4f}" if isinstance(v, float) else f"    {k:45s} {v}")
 
 
-@functools.cache
-def _register_optional() -> None:
-    """Attach commands whose modules are optional at import time."""
-    try:
-        from fusefn.analyze import analyze_command
-    except ImportError:  # pragma: no cover - analyzer missing from a partial install
-        return
-    main.add_command(analyze_command, name="analyze")
+# ------------------------------------------------------------------------------- analyze
 
 
-_register_optional()
+@main.command("analyze")
+@click.option(
+    "--pred",
+    "pred",
+    multiple=True,
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="Inference file (CSV/Parquet); repeat for one file per fold.",
+)
+@click.option(
+    "--target",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Targets file joined on --id (default: --label is a column of --pred).",
+)
+@click.option("--id", "id_col", default=None, help="Id column [default: id or sample_id].")
+@click.option("--score", multiple=True, help="Score column; repeat for one column per class [default: *.probs].")
+@click.option("--label", default=None, help="Target column [default: label or target].")
+@click.option("--fold", default=None, help="Fold column for per-fold values [default: fold].")
+@click.option("--group", multiple=True, help="Extra column(s) for per-group values.")
+@click.option("--class-names", default=None, help="Comma-separated class names.")
+@click.option(
+    "--ci",
+    type=click.IntRange(min=0),
+    default=10_000,
+    show_default=True,
+    help="Bootstrap resamples (0 = no intervals).",
+)
+@click.option("--seed", type=int, default=1234, show_default=True, help="Seed of the bootstrap resampling.")
+@click.option("--level", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.95, show_default=True)
+@click.option("--method", type=click.Choice(["percentile", "basic", "normal"]), default="percentile", show_default=True)
+@click.option("--threshold", type=float, default=None, help="Binary operating point [default: 0.5].")
+@click.option("--out", type=click.Path(file_okay=False, path_type=pathlib.Path), required=True, help="Output folder.")
+@click.option("--plots/--no-plots", default=True, show_default=True)
+@click.option("--skip-invalid", is_flag=True, help="Leave out (and list) samples with NaN scores or no label.")
+def analyze_command(
+    pred,
+    target,
+    id_col,
+    score,
+    label,
+    fold,
+    group,
+    class_names,
+    ci,
+    seed,
+    level,
+    method,
+    threshold,
+    out,
+    plots,
+    skip_invalid,
+) -> None:
+    """Metrics with bootstrap CIs of an inference file: metrics.json, report.txt/.md and plots."""
+    from fusefn.analyze import analyze
+    from fusefn.core import Rng
+
+    names = tuple(n.strip() for n in class_names.split(",")) if class_names else None
+    analyze(
+        list(pred),
+        target,
+        out=out,
+        id=id_col,
+        score=tuple(score) or None,
+        label=label,
+        fold=fold,
+        group=tuple(group) or None,
+        class_names=names,
+        ci=ci,
+        rng=Rng(seed),
+        level=level,
+        method=method,
+        threshold=threshold,
+        plots=plots,
+        skip_invalid=skip_invalid,
+    )
+    click.echo((out / "report.txt").read_text(), nl=False)
+    click.echo(f"written: {out / 'metrics.json'}")

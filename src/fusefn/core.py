@@ -39,6 +39,8 @@ import attrs
 import numpy as np
 
 from fusefn import nd
+from fusefn import validators as v
+from fusefn._types import is_tensor
 from fusefn.errors import ConfigError
 
 __all__ = [
@@ -72,17 +74,11 @@ def record(cls=None, **kwargs):
     return attrs.frozen(cls, **kwargs)
 
 
-def _require_callable(instance, attribute, value):
-    for i, fn in enumerate(value):
-        if not callable(fn):
-            raise ConfigError(f"{type(instance).__name__}.{attribute.name}[{i}] is not callable: {fn!r}")
-
-
 @record
 class Chain:
     """Left-to-right composition of ``batch_dict -> batch_dict`` functions."""
 
-    fns: tuple = attrs.field(converter=tuple, validator=_require_callable)
+    fns: tuple = attrs.field(converter=tuple, validator=v.deep_iterable(v.is_callable))
 
     def __call__(self, batch: Mapping) -> dict:
         for fn in self.fns:
@@ -124,12 +120,12 @@ class OnKeys:
     """Apply an array kernel to each of ``keys``; results go to ``out_keys`` (default: in place)."""
 
     kernel: Callable
-    keys: tuple = attrs.field(converter=_keys_tuple)
-    out_keys: tuple | None = attrs.field(default=None, converter=attrs.converters.optional(_keys_tuple))
+    keys: tuple = attrs.field(converter=_keys_tuple, validator=v.and_(v.min_len(1), v.keys))
+    out_keys: tuple | None = attrs.field(
+        default=None, converter=attrs.converters.optional(_keys_tuple), validator=v.optional(v.keys)
+    )
 
     def __attrs_post_init__(self):
-        if not self.keys:
-            raise ConfigError("OnKeys.keys is empty")
         if self.out_keys is not None and len(self.out_keys) != len(self.keys):
             raise ConfigError(f"OnKeys.out_keys has {len(self.out_keys)} keys for {len(self.keys)} input keys")
 
@@ -214,7 +210,7 @@ def to_config(obj: Any) -> Any:
         raise ConfigError(
             f"{obj!r} cannot be saved as config: use a module-level function or a record, not a lambda or closure"
         )
-    if _is_tensor(obj):
+    if is_tensor(obj):
         return {"__array__": np.asarray(obj.detach().cpu()).tolist(), "dtype": str(obj.dtype), "torch": True}
     if isinstance(obj, np.ndarray):
         return {"__array__": obj.tolist(), "dtype": str(obj.dtype)}
@@ -253,11 +249,6 @@ def from_config(cfg: Any) -> Any:
 # ----------------------------------------------------------------------- fingerprint
 
 
-def _is_tensor(obj) -> bool:
-    mod = type(obj).__module__
-    return mod.startswith("torch") and hasattr(obj, "detach") and hasattr(obj, "dtype")
-
-
 def _canonical(obj: Any) -> Any:
     """Like to_config, but total: arrays are hashed, local functions hashed by code."""
     if obj is None or isinstance(obj, (bool, int, str)):
@@ -279,8 +270,8 @@ def _canonical(obj: Any) -> Any:
         return {"__seq__": type(obj).__name__, "items": [_canonical(v) for v in obj]}
     if isinstance(obj, Mapping):
         return {"__map__": sorted(([_canonical(k), _canonical(v)] for k, v in obj.items()), key=json.dumps)}
-    if _is_tensor(obj) or isinstance(obj, np.ndarray):
-        arr = np.ascontiguousarray(np.asarray(obj.detach().cpu()) if _is_tensor(obj) else obj)
+    if is_tensor(obj) or isinstance(obj, np.ndarray):
+        arr = np.ascontiguousarray(np.asarray(obj.detach().cpu()) if is_tensor(obj) else obj)
         digest = hashlib.sha256(arr.tobytes()).hexdigest()
         return {"__array__": digest, "dtype": str(arr.dtype), "shape": list(arr.shape)}
     if isinstance(obj, types.FunctionType):
@@ -363,11 +354,7 @@ class Rng:
     torch.Size([2])
     """
 
-    seed: int = attrs.field(validator=attrs.validators.instance_of(int))
-
-    def __attrs_post_init__(self):
-        if self.seed < 0:
-            raise ConfigError(f"Rng.seed must be >= 0, got {self.seed}")
+    seed: int = attrs.field(validator=v.and_(v.instance_of(int), v.ge(0)))
 
     def child(self, *path) -> Rng:
         return Rng(seed=derive_seed(self.seed, *path))

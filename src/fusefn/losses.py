@@ -5,6 +5,12 @@ it by ``weight`` (as FuseMedML's LossDefault). Losses are pure torch code with n
 ``.item()`` and no Python branch on tensor values, so they run inside
 ``torch.func.grad`` and ``torch.compile``.
 
+A loss is *not* a :class:`fusefn.protocols.Transform`: it maps a batch to a 0-d tensor,
+not to a batch. Its protocol is ``__call__(batch: Mapping, /) -> torch.Tensor`` (a scalar,
+already weighted), and any callable of that shape may be used as one. :func:`apply` is the
+transform-shaped step: it writes a named set of losses and their sum (``keys.TOTAL_LOSS``)
+into the batch.
+
 >>> import torch
 >>> batch = {"model": {"head_0": {"logits": torch.tensor([[2.0, 0.0], [0.0, 1.0]])}},
 ...          "data": {"gt": {"label": torch.tensor([0, 1])}}}
@@ -24,7 +30,8 @@ import attrs
 import torch
 import torch.nn.functional as F
 
-from fusefn import nd
+from fusefn import keys, nd
+from fusefn import validators as v
 from fusefn.core import record
 from fusefn.errors import ConfigError
 
@@ -48,9 +55,8 @@ def _kwargs(value) -> tuple:
     return tuple(tuple(kv) for kv in value)
 
 
-def _weight(instance, attribute, value):
-    if not isinstance(value, (int, float)) or value < 0:
-        raise ConfigError(f"{type(instance).__name__}.weight must be a number >= 0, got {value!r}")
+_WEIGHT = v.ge(0)
+_RESIZE = v.in_(("nearest", "maxpool"))
 
 
 def _weighted_mean(per_sample: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -85,17 +91,12 @@ class Loss:
     1.0
     """
 
-    fn: Callable = attrs.field()
+    fn: Callable = attrs.field(validator=v.is_callable)
     pred: str
     target: str
-    weight: float = attrs.field(default=1.0, validator=_weight)
+    weight: float = attrs.field(default=1.0, validator=_WEIGHT)
     sample_weight: str | None = None
     kwargs: tuple = attrs.field(default=(), converter=_kwargs)
-
-    @fn.validator
-    def _check_fn(self, attribute, value):
-        if not callable(value):
-            raise ConfigError(f"Loss.fn must be callable, got {value!r}")
 
     def __call__(self, batch: Mapping) -> torch.Tensor:
         pred, target = nd.get(batch, self.pred), nd.get(batch, self.target)
@@ -112,7 +113,7 @@ class CrossEntropy:
 
     pred: str
     target: str
-    weight: float = attrs.field(default=1.0, validator=_weight)
+    weight: float = attrs.field(default=1.0, validator=_WEIGHT)
     class_weights: tuple | None = attrs.field(default=None, converter=attrs.converters.optional(tuple))
     label_smoothing: float = 0.0
     ignore_index: int = -100
@@ -158,7 +159,7 @@ class BCEWithLogits:
 
     pred: str
     target: str
-    weight: float = attrs.field(default=1.0, validator=_weight)
+    weight: float = attrs.field(default=1.0, validator=_WEIGHT)
     pos_weight: float | None = None
     sample_weight: str | None = None
 
@@ -191,7 +192,7 @@ class Focal:
 
     pred: str
     target: str
-    weight: float = attrs.field(default=1.0, validator=_weight)
+    weight: float = attrs.field(default=1.0, validator=_WEIGHT)
     gamma: float = 2.0
     alpha: float | tuple | None = attrs.field(default=None, converter=_alpha)
     sample_weight: str | None = None
@@ -217,16 +218,6 @@ class Focal:
         return _reduce(per, batch, self.sample_weight) * self.weight
 
 
-def _resize(instance, attribute, value):
-    if value not in ("nearest", "maxpool"):
-        raise ConfigError(f"{type(instance).__name__}.resize must be 'nearest' or 'maxpool', got {value!r}")
-
-
-def _activation(instance, attribute, value):
-    if value not in ("softmax", "sigmoid", None):
-        raise ConfigError(f"SoftDice.activation must be 'softmax', 'sigmoid' or None, got {value!r}")
-
-
 @record
 class SoftDice:
     """``1 - mean soft Dice`` over classes and samples, from logits (N, C, *spatial) and labels (N, *spatial).
@@ -238,11 +229,11 @@ class SoftDice:
 
     pred: str
     target: str
-    weight: float = attrs.field(default=1.0, validator=_weight)
-    activation: str | None = attrs.field(default="softmax", validator=_activation)
+    weight: float = attrs.field(default=1.0, validator=_WEIGHT)
+    activation: str | None = attrs.field(default="softmax", validator=v.in_(("softmax", "sigmoid", None)))
     smooth: float = 1.0
     include_background: bool = True
-    resize: str = attrs.field(default="nearest", validator=_resize)
+    resize: str = attrs.field(default="nearest", validator=_RESIZE)
 
     def __call__(self, batch: Mapping) -> torch.Tensor:
         x, target = nd.get(batch, self.pred), nd.get(batch, self.target)
@@ -298,6 +289,7 @@ def _list_to_tuple(value):
 
 
 def _seg_weights(instance, attribute, value):
+    # one of three kinds (None, "ipw", a tuple): no fusefn.validators combination says "one of"
     if value is not None and value != "ipw" and not isinstance(value, tuple):
         raise ConfigError(f"SegmentationCrossEntropy.class_weights must be None, 'ipw' or a tuple, got {value!r}")
 
@@ -312,9 +304,9 @@ class SegmentationCrossEntropy:
 
     pred: str
     target: str
-    weight: float = attrs.field(default=1.0, validator=_weight)
+    weight: float = attrs.field(default=1.0, validator=_WEIGHT)
     class_weights: str | tuple | None = attrs.field(default=None, converter=_list_to_tuple, validator=_seg_weights)
-    resize: str = attrs.field(default="nearest", validator=_resize)
+    resize: str = attrs.field(default="nearest", validator=_RESIZE)
 
     def __call__(self, batch: Mapping) -> torch.Tensor:
         logits, target = nd.get(batch, self.pred), nd.get(batch, self.target)
@@ -335,12 +327,12 @@ def total(losses: Mapping[str, Callable], batch: Mapping) -> tuple[torch.Tensor,
     parts = {name: loss(batch) for name, loss in losses.items()}
     values = list(parts.values())
     out = values[0]
-    for v in values[1:]:
-        out = out + v
+    for x in values[1:]:
+        out = out + x
     return out, parts
 
 
 def apply(losses: Mapping[str, Callable], batch: Mapping) -> dict:
-    """``batch`` with ``losses.<name>`` and ``losses.total_loss`` set (a new dict; the input is untouched)."""
+    """``batch`` with ``losses.<name>`` and ``keys.TOTAL_LOSS`` set (a new dict; the input is untouched)."""
     t, parts = total(losses, batch)
-    return nd.assoc_many(batch, {**{f"losses.{k}": v for k, v in parts.items()}, "losses.total_loss": t})
+    return nd.assoc_many(batch, {**{f"losses.{k}": x for k, x in parts.items()}, keys.TOTAL_LOSS: t})

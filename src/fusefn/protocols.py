@@ -22,9 +22,14 @@ True
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-__all__ = ["Transform", "Reducer", "GradientTransformation", "Augmentation", "ModelSpec"]
+if TYPE_CHECKING:
+    import torch
+
+    from fusefn.core import Rng
+
+__all__ = ["Transform", "Reducer", "GradientTransformation", "Augmentation", "ModelSpec", "Backbone", "Head"]
 
 
 @runtime_checkable
@@ -76,13 +81,13 @@ class Augmentation(Protocol):
     ``apply(batch, sample_like(batch, rng=rng))``.
     """
 
-    def sample(self, batch_size: int, *, rng: Any, device: Any = None, shapes: Any = None) -> Any: ...
+    def sample(self, batch_size: int, *, rng: Rng, device: Any = None, shapes: Any = None) -> Any: ...
 
-    def sample_like(self, batch: Mapping, *, rng: Any) -> Any: ...
+    def sample_like(self, batch: Mapping, *, rng: Rng) -> Any: ...
 
     def apply(self, batch: Mapping, params: Any, /) -> Mapping: ...
 
-    def __call__(self, batch: Mapping, *, rng: Any) -> Mapping: ...
+    def __call__(self, batch: Mapping, *, rng: Rng) -> Mapping: ...
 
 
 @runtime_checkable
@@ -93,6 +98,61 @@ class ModelSpec(Protocol):
     ``rng`` seeds dropout in training. ``fusefn.models.init`` / ``fusefn.models.apply`` call these.
     """
 
-    def init(self, *, rng: Any, device: Any = None) -> tuple: ...
+    def init(self, *, rng: Rng, device: Any = None) -> tuple: ...
 
-    def apply(self, params: Mapping, buffers: Mapping, batch: Mapping, *, train: bool = False, rng: Any = None) -> tuple: ...
+    def apply(
+        self,
+        params: Mapping,
+        buffers: Mapping,
+        batch: Mapping,
+        *,
+        train: bool = False,
+        rng: Rng | torch.Tensor | None = None,
+    ) -> tuple: ...
+
+
+@runtime_checkable
+class Backbone(Protocol):
+    """A feature extractor inside a model record: reads one ``N×C×…`` tensor, writes named feature maps.
+
+    ``outputs()`` names the maps and their channel counts (``"features"`` always; written to
+    ``model.backbone_<name>``); ``build()`` returns the ``nn.Module`` whose ``forward(x, rng)``
+    returns them. ``weights`` is a local state-dict file of the backbone alone (or ``None``),
+    loaded by ``init``; keys starting with a prefix in ``weights_skip`` are ignored.
+    """
+
+    in_channels: int
+    input_ndim: int
+    weights: str | None
+    weights_skip: tuple
+
+    def outputs(self) -> dict: ...
+
+    def check_input(self, shape: tuple, /) -> str | None: ...
+
+    def describe(self) -> str: ...
+
+    def build(self) -> Any: ...
+
+
+@runtime_checkable
+class Head(Protocol):
+    """A head inside a model record: reads ``features`` (and ``tabular_inputs``), writes ``model.<name>.*``.
+
+    ``in_channels=None`` takes the channel count the backbone declares for ``features``;
+    ``spatial_dims`` is the dimensionality it needs (``None``: any). ``build(in_channels)``
+    returns the ``nn.Module`` whose ``forward(x, tabular, size, rng)`` returns ``{suffix: tensor}``.
+    """
+
+    name: str
+    features: str
+    in_channels: int | None
+    spatial_dims: int | None
+    tabular_inputs: tuple
+    tabular_features: int
+
+    def writes(self) -> tuple: ...
+
+    def describe(self) -> str: ...
+
+    def build(self, in_channels: int, /) -> Any: ...

@@ -4,7 +4,7 @@ Shows fusefn on a table instead of images: a Polars source with a stratified 5-f
 split (fold 0 test, fold 1 validation, folds 2–4 train), per-sample ops that read a
 table row and standardize it with statistics of the training folds only, a batched
 tabular augmentation (feature jitter and feature dropout, drawn from an explicit
-generator like every fusefn augmentation), an MLP backbone with a classifier head,
+``Rng`` like every fusefn augmentation), an MLP backbone with a classifier head,
 and ROC AUC with a 10,000-resample bootstrap CI on the test fold.
 
 The table ships with scikit-learn, so nothing is downloaded; point ``--csv`` at your
@@ -29,30 +29,18 @@ import numpy as np
 import polars as pl
 import torch
 
-from fusefn import chain, nd, optim, train
-from fusefn.core import record
-from fusefn.data import Dataset, DataSource, collate
+from fusefn import Rng, chain, keys, nd, optim, recipe, record, train
+from fusefn import validators as v
+from fusefn.data import DataSource
 from fusefn.errors import ConfigError, SampleError
 from fusefn.losses import CrossEntropy
-from fusefn.metrics import AUCROC, Accuracy
 from fusefn.models import MLP, ClassifierHead, Model
-from fusefn_recipes._common import (
-    CVTask,
-    RecipeInputError,
-    Run,
-    check_trained,
-    classification_report,
-    curves_figure,
-    read_inference,
-    recipe_cli,
-    save_json,
-    write_report,
-)
+from fusefn.recipe import RecipeInputError, Run
 
-__all__ = ["cli", "load_table", "ReadFeatures", "Standardize", "TabularAugment", "make_model"]
+__all__ = ["RECIPE", "cli", "load_table", "ReadFeatures", "Standardize", "TabularAugment", "make_model"]
 
-FEATURES_KEY = "data.input.features"
-LABEL_KEY = "data.gt.label"
+FEATURES = "data.input.features"  # this recipe's own key: the standardized feature vector
+COLUMNS = {"probs": keys.probs(), "label": keys.LABEL}
 
 
 # ------------------------------------------------------------------------------ data
@@ -81,8 +69,8 @@ class ReadFeatures:
 
     table: pl.DataFrame = attrs.field(eq=False, repr=False)
     features: tuple = attrs.field(converter=tuple)
-    features_key: str = FEATURES_KEY
-    label_key: str = LABEL_KEY
+    features_key: str = attrs.field(default=FEATURES, validator=v.key)
+    label_key: str = attrs.field(default=keys.LABEL, validator=v.key)
     _rows: dict = attrs.field(init=False, eq=False, repr=False)
 
     def __attrs_post_init__(self):
@@ -92,7 +80,7 @@ class ReadFeatures:
         object.__setattr__(self, "_rows", rows)
 
     def __call__(self, sample: Mapping) -> dict:
-        sid = nd.get(sample, "data.sample_id")
+        sid = nd.get(sample, keys.SAMPLE_ID)
         if sid not in self._rows:
             raise SampleError("no such row in the table", sample_id=sid, op="ReadFeatures", key="sample_id")
         x, y = self._rows[sid]
@@ -106,17 +94,15 @@ class Standardize:
     """Per-sample op: ``(x - mean) / std`` per feature, with statistics fixed at construction (training folds)."""
 
     mean: tuple = attrs.field(converter=tuple)
-    std: tuple = attrs.field(converter=tuple)
-    key: str = FEATURES_KEY
+    std: tuple = attrs.field(converter=tuple, validator=v.deep_iterable(v.gt(0)))
+    key: str = attrs.field(default=FEATURES, validator=v.key)
 
     def __attrs_post_init__(self):
         if len(self.mean) != len(self.std):
             raise ConfigError(f"Standardize: {len(self.mean)} means for {len(self.std)} stds")
-        if any(not s > 0 for s in self.std):
-            raise ConfigError("Standardize.std must be > 0 for every feature")
 
     @classmethod
-    def fit(cls, x: np.ndarray, key: str = FEATURES_KEY) -> Standardize:
+    def fit(cls, x: np.ndarray, key: str = FEATURES) -> Standardize:
         return cls(mean=x.mean(0).tolist(), std=np.maximum(x.std(0), 1e-6).tolist(), key=key)
 
     def __call__(self, sample: Mapping) -> dict:
@@ -128,193 +114,164 @@ class Standardize:
 
 @record
 class TabularAugment:
-    """Batched tabular augmentation: Gaussian jitter of every feature and random feature dropout.
+    """Batched tabular augmentation (an :class:`fusefn.Augmentation`): Gaussian feature jitter and feature dropout.
 
-    Like the image augmentations: ``sample(generator, batch_size)`` draws every random
-    value, ``apply(batch, params)`` is pure; ``p`` is the per-sample probability of
-    augmenting at all. On standardized features, a dropped feature is set to 0 (the mean).
+    Like the image augmentations, ``sample(batch_size, rng=...)`` draws every random value and
+    ``apply(batch, params)`` is pure; ``p`` is the per-sample probability of augmenting at all.
+    On standardized features, a dropped feature is set to 0 (the mean).
     """
 
-    key: str = FEATURES_KEY
-    std: float = 0.1
-    drop: float = 0.05
-    p: float = 0.5
+    key: str = attrs.field(default=FEATURES, validator=v.key)
+    std: float = attrs.field(default=0.1, validator=v.ge(0))
+    drop: float = attrs.field(default=0.05, validator=v.unit_interval)
+    p: float = attrs.field(default=0.5, validator=v.unit_interval)
 
-    def __attrs_post_init__(self):
-        for name in ("drop", "p"):
-            if not 0 <= getattr(self, name) <= 1:
-                raise ConfigError(f"TabularAugment.{name} must be in [0, 1], got {getattr(self, name)}")
-        if self.std < 0:
-            raise ConfigError(f"TabularAugment.std must be >= 0, got {self.std}")
-
-    def sample(self, generator: torch.Generator, batch_size: int, *, num_features: int, device=None) -> dict:
-        dev = generator.device if device is None else device
-        shape = (batch_size, num_features)
+    def sample(self, batch_size: int, *, rng: Rng, device=None, shapes=None) -> dict:
+        """``shapes`` is ``{key: (num_features,)}``."""
+        if shapes is None or self.key not in shapes:
+            raise ConfigError(f"TabularAugment.sample needs shapes={{{self.key!r}: (num_features,)}}")
+        g, shape = rng.generator(device or "cpu"), (batch_size, int(shapes[self.key][-1]))
         return {
-            "active": torch.rand(batch_size, 1, generator=generator, device=dev) < self.p,
-            "noise": torch.randn(shape, generator=generator, device=dev) * self.std,
-            "keep": torch.rand(shape, generator=generator, device=dev) >= self.drop,
+            "active": torch.rand(batch_size, 1, generator=g, device=g.device) < self.p,
+            "noise": torch.randn(shape, generator=g, device=g.device) * self.std,
+            "keep": torch.rand(shape, generator=g, device=g.device) >= self.drop,
         }
+
+    def sample_like(self, batch: Mapping, *, rng: Rng) -> dict:
+        x = nd.get(batch, self.key)
+        return self.sample(x.shape[0], rng=rng, device=x.device, shapes={self.key: tuple(x.shape[1:])})
 
     def apply(self, batch: Mapping, params: Mapping) -> dict:
         x = nd.get(batch, self.key)
         aug = (x + params["noise"].to(x.dtype)) * params["keep"].to(x.dtype)
         return nd.assoc(batch, self.key, torch.where(params["active"], aug, x))
 
-    def __call__(self, batch: Mapping, generator: torch.Generator) -> dict:
-        x = nd.get(batch, self.key)
-        return self.apply(batch, self.sample(generator, x.shape[0], num_features=x.shape[1], device=x.device))
+    def __call__(self, batch: Mapping, *, rng: Rng) -> dict:
+        return self.apply(batch, self.sample_like(batch, rng=rng))
 
 
 def make_model(num_features: int, layers: tuple, dropout: float) -> Model:
     """MLP backbone over the standardized features + a 2-class head writing ``model.head_0.probs``."""
-    return Model(
-        inputs=(FEATURES_KEY,),
-        backbone=MLP(in_channels=num_features, layers=layers, dropout=dropout),
-        heads=(ClassifierHead(name="head_0", num_classes=2),),
-    )
+    backbone = MLP(in_channels=num_features, layers=layers, dropout=dropout)
+    return Model(inputs=(FEATURES,), backbone=backbone, heads=(ClassifierHead(name=keys.HEAD, num_classes=2),))
 
 
-def _data(run: Run):
+def _table(run: Run) -> tuple[pl.DataFrame, tuple, DataSource]:
+    """The table, its feature columns and a source of its ids with stratified folds."""
     frame = load_table(run.hp["csv"])
     features = tuple(c for c in frame.columns if c not in ("sample_id", "label", "fold"))
-    src = DataSource.from_frame(frame.select("sample_id", "label")).with_folds(
-        run.hp["n_folds"], stratify="label", seed=run.seed
-    )
-    if run.debug.max_samples is not None:
-        per = max(run.debug.max_samples // run.hp["n_folds"], 4)
-        src = DataSource.from_frame(src.frame.group_by("fold", maintain_order=True).head(per).sort("sample_id"))
+    src = DataSource.from_frame(frame.select("sample_id", "label"))
+    n_folds = run.hp["n_folds"]
+    return frame, features, recipe.with_folds(src, n_folds, rng=run.rng, max_samples=run.debug.max_samples)
+
+
+def _static(frame: pl.DataFrame, features: tuple, ids) -> object:
+    """Read a row, standardize it with the statistics of ``ids`` only: nothing leaks from the other samples."""
+    rows = frame.filter(pl.col("sample_id").is_in(ids)).select(features).to_numpy()
+    return chain(ReadFeatures(table=frame, features=features), Standardize.fit(rows))
+
+
+def datasets(run: Run) -> dict:
+    """The (unbuilt) datasets: folds 2… train, fold 1 validation, fold 0 test; standardized on the training folds."""
+    frame, features, src = _table(run)
     train_src = src.fold([f for f in range(run.hp["n_folds"]) if f not in (0, 1)])
-    # standardize with the training folds' statistics only: nothing leaks from validation or test
-    rows = frame.filter(pl.col("sample_id").is_in(train_src.ids))
-    static = chain(ReadFeatures(table=frame, features=features), Standardize.fit(rows.select(features).to_numpy()))
+    static = _static(frame, features, train_src.ids)
+    sources = {"train": train_src, "validation": src.fold(1), "test": src.fold(0)}
+    return {k: recipe.dataset(s, static) for k, s in sources.items()} | {"num_features": len(features)}
 
-    def ds(s):
-        return Dataset(source=s, static=static, eager=True)
 
-    return {"train": ds(train_src), "validation": ds(src.fold(1)), "test": ds(src.fold(0)), "n": len(features)}
+def cv_task(run: Run) -> recipe.CVTask:
+    """For cross_validation: folds 1… are the pool the k folds split, fold 0 the held-out test set."""
+    frame, features, src = _table(run)
+    pool = src.fold(list(range(1, run.hp["n_folds"])))
+    # the k folds share the pool's standardization; the held-out set never feeds it
+    static = _static(frame, features, pool.ids)
+    return recipe.CVTask(
+        pool=pool,
+        held_out=src.fold(0),
+        dataset=functools.partial(recipe.dataset, static=static),
+        fit=functools.partial(fit_model, num_features=len(features)),
+        output_columns=COLUMNS,
+    )
 
 
 # ---------------------------------------------------------------------------- phases
 
 
-def fit_model(run: Run, train_ds, validation_ds, model_dir: pathlib.Path, num_features: int = 30) -> None:
+def fit_model(run: Run, train_ds, validation_ds, model_dir: pathlib.Path, num_features: int = 30):
     """Train the MLP on ``train_ds``, keep the best epoch by validation AUC in ``model_dir``."""
     hp = run.hp
-    train.fit(
+    return recipe.fit(
+        run,
         make_model(num_features, tuple(hp["layers"]), hp["dropout"]),
-        {"cls": CrossEntropy(pred="model.head_0.logits", target=LABEL_KEY)},
+        {"cls": CrossEntropy(pred=keys.logits(), target=keys.LABEL)},
         optim.adamw(lr=hp["lr"], weight_decay=hp["weight_decay"]),
         train_ds,
         validation_ds,
         model_dir=model_dir,
-        epochs=run.limit(hp["epochs"], "max_epochs"),
-        metrics={
-            "auc": AUCROC(pred="model.head_0.probs", target=LABEL_KEY),
-            "accuracy": Accuracy(pred="model.head_0.probs", target=LABEL_KEY),
-        },
-        batch_size=hp["batch_size"],
-        collate_fn=collate,
+        epochs=hp["epochs"],
+        metrics=recipe.classification_metrics(),
         augment=TabularAugment(std=hp["aug_std"], drop=hp["aug_drop"], p=hp["aug_p"]),
-        seed=run.seed,
-        device=run.device,
-        compile=run.compile,
-        best_epoch_sources=train.BestEpochSource(source="validation.metrics.auc", optimization="max"),
-        callbacks=(train.CsvMetrics(),),
-        progress=False,
+        best=train.BestEpochSource(source="validation.metrics.auc", optimization="max"),
+        batch_size=hp["batch_size"],
     )
 
 
-def train_phase(run: Run) -> None:
-    data = _data(run)
-    fit_model(run, data["train"], data["validation"], run.model_dir, data["n"])
+def train_phase(run: Run):
+    ds = datasets(run)
+    train_ds, validation_ds = recipe.build(ds["train"], ds["validation"])
+    return fit_model(run, train_ds, validation_ds, run.model_dir, ds["num_features"])
 
 
-def cv_task(run: Run) -> CVTask:
-    """For cross_validation.py: folds 1–4 are the pool the k folds split, fold 0 the held-out test set."""
-    frame = load_table(run.hp["csv"])
-    features = tuple(c for c in frame.columns if c not in ("sample_id", "label", "fold"))
-    src = DataSource.from_frame(frame.select("sample_id", "label")).with_folds(
-        run.hp["n_folds"], stratify="label", seed=run.seed
-    )
-    if run.debug.max_samples is not None:
-        per = max(run.debug.max_samples // run.hp["n_folds"], 4)
-        src = DataSource.from_frame(src.frame.group_by("fold", maintain_order=True).head(per).sort("sample_id"))
-    pool = src.fold(list(range(1, run.hp["n_folds"])))
-    # statistics of the whole pool: the k folds share one standardization, the held-out set never feeds it
-    rows = frame.filter(pl.col("sample_id").is_in(pool.ids))
-    static = chain(ReadFeatures(table=frame, features=features), Standardize.fit(rows.select(features).to_numpy()))
-    return CVTask(
-        pool=pool,
-        held_out=src.fold(0),
-        dataset=functools.partial(_eager_dataset, static),
-        fit=functools.partial(fit_model, num_features=len(features)),
-        output_columns={"probs": "model.head_0.probs", "label": LABEL_KEY},
-    )
-
-
-def _eager_dataset(static, src) -> Dataset:
-    return Dataset(source=src, static=static, eager=True)
-
-
-def infer_phase(run: Run) -> None:
-    check_trained(run)
-    train.infer(
-        run.model_dir,
-        _data(run)["test"],
-        output_file=run.infer_file,
-        output_columns={"probs": "model.head_0.probs", "label": LABEL_KEY},
-        checkpoint="best",
-        batch_size=256,
-        collate_fn=collate,
-        device=run.device,
-    )
+def infer_phase(run: Run):
+    recipe.check_trained(run.model_dir)
+    (test,) = recipe.build(datasets(run)["test"])
+    return recipe.infer(run, test, COLUMNS, batch_size=256)
 
 
 def analyze_phase(run: Run) -> dict:
-    frame = read_inference(run.infer_file, ("sample_id", "probs", "label"))
-    probs = np.asarray(frame["probs"].to_list(), dtype=np.float64)
-    labels = frame["label"].to_numpy().astype(np.int64)
-    rd = run.report_dir
-    rows, results, figs = classification_report(
-        probs, labels, n_boot=run.hp["n_boot"], seed=run.seed, out_dir=rd / "analysis",
-        class_names=("benign", "malignant"), ids=frame["sample_id"].to_list(),
-    )  # fmt: skip
-    curves = curves_figure(run.model_dir / "metrics.csv", rd / "curves.png", ("losses.total_loss", "metrics.auc"))
-    if curves:
-        figs.insert(0, ("training curves", curves))
-    save_json(rd / "metrics.json", results)
-    write_report(
-        rd / "report.md",
-        "Breast cancer (Wisconsin diagnostic) — test fold",
-        rows,
-        intro=f"{len(labels)} test patients ({int(labels.sum())} malignant); "
-        f"95 % CIs from {run.hp['n_boot']} stratified bootstrap resamples.",
-        figures=figs,
+    found = recipe.classify(run, class_names=("benign", "malignant"))
+    intro = (
+        f"{len(found.labels)} test patients ({int(found.labels.sum())} malignant); "
+        f"95 % CIs from {run.hp['n_boot']} stratified bootstrap resamples."
     )
-    auc = results["ROC AUC"]
-    click.echo(f"test ROC AUC {auc['value']:.4f} [{auc['lower']:.4f}, {auc['upper']:.4f}]")
-    return results
+    recipe.publish(run, found, "Breast cancer (Wisconsin diagnostic) — test fold", intro=intro)
+    click.echo(recipe.headline(found))
+    return found.results
 
 
 OPTIONS = [
-    click.option("--csv", type=click.Path(path_type=pathlib.Path, dir_okay=False, exists=True), default=None,
-                 help="Your own table (sample_id, label, features) [default: scikit-learn's copy]."),
+    click.option(
+        "--csv",
+        type=click.Path(path_type=pathlib.Path, dir_okay=False, exists=True),
+        default=None,
+        help="Your own table (sample_id, label, features) [default: scikit-learn's copy].",
+    ),
     click.option("--n-folds", type=int, default=5, show_default=True, help="Folds: 0 = test, 1 = validation."),
     click.option("--epochs", type=int, default=60, show_default=True),
     click.option("--batch-size", type=int, default=32, show_default=True),
     click.option("--lr", type=float, default=1e-3, show_default=True),
     click.option("--weight-decay", type=float, default=1e-4, show_default=True),
-    click.option("--layers", type=int, multiple=True, default=(64, 32), show_default=True,
-                 help="MLP widths (repeat the option)."),
+    click.option(
+        "--layers", type=int, multiple=True, default=(64, 32), show_default=True, help="MLP widths (repeat the option)."
+    ),
     click.option("--dropout", type=float, default=0.1, show_default=True),
     click.option("--aug-std", type=float, default=0.1, show_default=True, help="Feature jitter std."),
     click.option("--aug-drop", type=float, default=0.05, show_default=True, help="Feature dropout probability."),
     click.option("--aug-p", type=float, default=0.5, show_default=True, help="Per-sample augmentation probability."),
     click.option("--n-boot", type=int, default=10_000, show_default=True, help="Bootstrap resamples for the CIs."),
-]  # fmt: skip
+]
 
-cli = recipe_cli("breast_cancer", __doc__, OPTIONS, train=train_phase, infer=infer_phase, analyze=analyze_phase)
+RECIPE = recipe.Recipe(
+    name="breast_cancer",
+    doc=__doc__,
+    options=OPTIONS,
+    train=train_phase,
+    infer=infer_phase,
+    analyze=analyze_phase,
+    cv_task=cv_task,
+)
+cli = RECIPE.cli()
 
 if __name__ == "__main__":
     cli()

@@ -7,9 +7,9 @@ predictions give per-fold metrics and a pooled metric over every pool sample, ea
 with a bootstrap CI; then the k models, and their ensemble (mean probability, plus
 the majority vote), are tested on the held-out set no model ever saw.
 
-Any recipe that exposes ``cv_task(run)`` (see ``_common.CVTask``) can be
-cross-validated: ``breast_cancer`` (default), ``image_clinical``, ``lesions2d``,
-``volumes3d``. Its hyper-parameters keep their defaults; change them with
+Any registered recipe whose :class:`fusefn.recipe.Recipe` has a ``cv_task`` (see
+:class:`fusefn.recipe.CVTask`) can be cross-validated: ``breast_cancer`` (default),
+``image_clinical``, ``lesions2d``, ``volumes3d``, or one of your own package. Its hyper-parameters keep their defaults; change them with
 ``--set name=value`` (e.g. ``--set epochs=30``).
 
 The out-of-fold figures are slightly optimistic (each fold also picks its model's
@@ -25,54 +25,33 @@ shared 2-core CPU.
 
 from __future__ import annotations
 
-import importlib
 import pathlib
 
 import click
 import numpy as np
 import polars as pl
 
-from fusefn import train
-from fusefn.data import DataSource, collate
+from fusefn import Rng, recipe
+from fusefn.data import DataSource
 from fusefn.errors import ConfigError
 from fusefn.metrics import AUCROC, Bootstrap
-from fusefn_recipes._common import (
-    RecipeInputError,
-    Run,
-    format_ci,
-    read_inference,
-    recipe_cli,
-    roc_figure,
-    save_json,
-    write_report,
-)
+from fusefn.recipe import Run
 
-__all__ = ["cli", "RECIPES", "recipe_run", "fold_sources"]
-
-RECIPES = ("breast_cancer", "image_clinical", "lesions2d", "volumes3d")
+__all__ = ["RECIPE", "cli", "recipe_run", "fold_sources"]
 
 
-def _recipe_module(name: str):
-    if name not in RECIPES:
-        raise ConfigError(f"--recipe {name!r}: choose one of {', '.join(RECIPES)}")
-    return importlib.import_module(f"fusefn_recipes.{name}")
-
-
-def recipe_defaults(module) -> dict:
-    """The recipe's hyper-parameters at their click defaults, keyed by parameter name."""
-
-    def f():
-        pass
-
-    for opt in module.OPTIONS:
-        f = opt(f)
-    return {p.name: p.default for p in f.__click_params__}, {p.name: p for p in f.__click_params__}
+def _recipe(name: str) -> recipe.Recipe:
+    """The registered recipe ``name``; it must say how to cross-validate it (``Recipe.cv_task``)."""
+    able = [n for n in recipe.names() if n != "cross_validation" and recipe.find(n).cv_task is not None]
+    if name not in able:
+        raise ConfigError(f"--recipe {name!r}: choose one of {', '.join(able)}")
+    return recipe.find(name)
 
 
 def recipe_run(run: Run) -> Run:
     """The :class:`Run` the cross-validated recipe sees: its defaults, then ``--set`` overrides."""
-    module = _recipe_module(run.hp["recipe"])
-    hp, params = recipe_defaults(module)
+    inner = _recipe(run.hp["recipe"])
+    params, hp = inner.params(), {}
     for item in run.hp["set_"]:
         key, sep, value = item.partition("=")
         key = key.strip().replace("-", "_")
@@ -80,16 +59,14 @@ def recipe_run(run: Run) -> Run:
             raise ConfigError(f"--set {item!r}: expected name=value with name one of {', '.join(sorted(params))}")
         p = params[key]
         v = p.type_cast_value(click.Context(click.Command("x")), value.split(",") if p.multiple else value)
-        hp[key] = v
-    hp = {k: (tuple(v) if isinstance(v, list) else v) for k, v in hp.items()}
-    return Run(name=run.hp["recipe"], out=run.out, seed=run.seed, debug=run.debug, compile=run.compile,
-               device=run.device, hp=hp)  # fmt: skip
+        hp[key] = tuple(v) if isinstance(v, list) else v
+    return inner.make_run(run.out, rng=run.rng, debug=run.debug, compile=run.compile, device=run.device, hp=hp)
 
 
-def fold_sources(pool: DataSource, k: int, seed: int) -> list[tuple[DataSource, DataSource]]:
+def fold_sources(pool: DataSource, k: int, *, rng: Rng) -> list[tuple[DataSource, DataSource]]:
     """``[(train, validation)]`` for each of ``k`` folds of ``pool``, stratified by its ``label`` column."""
     frame = pool.frame.drop([c for c in ("fold",) if c in pool.frame.columns])
-    src = DataSource.from_frame(frame, id_column=pool.id_column).with_folds(k, stratify="label", seed=seed)
+    src = DataSource.from_frame(frame, id_column=pool.id_column).with_folds(k, stratify="label", rng=rng)
     return [(src.fold([j for j in range(k) if j != f]), src.fold(f)) for f in range(k)]
 
 
@@ -97,35 +74,31 @@ def _fold_dir(run: Run, f: int) -> pathlib.Path:
     return run.out / "folds" / f"fold_{f}"
 
 
-def _task(run: Run):
-    rrun = recipe_run(run)
-    return rrun, _recipe_module(run.hp["recipe"]).cv_task(rrun)
+def _task(run: Run) -> tuple[Run, recipe.CVTask]:
+    inner = recipe_run(run)
+    return inner, _recipe(run.hp["recipe"]).cv_task(inner)
 
 
 def train_phase(run: Run) -> None:
-    rrun, task = _task(run)
+    inner, task = _task(run)
     k = run.hp["folds"]
-    for f, (tr, va) in enumerate(fold_sources(task.pool, k, run.seed)):
+    for f, (tr, va) in enumerate(fold_sources(task.pool, k, rng=run.rng)):
         run.logger.info("fold %d/%d: %d training, %d validation samples", f + 1, k, len(tr), len(va))
-        task.fit(rrun, task.dataset(tr), task.dataset(va), _fold_dir(run, f) / "model")
+        task.fit(inner, *recipe.build(task.dataset(tr), task.dataset(va)), _fold_dir(run, f) / "model")
 
 
 def infer_phase(run: Run) -> None:
     _, task = _task(run)
-    k = run.hp["folds"]
+    k, cols = run.hp["folds"], task.output_columns
     dirs = [_fold_dir(run, f) / "model" for f in range(k)]
     for d in dirs:
-        if not d.is_dir():
-            raise RecipeInputError(
-                f"no fold model in {d}: run `train` first (or `all`) with the same --out and --folds"
-            )
-    held_out = task.dataset(task.held_out)
-    kw = {"output_columns": dict(task.output_columns), "checkpoint": "best", "batch_size": 128,
-          "collate_fn": collate, "device": run.device}  # fmt: skip
-    for f, (_, va) in enumerate(fold_sources(task.pool, k, run.seed)):
-        train.infer(dirs[f], task.dataset(va), output_file=_fold_dir(run, f) / "out_of_fold.parquet", **kw)
-        train.infer(dirs[f], held_out, output_file=_fold_dir(run, f) / "held_out.parquet", **kw)
-    train.infer(dirs, held_out, output_file=run.out / "infer" / "ensemble.parquet", **kw)
+        recipe.check_trained(d)
+    (held_out,) = recipe.build(task.dataset(task.held_out))
+    for f, (_, va) in enumerate(fold_sources(task.pool, k, rng=run.rng)):
+        (va,) = recipe.build(task.dataset(va))
+        recipe.infer(run, va, cols, model_dir=dirs[f], output_file=_fold_dir(run, f) / "out_of_fold.parquet")
+        recipe.infer(run, held_out, cols, model_dir=dirs[f], output_file=_fold_dir(run, f) / "held_out.parquet")
+    recipe.infer(run, held_out, cols, model_dir=dirs, output_file=run.out / "infer" / "ensemble.parquet")
 
 
 def _scores(frame: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
@@ -133,36 +106,36 @@ def _scores(frame: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     return probs[:, 1], frame["label"].to_numpy().astype(np.int64)
 
 
-def _auc_ci(score, label, n_boot: int, seed: int) -> dict:
-    ci = Bootstrap(AUCROC(pred="s", target="y"), n=n_boot, seed=seed, stratify="y")
+def _auc_ci(score, label, n_boot: int, rng: Rng) -> dict:
+    ci = Bootstrap(AUCROC(pred="s", target="y"), n=n_boot, rng=rng, stratify="y")
     return ci.compute(ci.update(ci.init(), {"s": score, "y": label}))
 
 
 def analyze_phase(run: Run) -> dict:
-    k, n_boot, seed = run.hp["folds"], run.hp["n_boot"], run.seed
+    k, n_boot, rng = run.hp["folds"], run.hp["n_boot"], run.rng
     need = ("sample_id", "probs", "label")
-    oof = [read_inference(_fold_dir(run, f) / "out_of_fold.parquet", need) for f in range(k)]
-    held = [read_inference(_fold_dir(run, f) / "held_out.parquet", need) for f in range(k)]
-    ens = read_inference(run.out / "infer" / "ensemble.parquet", need)
+    oof = [recipe.read_inference(_fold_dir(run, f) / "out_of_fold.parquet", need) for f in range(k)]
+    held = [recipe.read_inference(_fold_dir(run, f) / "held_out.parquet", need) for f in range(k)]
+    ens = recipe.read_inference(run.out / "infer" / "ensemble.parquet", need)
     rows, results = [], {}
     fold_aucs = []
     for f, frame in enumerate(oof):
-        r = _auc_ci(*_scores(frame), n_boot, seed)
+        r = _auc_ci(*_scores(frame), n_boot, rng)
         rows.append((f"fold {f}: out-of-fold ROC AUC ({frame.height} samples)", r))
         results[f"fold_{f}.out_of_fold_auc"] = r
         fold_aucs.append(r["value"])
     pooled = pl.concat(oof)
-    r = _auc_ci(*_scores(pooled), n_boot, seed)
+    r = _auc_ci(*_scores(pooled), n_boot, rng)
     rows.append((f"pooled out-of-fold ROC AUC ({pooled.height} samples)", r))
     results["pooled.out_of_fold_auc"] = r
     held_aucs = []
     for f, frame in enumerate(held):
-        r = _auc_ci(*_scores(frame), n_boot, seed)
+        r = _auc_ci(*_scores(frame), n_boot, rng)
         rows.append((f"fold {f} model: held-out ROC AUC", r))
         results[f"fold_{f}.held_out_auc"] = r
         held_aucs.append(r["value"])
     score, label = _scores(ens)
-    r = _auc_ci(score, label, n_boot, seed)
+    r = _auc_ci(score, label, n_boot, rng)
     rows.append((f"ensemble of {k}: held-out ROC AUC ({ens.height} samples)", r))
     results["ensemble.held_out_auc"] = r
     if "probs_vote" in ens.columns:
@@ -172,36 +145,53 @@ def analyze_phase(run: Run) -> dict:
     results["folds.out_of_fold_auc_mean_std"] = [float(np.mean(fold_aucs)), float(np.std(fold_aucs))]
     results["folds.held_out_auc_mean_std"] = [float(np.mean(held_aucs)), float(np.std(held_aucs))]
     rd = run.report_dir
-    figs = [("ROC of the ensemble, held-out set", roc_figure(rd / "roc_ensemble.png", label, score,
-                                                             title=f"ensemble of {k} folds"))]  # fmt: skip
-    save_json(rd / "metrics.json", results)
+    roc = recipe.roc_figure(rd / "roc_ensemble.png", label, score, title=f"ensemble of {k} folds")
+    recipe.save_json(rd / "metrics.json", results)
     summary = (
         f"Out-of-fold AUC over the folds: mean {np.mean(fold_aucs):.3f}, std {np.std(fold_aucs):.3f}. "
         f"Held-out AUC of the single fold models: mean {np.mean(held_aucs):.3f}, std {np.std(held_aucs):.3f}; "
         f"of their ensemble: {results['ensemble.held_out_auc']['value']:.3f}."
     )
-    write_report(
+    recipe.write_report(
         rd / "report.md",
         f"{k}-fold cross-validation of {run.hp['recipe']}",
         rows,
         intro=f"95 % CIs from {n_boot} stratified bootstrap resamples. {summary}",
-        figures=figs,
+        figures=[("ROC of the ensemble, held-out set", roc)],
     )
-    value, ci = format_ci(results["ensemble.held_out_auc"], digits=4)
+    value, ci = recipe.format_ci(results["ensemble.held_out_auc"], digits=4)
     click.echo(f"{summary}\nensemble held-out ROC AUC {value} {ci}")
     return results
 
 
 OPTIONS = [
-    click.option("--recipe", type=click.Choice(RECIPES), default="breast_cancer", show_default=True,
-                 help="The recipe to cross-validate."),
+    click.option(
+        "--recipe",
+        default="breast_cancer",
+        show_default=True,
+        help="The recipe to cross-validate: breast_cancer, image_clinical, lesions2d, volumes3d or any "
+        "registered recipe with a cv_task.",
+    ),
     click.option("--folds", type=int, default=5, show_default=True, help="Number of folds k."),
-    click.option("--set", "set_", multiple=True, metavar="NAME=VALUE",
-                 help="Override a hyper-parameter of the recipe (repeatable), e.g. --set epochs=30."),
+    click.option(
+        "--set",
+        "set_",
+        multiple=True,
+        metavar="NAME=VALUE",
+        help="Override a hyper-parameter of the recipe (repeatable), e.g. --set epochs=30.",
+    ),
     click.option("--n-boot", type=int, default=2000, show_default=True, help="Bootstrap resamples for the CIs."),
-]  # fmt: skip
+]
 
-cli = recipe_cli("cross_validation", __doc__, OPTIONS, train=train_phase, infer=infer_phase, analyze=analyze_phase)
+RECIPE = recipe.Recipe(
+    name="cross_validation",
+    doc=__doc__,
+    options=OPTIONS,
+    train=train_phase,
+    infer=infer_phase,
+    analyze=analyze_phase,
+)
+cli = RECIPE.cli()
 
 if __name__ == "__main__":
     cli()

@@ -28,9 +28,12 @@ import click
 import numpy as np
 import polars as pl
 
-from fusefn import metrics
+from fusefn import Rng, metrics, recipe
+from fusefn.analyze import analyze as fusefn_analyze
 from fusefn.errors import ConfigError
-from fusefn_recipes._common import Run, recipe_cli, roc_figure, save_json, write_report
+from fusefn.recipe import Run
+
+__all__ = ["RECIPE", "cli", "PUBLISHED", "CLASS_NAMES", "binary", "multiclass", "folds", "delong", "dice"]
 
 CLASS_NAMES = ("B", "LR", "IR", "HR", "VHR")
 
@@ -89,13 +92,13 @@ def _run(metric, batch):
     return metric.compute(metric.update(metric.init(), batch))
 
 
-def binary(data: pathlib.Path, n: int, seed: int) -> dict:
+def binary(data: pathlib.Path, n: int, *, rng: Rng) -> dict:
     """Example 1: CanAT-score vs Task1-target, AUC and stratified bootstrap CI."""
     frame = _read(data, "example1_predictions.csv").join(_read(data, "example1_targets.csv"), on="id", validate="1:1")
     batch = _columns(frame)
     auc = metrics.AUCROC(pred="CanAT-score", target="Task1-target")
     t0 = time.perf_counter()
-    ci = _run(metrics.Bootstrap(auc, n=n, seed=seed, stratify="Task1-target"), batch)
+    ci = _run(metrics.Bootstrap(auc, n=n, rng=rng, stratify="Task1-target"), batch)
     seconds = time.perf_counter() - t0
     return {"auc": _run(auc, batch), "ci": ci, "ci_seconds": seconds, "frame": frame}
 
@@ -118,10 +121,8 @@ def folds(data: pathlib.Path) -> dict:
     return out
 
 
-def delong() -> dict | None:
-    """FuseMedML's DeLong example (verified against R), when fusefn.metrics has DeLong."""
-    if not hasattr(metrics, "DeLong"):
-        return None
+def delong() -> dict:
+    """FuseMedML's DeLong example (verified against R)."""
     batch = {"p1": np.array(_DELONG_PRED1), "p2": np.array(_DELONG_PRED2), "y": np.array(_DELONG_TARGET)}
     r = _run(metrics.DeLong(pred1="p1", pred2="p2", target="y"), batch)
     return {"z": r["z"], "p": r["p_value"], "auc1": r["auc1"], "auc2": r["auc2"]}
@@ -130,7 +131,7 @@ def delong() -> dict | None:
 def dice(data: pathlib.Path) -> dict | None:
     """Dice of the 4 predicted NIfTI label maps, per volume then averaged, for three label groups."""
     seg = data / "semantic_segmentation"
-    if not hasattr(metrics, "Dice") or not seg.is_dir():
+    if not seg.is_dir():
         return None
     import nibabel as nib
 
@@ -148,20 +149,14 @@ def dice(data: pathlib.Path) -> dict | None:
 def _analyze(run: Run) -> dict:
     data = pathlib.Path(run.hp["data"]) if run.hp.get("data") else default_data_dir()
     n = run.hp["n_resamples"] if not run.fast else min(run.hp["n_resamples"], 1000)
-    b = binary(data, n, run.hp["ci_seed"])
+    b = binary(data, n, rng=Rng(run.hp["ci_seed"]))
     ours = {
         "binary.auc": b["auc"],
         **{f"binary.ci.{k}": b["ci"][k] for k in ("mean", "std", "lower", "upper")},
         **{f"folds.{k}": v for k, v in folds(data).items()},
         **{f"multiclass.{k}": v for k, v in multiclass(data).items()},
     }
-    try:
-        d = delong()
-    except Exception as e:  # an unfinished library piece must not hide the published figures above
-        run.logger.warning("DeLong skipped: %s", e)
-        d = None
-    if d:
-        ours.update({f"delong.{k}": v for k, v in d.items()})
+    ours.update({f"delong.{k}": v for k, v in delong().items()})
     if run.hp["dice"]:
         try:
             t0 = time.perf_counter()
@@ -187,29 +182,36 @@ def analyze(run: Run) -> None:
     )
     click.echo("\n".join(lines))
     rd = run.report_dir
-    save_json(rd / "metrics.json", {"fusefn": ours, "fusemedml": PUBLISHED, "n_resamples": res["n_resamples"]})
+    recipe.save_json(rd / "metrics.json", {"fusefn": ours, "fusemedml": PUBLISHED, "n_resamples": res["n_resamples"]})
     frame = res["binary"]["frame"]
-    fig = roc_figure(
+    fig = recipe.roc_figure(
         rd / "roc_binary.png",
         frame["Task1-target"].to_numpy(),
         frame["CanAT-score"].to_numpy(),
         title="KNIGHT task 1 (CanAT-score)",
     )
-    figures = [("ROC, task 1", fig)]
-    try:  # the analyzer's figures: ROC with its bootstrap band, confusion matrix, reliability
-        from fusefn.analyze import analyze as fusefn_analyze
-
-        fusefn_analyze(frame, id="id", score="CanAT-score", label="Task1-target", out=rd / "analysis",
-                       ci=res["n_resamples"], seed=run.hp["ci_seed"], class_names=["no AT", "AT"])  # fmt: skip
-        figures = [(c, rd / "analysis" / f) for f, c in (("roc.png", "ROC, task 1, with its 95 % bootstrap band"),
-                   ("confusion_matrix.png", "confusion matrix at 0.5"), ("reliability.png", "reliability diagram"))
-                   if (rd / "analysis" / f).is_file()] or figures  # fmt: skip
-    except Exception as e:
-        run.logger.warning("fusefn.analyze figures skipped: %s", e)
+    # the analyzer's figures: ROC with its bootstrap band, confusion matrix, reliability
+    fusefn_analyze(
+        frame,
+        id="id",
+        score="CanAT-score",
+        label="Task1-target",
+        out=rd / "analysis",
+        ci=res["n_resamples"],
+        rng=Rng(run.hp["ci_seed"]),
+        class_names=["no AT", "AT"],
+    )
+    captions = {
+        "roc.png": "ROC, task 1, with its 95 % bootstrap band",
+        "confusion_matrix.png": "confusion matrix at 0.5",
+        "reliability.png": "reliability diagram",
+    }
+    figures = [(c, rd / "analysis" / f) for f, c in captions.items() if (rd / "analysis" / f).is_file()]
+    figures = figures or [("ROC, task 1", fig)]
     rows = [("ROC AUC, task 1", res["binary"]["ci"])]
     rows += [(f"{k} (FuseMedML {PUBLISHED.get(k, '–')})", v) for k, v in ours.items() if k != "binary.auc"]
     table = "\n".join(["```", *lines, "```"])
-    write_report(
+    recipe.write_report(
         rd / "report.md",
         "KNIGHT evaluation (FuseMedML's published figures)",
         rows,
@@ -238,7 +240,8 @@ OPTIONS = [
     ),
 ]
 
-cli = recipe_cli("evaluate_knight", __doc__, OPTIONS, train=None, infer=None, analyze=analyze)
+RECIPE = recipe.Recipe(name="evaluate_knight", doc=__doc__, options=OPTIONS, analyze=analyze)
+cli = RECIPE.cli()
 
 if __name__ == "__main__":
     cli()

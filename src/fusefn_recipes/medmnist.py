@@ -33,32 +33,18 @@ import click
 import numpy as np
 import torch
 
-from fusefn import augment, chain, nd, optim, train
-from fusefn.core import record
-from fusefn.data import Dataset, DataSource, H5Cache, collate, ops
+from fusefn import Rng, augment, chain, keys, nd, optim, recipe, record, train
+from fusefn.data import DataSource, ops
 from fusefn.errors import ConfigError, SampleError
 from fusefn.losses import BCEWithLogits, CrossEntropy
-from fusefn.metrics import AUCROC, Accuracy
+from fusefn.metrics import AUCROC, Bootstrap
 from fusefn.models import ClassifierHead, Model, ResNet, SmallCNN
-from fusefn_recipes import _phantoms
-from fusefn_recipes._common import (
-    RecipeInputError,
-    Run,
-    check_trained,
-    classification_report,
-    curves_figure,
-    format_ci,
-    read_inference,
-    recipe_cli,
-    save_json,
-    write_report,
-)
+from fusefn.recipe import RecipeInputError, Run
+from fusefn_recipes import phantoms
 
-__all__ = ["cli", "describe", "write_example", "MedMNISTLabel", "make_model", "Layout"]
+__all__ = ["RECIPE", "cli", "describe", "write_example", "MedMNISTLabel", "make_model", "Layout"]
 
-IMG = "data.input.img"
-LABEL = "data.gt.label"
-LABELS = "data.gt.labels"  # multi-label: a float 0/1 vector per sample
+LABELS = "data.gt.labels"  # this recipe's own key, multi-label: a float 0/1 vector per sample
 SPLITS = {"train": "train", "validation": "val", "test": "test"}
 
 
@@ -106,8 +92,16 @@ def describe(path: pathlib.Path) -> Layout:
     names = info.get("label", {})
     class_names = tuple(str(names.get(str(i), i)) for i in range(k))
     pixel_range = (0.0, 255.0) if images.dtype == np.uint8 else None
-    return Layout(dims=dims, channels=channels, shape=tuple(int(s) for s in shape), task=task, num_classes=k,
-                  class_names=class_names, pixel_range=pixel_range)  # fmt: skip
+    shape = tuple(int(s) for s in shape)
+    return Layout(
+        dims=dims,
+        channels=channels,
+        shape=shape,
+        task=task,
+        num_classes=k,
+        class_names=class_names,
+        pixel_range=pixel_range,
+    )
 
 
 @record
@@ -118,13 +112,15 @@ class MedMNISTLabel:
     num_classes: int
 
     def __call__(self, sample: Mapping) -> dict:
-        row = nd.get(sample, "data.source")
+        row = nd.get(sample, keys.SOURCE)
         if self.task != "multi-label":
             y = int(row["label"])
             if not 0 <= y < self.num_classes:
-                raise SampleError(f"label {y} outside 0..{self.num_classes - 1}", sample_id=nd.get(sample,
-                                  "data.sample_id"), op="MedMNISTLabel", key="label")  # fmt: skip
-            return nd.assoc(sample, LABEL, y)
+                sid = nd.get(sample, keys.SAMPLE_ID)
+                raise SampleError(
+                    f"label {y} outside 0..{self.num_classes - 1}", sample_id=sid, op="MedMNISTLabel", key="label"
+                )
+            return nd.assoc(sample, keys.LABEL, y)
         cols = [row[f"label_{j}"] for j in range(self.num_classes)] if self.num_classes > 1 else [row["label"]]
         return nd.assoc(sample, LABELS, torch.tensor(cols, dtype=torch.float32))
 
@@ -133,28 +129,30 @@ def static_pipeline(layout: Layout, split: str):
     """Read one split's image from the ``.npz``, scale to [0, 1] float32 C×H×W (C×D×H×W), attach labels."""
     read = ops.ReadNpz(
         array=f"{split}_images",
-        index_key="data.source.index",
+        index_key=keys.SOURCE + ".index",
         add_channel=layout.channels == 1,
         channels_last=layout.dims == 2 and layout.channels > 1,
     )
     steps = [read]
     if layout.pixel_range is not None:
-        steps.append(ops.Normalize(keys=IMG, source=layout.pixel_range))
-    steps += [ops.ToTensor(keys=IMG, dtype="float32"), MedMNISTLabel(task=layout.task, num_classes=layout.num_classes)]
+        steps.append(ops.Normalize(keys=keys.IMAGE, source=layout.pixel_range))
+    steps += [
+        ops.ToTensor(keys=keys.IMAGE, dtype="float32"),
+        MedMNISTLabel(task=layout.task, num_classes=layout.num_classes),
+    ]
     return chain(*steps)
 
 
 def datasets(run: Run, layout: Layout) -> dict:
+    """The (unbuilt) datasets of the three splits, cached in ``OUT/cache`` with ``--cache``."""
     out = {}
     for name, split in SPLITS.items():
         src = DataSource.from_medmnist(run.hp["npz"], split=split)
-        limit = run.hp["max_per_split"]
-        limit = run.limit(limit if limit else len(src), "max_samples")
+        limit = run.limit(run.hp["max_per_split"] or len(src), "max_samples")
         if limit < len(src):
             src = src.head(limit)
-        static = static_pipeline(layout, split)
-        cache = H5Cache(root=run.out / "cache", pipeline=static, progress=False) if run.hp["cache"] else None
-        out[name] = Dataset(source=src, static=None if cache else static, cache=cache, eager=cache is None)
+        cache_root = run.cache_dir if run.hp["cache"] else None
+        out[name] = recipe.dataset(src, static_pipeline(layout, split), cache_root=cache_root)
     return out
 
 
@@ -164,32 +162,32 @@ def make_model(layout: Layout, backbone: str, channels: tuple, width: int, dropo
         net = ResNet(depth=18, spatial_dims=layout.dims, width=width, in_channels=layout.channels)
     else:
         net = SmallCNN(in_channels=layout.channels, channels=channels, spatial_dims=layout.dims)
-    head = ClassifierHead(name="head_0", num_classes=layout.num_classes, multi_label=layout.task == "multi-label",
-                          dropout=dropout)  # fmt: skip
-    return Model(inputs=(IMG,), backbone=net, heads=(head,))
+    multi_label = layout.task == "multi-label"
+    head = ClassifierHead(name=keys.HEAD, num_classes=layout.num_classes, multi_label=multi_label, dropout=dropout)
+    return Model(inputs=(keys.IMAGE,), backbone=net, heads=(head,))
 
 
 def augmentation(layout: Layout, p: float):
     """Light geometry and noise (MedMNIST images are small: a few pixels of shift, no flips)."""
     if layout.dims == 3:
         return augment.chain(
-            augment.Affine(dims=3, image_keys=IMG, rotate=(-10.0, 10.0), translate=(-2, 2), scale=(0.95, 1.05), p=p),
-            augment.GaussianNoise(image_keys=IMG, std=0.02, p=p),
+            augment.Affine(
+                dims=3, image_keys=keys.IMAGE, rotate=(-10.0, 10.0), translate=(-2, 2), scale=(0.95, 1.05), p=p
+            ),
+            augment.GaussianNoise(image_keys=keys.IMAGE, std=0.02, p=p),
         )
     return augment.chain(
-        augment.Affine(dims=2, image_keys=IMG, rotate=(-10.0, 10.0), translate=(-2, 2), scale=(0.95, 1.05), p=p),
-        augment.GaussianNoise(image_keys=IMG, std=0.02, p=p),
+        augment.Affine(dims=2, image_keys=keys.IMAGE, rotate=(-10.0, 10.0), translate=(-2, 2), scale=(0.95, 1.05), p=p),
+        augment.GaussianNoise(image_keys=keys.IMAGE, std=0.02, p=p),
     )
 
 
 def _losses_metrics(layout: Layout):
     if layout.task == "multi-label":
-        return {"cls": BCEWithLogits(pred="model.head_0.logits", target=LABELS)}, {}
+        return {"cls": BCEWithLogits(pred=keys.logits(), target=LABELS)}, {}
     names = layout.class_names if layout.task == "multi-class" else None
-    return {"cls": CrossEntropy(pred="model.head_0.logits", target=LABEL)}, {
-        "auc": AUCROC(pred="model.head_0.probs", target=LABEL, class_names=names),
-        "accuracy": Accuracy(pred="model.head_0.probs", target=LABEL),
-    }
+    losses = {"cls": CrossEntropy(pred=keys.logits(), target=keys.LABEL)}
+    return losses, recipe.classification_metrics(class_names=names)
 
 
 # ---------------------------------------------------------------------------- phases
@@ -201,11 +199,11 @@ def _layout(run: Run) -> Layout:
     return describe(run.hp["npz"])
 
 
-def train_phase(run: Run) -> None:
+def train_phase(run: Run):
     hp = run.hp
     layout = _layout(run)
-    run.logger.info("%s: %dD, %d channel(s), %s, %d classes", hp["npz"], layout.dims, layout.channels, layout.task,
-                    layout.num_classes)  # fmt: skip
+    what = f"{layout.dims}D, {layout.channels} channel(s), {layout.task}, {layout.num_classes} classes"
+    run.logger.info("%s: %s", hp["npz"], what)
     ds = datasets(run, layout)
     losses, metrics = _losses_metrics(layout)
     if metrics:
@@ -213,100 +211,74 @@ def train_phase(run: Run) -> None:
         best = train.BestEpochSource(source=source, optimization="max")
     else:
         best = train.BestEpochSource(source="validation.losses.total_loss", optimization="min")
-    train.fit(
+    return recipe.fit(
+        run,
         make_model(layout, hp["backbone"], tuple(hp["channels"]), hp["width"], hp["dropout"]),
         losses,
         optim.adamw(lr=hp["lr"], weight_decay=hp["weight_decay"]),
-        ds["train"],
-        ds["validation"],
-        model_dir=run.model_dir,
-        epochs=run.limit(hp["epochs"], "max_epochs"),
+        *recipe.build(ds["train"], ds["validation"]),
+        epochs=hp["epochs"],
         metrics=metrics,
-        batch_size=hp["batch_size"],
-        collate_fn=collate,
-        num_workers=run.limit(hp["workers"], "num_workers"),
         augment=augmentation(layout, hp["aug_p"]),
-        seed=run.seed,
-        device=run.device,
-        compile=run.compile,
-        best_epoch_sources=best,
-        callbacks=(train.CsvMetrics(),),
-        progress=False,
+        best=best,
+        batch_size=hp["batch_size"],
+        workers=hp["workers"],
     )
 
 
-def infer_phase(run: Run) -> None:
-    check_trained(run)
+def infer_phase(run: Run):
+    recipe.check_trained(run.model_dir)
     layout = _layout(run)
-    target = LABELS if layout.task == "multi-label" else LABEL
-    train.infer(
-        run.model_dir,
-        datasets(run, layout)["test"],
-        output_file=run.infer_file,
-        output_columns={"probs": "model.head_0.probs", "label": target},
-        checkpoint="best",
-        batch_size=256,
-        collate_fn=collate,
-        device=run.device,
-    )
+    target = LABELS if layout.task == "multi-label" else keys.LABEL
+    (test,) = recipe.build(datasets(run, layout)["test"])
+    return recipe.infer(run, test, {"probs": keys.probs(), "label": target}, batch_size=256)
 
 
 def analyze_phase(run: Run) -> dict:
     layout = _layout(run)
-    frame = read_inference(run.infer_file, ("sample_id", "probs", "label"))
-    probs = np.asarray(frame["probs"].to_list(), dtype=np.float64)
-    labels = np.asarray(frame["label"].to_list())
-    n_boot, rd = run.hp["n_boot"], run.report_dir
-    figs = []
     if layout.task == "multi-label":
-        rows, results = _multilabel_rows(probs, labels.astype(np.int64), layout.class_names, n_boot, run.seed)
+        frame = recipe.read_inference(run.infer_file, ("sample_id", "probs", "label"))
+        probs = np.asarray(frame["probs"].to_list(), dtype=np.float64)
+        labels = np.asarray(frame["label"].to_list()).astype(np.int64)
+        found = _multilabel(recipe.Findings(frame=frame, probs=probs, labels=labels), layout.class_names, run)
     else:
-        labels = labels.astype(np.int64)
-        rows, results, figs = classification_report(
-            probs, labels, n_boot=n_boot, seed=run.seed, out_dir=rd / "analysis",
-            class_names=layout.class_names, ids=frame["sample_id"].to_list(),
-        )  # fmt: skip
-    curves = curves_figure(run.model_dir / "metrics.csv", rd / "curves.png", ("losses.total_loss", "metrics.auc"))
-    if curves:
-        figs.insert(0, ("training curves", curves))
-    save_json(rd / "metrics.json", {"layout": _layout_dict(layout), "metrics": results})
-    write_report(
-        rd / "report.md",
-        f"MedMNIST — {pathlib.Path(run.hp['npz']).name}, test split",
-        rows,
-        intro=f"{layout.dims}D, {layout.channels} channel(s), shape {layout.shape}, {layout.task} with "
-        f"{layout.num_classes} classes; {len(probs)} test samples; 95 % CIs from {n_boot} bootstrap resamples.",
-        figures=figs,
+        found = recipe.classify(run, class_names=layout.class_names)
+    intro = (
+        f"{layout.dims}D, {layout.channels} channel(s), shape {layout.shape}, {layout.task} with "
+        f"{layout.num_classes} classes; {len(found.probs)} test samples; 95 % CIs from {run.hp['n_boot']} "
+        "bootstrap resamples."
     )
-    key = "ROC AUC" if "ROC AUC" in results else "ROC AUC macro"
-    value, ci = format_ci(results[key], digits=4)
-    click.echo(f"test {key} {value} {ci}".rstrip())
-    return results
+    title = f"MedMNIST — {pathlib.Path(run.hp['npz']).name}, test split"
+    recipe.publish(run, found, title, intro=intro, metrics={"layout": _layout_dict(layout), "metrics": found.results})
+    key = "ROC AUC" if "ROC AUC" in found.results else "ROC AUC macro"
+    click.echo(recipe.headline(found, key, f"test {key}"))
+    return found.results
 
 
 def _layout_dict(layout: Layout) -> dict:
     return {f.name: getattr(layout, f.name) for f in attrs.fields(Layout)}
 
 
-def _multilabel_rows(probs, labels, names, n_boot: int, seed: int) -> tuple[list, dict]:
-    """ROC AUC per label (each a binary task) with CIs, and their macro mean."""
-    from fusefn.metrics import Bootstrap
-
-    rows, results, values = [], {}, []
+def _multilabel(found: recipe.Findings, names, run: Run) -> recipe.Findings:
+    """ROC AUC per label (each a binary task) with CIs, after their macro mean."""
+    per_label = []
     for j, name in enumerate(names):
-        if len(np.unique(labels[:, j])) < 2:
+        if len(np.unique(found.labels[:, j])) < 2:
             continue  # AUC undefined for a label absent (or always present) in the test split
-        batch = {"p": probs[:, j], "y": labels[:, j]}
-        ci = Bootstrap(AUCROC(pred="p", target="y"), n=n_boot, seed=seed, stratify="y")
-        r = ci.compute(ci.update(ci.init(), batch))
-        rows.append((f"ROC AUC {name}", r))
-        results[f"ROC AUC {name}"] = r
-        values.append(r["value"])
-    macro = {"value": float(np.mean(values)) if values else float("nan"), "lower": float("nan"),
-             "upper": float("nan")}  # fmt: skip
-    rows.insert(0, ("ROC AUC macro (over labels)", macro))
-    results["ROC AUC macro"] = macro
-    return rows, results
+        ci = Bootstrap(AUCROC(pred="p", target="y"), n=run.hp["n_boot"], rng=run.rng, stratify="y")
+        per_label.append(
+            (f"ROC AUC {name}", ci.compute(ci.update(ci.init(), {"p": found.probs[:, j], "y": found.labels[:, j]})))
+        )
+    nan = float("nan")
+    macro = {
+        "value": float(np.mean([r["value"] for _, r in per_label])) if per_label else nan,
+        "lower": nan,
+        "upper": nan,
+    }
+    found = found.add("ROC AUC macro (over labels)", macro, key="ROC AUC macro")
+    for name, r in per_label:
+        found = found.add(name, r)
+    return found
 
 
 # ------------------------------------------------------------------- example file
@@ -320,7 +292,8 @@ def write_example(
     size: int = 28,
     sizes: tuple = (600, 150, 300),
     num_classes: int | None = None,
-    seed: int = 0,
+    *,
+    rng: Rng = Rng(0),
 ) -> pathlib.Path:
     """A synthetic ``.npz`` with MedMNIST's layout (uint8 images, integer labels), learnable.
 
@@ -336,19 +309,19 @@ def write_example(
         images, labels = [], []
         for i in range(start, start + n):
             if dims == 3:
-                v = _phantoms.volume_phantom(seed, i, size=size)
+                v = phantoms.volume_phantom(i, rng=rng, size=size)
                 img, y = v["image"][0], v["label"]
                 labels.append([y])
             else:
-                p = _phantoms.lesion_phantom(
-                    seed,
+                p = phantoms.lesion_phantom(
                     i,
+                    rng=rng,
                     size=size,
                     p_lesion=1 - 1 / (k + 1) if task != "binary" else 0.5,
                     max_lesions=min(k, 3) if task != "binary" else 1,
                     radius=(0.08, 0.16),
                 )
-                img, count = p["image"][0], p["n_lesions"]  # fmt: skip
+                img, count = p["image"][0], p["n_lesions"]
                 if task == "multi-label":
                     labels.append([int(count >= j + 1) for j in range(k)])
                 else:
@@ -366,14 +339,24 @@ def write_example(
 
 
 OPTIONS = [
-    click.option("--npz", type=click.Path(path_type=pathlib.Path, dir_okay=False), default=None,
-                 help="The MedMNIST .npz file (e.g. pneumoniamnist.npz)."),
+    click.option(
+        "--npz",
+        type=click.Path(path_type=pathlib.Path, dir_okay=False),
+        default=None,
+        help="The MedMNIST .npz file (e.g. pneumoniamnist.npz).",
+    ),
     click.option("--max-per-split", type=int, default=None, help="Use at most this many samples of each split."),
     click.option("--cache/--no-cache", default=True, show_default=True, help="Store the samples in OUT/cache (HDF5)."),
     click.option("--workers", type=int, default=0, show_default=True, help="DataLoader worker processes."),
     click.option("--backbone", type=click.Choice(["smallcnn", "resnet18"]), default="smallcnn", show_default=True),
-    click.option("--channels", type=int, multiple=True, default=(32, 64, 128), show_default=True,
-                 help="SmallCNN channels per block (repeat the option)."),
+    click.option(
+        "--channels",
+        type=int,
+        multiple=True,
+        default=(32, 64, 128),
+        show_default=True,
+        help="SmallCNN channels per block (repeat the option).",
+    ),
     click.option("--width", type=int, default=16, show_default=True, help="ResNet-18 width (64 = standard)."),
     click.option("--dropout", type=float, default=0.1, show_default=True),
     click.option("--epochs", type=int, default=10, show_default=True),
@@ -382,12 +365,10 @@ OPTIONS = [
     click.option("--weight-decay", type=float, default=1e-4, show_default=True),
     click.option("--aug-p", type=float, default=0.5, show_default=True, help="Per-sample augmentation probability."),
     click.option("--n-boot", type=int, default=2000, show_default=True, help="Bootstrap resamples for the CIs."),
-]  # fmt: skip
-
-cli = recipe_cli("medmnist", __doc__, OPTIONS, train=train_phase, infer=infer_phase, analyze=analyze_phase)
+]
 
 
-@cli.command("make-example")
+@click.command("make-example")
 @click.argument("path", type=click.Path(path_type=pathlib.Path, dir_okay=False))
 @click.option(
     "--task", type=click.Choice(["binary", "multi-class", "multi-label"]), default="binary", show_default=True
@@ -398,8 +379,20 @@ cli = recipe_cli("medmnist", __doc__, OPTIONS, train=train_phase, infer=infer_ph
 @click.option("--seed", type=int, default=0, show_default=True)
 def make_example(path, task, dims, channels, size, seed):
     """Write a small synthetic .npz with MedMNIST's layout to PATH."""
-    write_example(path, task=task, dims=int(dims), channels=int(channels), size=size, seed=seed)
-    click.echo(f"wrote {path}")  # fmt: skip
+    write_example(path, task=task, dims=int(dims), channels=int(channels), size=size, rng=Rng(seed))
+    click.echo(f"wrote {path}")
+
+
+RECIPE = recipe.Recipe(
+    name="medmnist",
+    doc=__doc__,
+    options=OPTIONS,
+    train=train_phase,
+    infer=infer_phase,
+    analyze=analyze_phase,
+    commands=(make_example,),
+)
+cli = RECIPE.cli()
 
 
 if __name__ == "__main__":

@@ -23,68 +23,50 @@ import functools
 import pathlib
 from collections.abc import Mapping
 
+import attrs
 import click
 import numpy as np
 import polars as pl
 import torch
 
-from fusefn import augment, nd, optim, train
-from fusefn.core import record
-from fusefn.data import Dataset, DataSource, H5Cache, collate
+from fusefn import Rng, augment, keys, nd, optim, recipe, record, train
+from fusefn.data import DataSource, H5Cache
 from fusefn.data import visualize as vis
 from fusefn.errors import SampleError
 from fusefn.losses import CrossEntropy
-from fusefn.metrics import AUCROC, Accuracy
 from fusefn.models import ClassifierHead, Model, ResNet, SmallCNN
-from fusefn_recipes import _phantoms
-from fusefn_recipes._common import (
-    CVTask,
-    Run,
-    check_trained,
-    classification_report,
-    curves_figure,
-    default_hp,
-    read_inference,
-    recipe_cli,
-    save_json,
-    write_report,
-)
+from fusefn.recipe import Run
+from fusefn_recipes import phantoms
 
-__all__ = ["cli", "MakeVolume", "make_model"]
+__all__ = ["RECIPE", "cli", "MakeVolume", "make_model", "source"]
 
-IMG = "data.input.img"
-LABEL = "data.gt.label"
 SPLITS = ("train", "validation", "test")
+COLUMNS = {"probs": keys.probs(), "label": keys.LABEL}
 
 
 @record
 class MakeVolume:
-    """Static op: the phantom volume whose index ends the sample id (``volume_00042``), from ``seed``.
+    """Static op: the phantom volume whose index ends the sample id (``volume_00042``), drawn from ``rng``.
 
-    Writes the volume (1×D×H×W float32 in [0, 1]) and the label (see ``_phantoms.volume_phantom``).
+    Writes the volume (1×D×H×W float32 in [0, 1]) and the label (see :func:`fusefn_recipes.phantoms.volume_phantom`).
     """
 
-    seed: int = 0
+    rng: Rng = attrs.field(factory=lambda: Rng(0))
     size: int = 32
     task: str = "detect"
     with_mask: bool = False
 
     def __call__(self, sample: Mapping) -> dict:
-        sid = nd.get(sample, "data.sample_id")
+        sid = nd.get(sample, keys.SAMPLE_ID)
         try:
             index = int(str(sid).rsplit("_", 1)[1])
         except (IndexError, ValueError):
             raise SampleError("expected an id like volume_<index>", sample_id=sid, op="MakeVolume") from None
-        v = _phantoms.volume_phantom(self.seed, index, size=self.size, task=self.task)
-        out = {IMG: torch.from_numpy(v["image"]), LABEL: v["label"]}
+        v = phantoms.volume_phantom(index, rng=self.rng, size=self.size, task=self.task)
+        out = {keys.IMAGE: torch.from_numpy(v["image"]), keys.LABEL: v["label"]}
         if self.with_mask:
-            out["data.gt.mask"] = v["mask"]
+            out[keys.MASK] = v["mask"]
         return nd.assoc_many(sample, out)
-
-
-@functools.cache
-def _labels(seed: int, n: int) -> tuple:
-    return tuple(_phantoms.volume_label(seed, i) for i in range(n))
 
 
 def source(run: Run) -> DataSource:
@@ -92,33 +74,40 @@ def source(run: Run) -> DataSource:
     sizes = {s: run.limit(run.hp[f"n_{s}"], "max_samples") for s in SPLITS}
     n = sum(sizes.values())
     split = [s for s in SPLITS for _ in range(sizes[s])]
-    frame = pl.DataFrame(
-        {"sample_id": [f"volume_{i:05d}" for i in range(n)], "split": split, "label": _labels(run.seed, n)}
-    )
+    labels = [phantoms.volume_label(i, rng=run.rng) for i in range(n)]
+    frame = pl.DataFrame({"sample_id": [f"volume_{i:05d}" for i in range(n)], "split": split, "label": labels})
     return DataSource.from_frame(frame, name="volume phantoms")
 
 
-def _dataset(run: Run, src: DataSource) -> Dataset:
-    static = MakeVolume(seed=run.seed, size=run.hp["size"], task=run.hp["task"])
-    if not run.hp["cache"]:
-        return Dataset(source=src, static=static, eager=True)
-    return Dataset(source=src, cache=H5Cache(root=run.out / "cache", pipeline=static, progress=False))
+def _static(run: Run, with_mask: bool = False) -> MakeVolume:
+    return MakeVolume(rng=run.rng, size=run.hp["size"], task=run.hp["task"], with_mask=with_mask)
+
+
+def _dataset(run: Run, src: DataSource):
+    return recipe.dataset(src, _static(run), cache_root=run.cache_dir if run.hp["cache"] else None)
 
 
 def datasets(run: Run) -> dict:
+    """The (unbuilt) datasets of the three splits."""
     src = source(run)
     return {s: _dataset(run, src.filter(pl.col("split") == s)) for s in SPLITS}
 
 
-def cv_task(run: Run) -> CVTask:
-    """For cross_validation.py: the train and validation splits are the pool, the test split is held out."""
+def static_data(cache_dir: pathlib.Path, *, rng: Rng):
+    """The static pipeline of a default run and its samples: what ``fusefn cache`` and ``fusefn visualize`` use."""
+    run = RECIPE.make_run(cache_dir, rng=rng, device="cpu")
+    return H5Cache(root=cache_dir, pipeline=_static(run)), source(run)
+
+
+def cv_task(run: Run) -> recipe.CVTask:
+    """For cross_validation: the train and validation splits are the pool, the test split is held out."""
     src = source(run)
-    return CVTask(
+    return recipe.CVTask(
         pool=src.filter(pl.col("split") != "test"),
         held_out=src.filter(pl.col("split") == "test"),
         dataset=functools.partial(_dataset, run),
         fit=fit_model,
-        output_columns={"probs": "model.head_0.probs", "label": LABEL},
+        output_columns=COLUMNS,
     )
 
 
@@ -128,99 +117,61 @@ def make_model(backbone: str, width: int, channels: tuple, dropout: float) -> Mo
         net = ResNet(depth=18, spatial_dims=3, width=width, in_channels=1)
     else:
         net = SmallCNN(in_channels=1, channels=channels, spatial_dims=3)
-    return Model(inputs=(IMG,), backbone=net, heads=(ClassifierHead(name="head_0", num_classes=2, dropout=dropout),))
+    head = ClassifierHead(name=keys.HEAD, num_classes=2, dropout=dropout)
+    return Model(inputs=(keys.IMAGE,), backbone=net, heads=(head,))
 
 
-def _schedule(run: Run, steps_per_epoch: int):
-    """Cosine decay of the learning rate from ``--lr`` to 0 over the run (steadier last epochs)."""
-    return optim.cosine_decay(
-        run.hp["lr"], decay_steps=max(run.limit(run.hp["epochs"], "max_epochs") * steps_per_epoch, 1)
-    )
-
-
-def train_phase(run: Run) -> None:
+def train_phase(run: Run):
     ds = datasets(run)
-    fit_model(run, ds["train"], ds["validation"], run.model_dir)
+    return fit_model(run, *recipe.build(ds["train"], ds["validation"]), run.model_dir)
 
 
-def fit_model(run: Run, train_ds, validation_ds, model_dir) -> None:
+def fit_model(run: Run, train_ds, validation_ds, model_dir):
     """Train on ``train_ds``; the best epoch by validation AUC is kept in ``model_dir``."""
     hp = run.hp
-    aug = augment.default_volume_pipeline(IMG, p=hp["aug_p"])
-    steps_per_epoch = -(-len(train_ds) // hp["batch_size"])
-    train.fit(
+    # cosine decay of the learning rate from --lr to 0 over the run: steadier last epochs
+    steps = max(run.limit(hp["epochs"], "max_epochs") * -(-len(train_ds) // hp["batch_size"]), 1)
+    return recipe.fit(
+        run,
         make_model(hp["backbone"], hp["width"], tuple(hp["channels"]), hp["dropout"]),
-        {"cls": CrossEntropy(pred="model.head_0.logits", target=LABEL)},
-        optim.adamw(lr=_schedule(run, steps_per_epoch), weight_decay=hp["weight_decay"]),
+        {"cls": CrossEntropy(pred=keys.logits(), target=keys.LABEL)},
+        optim.adamw(lr=optim.cosine_decay(hp["lr"], decay_steps=steps), weight_decay=hp["weight_decay"]),
         train_ds,
         validation_ds,
         model_dir=model_dir,
-        epochs=run.limit(hp["epochs"], "max_epochs"),
-        metrics={
-            "auc": AUCROC(pred="model.head_0.probs", target=LABEL),
-            "accuracy": Accuracy(pred="model.head_0.probs", target=LABEL),
-        },
+        epochs=hp["epochs"],
+        metrics=recipe.classification_metrics(),
+        augment=augment.default_volume_pipeline(keys.IMAGE, p=hp["aug_p"]),
+        best=train.BestEpochSource(source="validation.metrics.auc", optimization="max"),
         batch_size=hp["batch_size"],
-        collate_fn=collate,
-        num_workers=run.limit(hp["workers"], "num_workers"),
-        augment=aug,
-        seed=run.seed,
-        device=run.device,
-        compile=run.compile,
-        best_epoch_sources=train.BestEpochSource(source="validation.metrics.auc", optimization="max"),
-        callbacks=(train.CsvMetrics(),),
-        progress=False,
+        workers=hp["workers"],
     )
 
 
-def infer_phase(run: Run) -> None:
-    check_trained(run)
-    train.infer(
-        run.model_dir,
-        datasets(run)["test"],
-        output_file=run.infer_file,
-        output_columns={"probs": "model.head_0.probs", "label": LABEL},
-        checkpoint="best",
-        batch_size=32,
-        collate_fn=collate,
-        device=run.device,
-    )
+def infer_phase(run: Run):
+    recipe.check_trained(run.model_dir)
+    (test,) = recipe.build(datasets(run)["test"])
+    return recipe.infer(run, test, COLUMNS, batch_size=32)
 
 
 def analyze_phase(run: Run) -> dict:
-    frame = read_inference(run.infer_file, ("sample_id", "probs", "label"))
-    ids = frame["sample_id"].to_list()
-    probs = np.asarray(frame["probs"].to_list(), dtype=np.float64)
-    labels = frame["label"].to_numpy().astype(np.int64)
-    rd = run.report_dir
-    rows, results, figs = classification_report(
-        probs, labels, n_boot=run.hp["n_boot"], seed=run.seed, out_dir=rd / "analysis",
-        class_names=("negative", "positive"), ids=ids,
-    )  # fmt: skip
-    curves = curves_figure(run.model_dir / "metrics.csv", rd / "curves.png", ("losses.total_loss", "metrics.auc"))
-    if curves:
-        figs.insert(0, ("training curves", curves))
-    op = MakeVolume(seed=run.seed, size=run.hp["size"], task=run.hp["task"], with_mask=True)
+    found = recipe.classify(run, class_names=("negative", "positive"))
+    ids, labels, op = found.ids, found.labels, _static(run, with_mask=True)
     for cls in (1, 0):
         hits = np.flatnonzero(labels == cls)
         if hits.size:
             i = int(hits[0])
             s = op({"data": {"sample_id": ids[i]}})  # regenerated: phantoms are pure functions of the id
-            title = f"{ids[i]}  label {cls}  P(positive) {probs[i, 1]:.3f}"
-            png = vis.show_volume(s, rd / f"montage_label{cls}.png", title=title)
-            figs.append((f"slice montage of a test volume with label {cls}", png))
-    save_json(rd / "metrics.json", results)
-    write_report(
-        rd / "report.md",
-        f"3D phantoms — task {run.hp['task']}, test set",
-        rows,
-        intro=f"{len(labels)} test volumes ({int(labels.sum())} positive); 95 % CIs from {run.hp['n_boot']} "
-        "stratified bootstrap resamples.",
-        figures=figs,
+            title = f"{ids[i]}  label {cls}  P(positive) {found.probs[i, 1]:.3f}"
+            png = vis.show_volume(s, run.report_dir / f"montage_label{cls}.png", title=title)
+            found = found.figure(f"slice montage of a test volume with label {cls}", png)
+    intro = (
+        f"{len(labels)} test volumes ({int(labels.sum())} positive); 95 % CIs from {run.hp['n_boot']} "
+        "stratified bootstrap resamples."
     )
-    auc = results["ROC AUC"]
-    click.echo(f"test ROC AUC {auc['value']:.4f} [{auc['lower']:.4f}, {auc['upper']:.4f}]")
-    return results
+    recipe.publish(run, found, f"3D phantoms — task {run.hp['task']}, test set", intro=intro)
+    click.echo(recipe.headline(found))
+    return found.results
 
 
 OPTIONS = [
@@ -228,14 +179,25 @@ OPTIONS = [
     click.option("--n-validation", type=int, default=100, show_default=True, help="Validation volumes."),
     click.option("--n-test", type=int, default=200, show_default=True, help="Test volumes."),
     click.option("--size", type=int, default=32, show_default=True, help="Volume side in voxels."),
-    click.option("--task", type=click.Choice(["detect", "shape"]), default="detect", show_default=True,
-                 help="detect: are there faint blobs? shape: is one blob an elongated ellipsoid?"),
+    click.option(
+        "--task",
+        type=click.Choice(["detect", "shape"]),
+        default="detect",
+        show_default=True,
+        help="detect: are there faint blobs? shape: is one blob an elongated ellipsoid?",
+    ),
     click.option("--cache/--no-cache", default=True, show_default=True, help="Store the volumes in OUT/cache (HDF5)."),
     click.option("--workers", type=int, default=0, show_default=True, help="DataLoader worker processes."),
     click.option("--backbone", type=click.Choice(["resnet18", "smallcnn"]), default="resnet18", show_default=True),
     click.option("--width", type=int, default=8, show_default=True, help="ResNet width (64 = the standard net)."),
-    click.option("--channels", type=int, multiple=True, default=(8, 16, 32), show_default=True,
-                 help="SmallCNN channels per block (repeat the option)."),
+    click.option(
+        "--channels",
+        type=int,
+        multiple=True,
+        default=(8, 16, 32),
+        show_default=True,
+        help="SmallCNN channels per block (repeat the option).",
+    ),
     click.option("--dropout", type=float, default=0.0, show_default=True, help="Classifier head dropout."),
     click.option("--epochs", type=int, default=10, show_default=True),
     click.option("--batch-size", type=int, default=16, show_default=True),
@@ -243,18 +205,19 @@ OPTIONS = [
     click.option("--weight-decay", type=float, default=1e-4, show_default=True),
     click.option("--aug-p", type=float, default=0.5, show_default=True, help="Probability of each augmentation group."),
     click.option("--n-boot", type=int, default=2000, show_default=True, help="Bootstrap resamples for the CIs."),
-]  # fmt: skip
+]
 
-
-def static_data(cache_dir: pathlib.Path, seed: int = 0):
-    """``(H5Cache, DataSource)`` of a default run's static pipeline: the hook ``fusefn cache`` and ``visualize`` use."""
-    run = Run(name="volumes3d", out=cache_dir, seed=seed, hp=default_hp(OPTIONS))
-    return H5Cache(
-        root=cache_dir, pipeline=MakeVolume(seed=run.seed, size=run.hp["size"], task=run.hp["task"])
-    ), source(run)
-
-
-cli = recipe_cli("volumes3d", __doc__, OPTIONS, train=train_phase, infer=infer_phase, analyze=analyze_phase)
+RECIPE = recipe.Recipe(
+    name="volumes3d",
+    doc=__doc__,
+    options=OPTIONS,
+    train=train_phase,
+    infer=infer_phase,
+    analyze=analyze_phase,
+    static_data=static_data,
+    cv_task=cv_task,
+)
+cli = RECIPE.cli()
 
 if __name__ == "__main__":
     cli()

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from fusefn.augment import Cutout
+from fusefn.core import Rng
 from fusefn.errors import ConfigError
 
 
@@ -15,7 +16,7 @@ def gen(seed=0):
 def test_holes_have_the_drawn_size(dims):
     x = torch.ones(8, 2, *([10] * dims))
     aug = Cutout(dims=dims, image_keys="img", size=(0.2, 0.5), fill=-1.0, p=0.5)
-    params = aug.sample(gen(1), 8)
+    params = aug.sample(8, rng=Rng(1))
     out = aug.apply({"img": x}, params)["img"]
     for i in range(8):
         holes = out[i, 0] == -1

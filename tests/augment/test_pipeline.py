@@ -64,8 +64,8 @@ def _tree_equal(a, b):
 def test_sample_then_apply_equals_call_and_input_is_untouched(op):
     batch = batch2d()
     before = {k: v.clone() for k, v in batch["data"]["input"].items()}
-    called = op(batch, gen(5))
-    params = op.sample_like(batch, gen(5))
+    called = op(batch, rng=Rng(5))
+    params = op.sample_like(batch, rng=Rng(5))
     assert _tree_equal(op.apply(batch, params), called)
     assert torch.equal(batch["data"]["input"]["img"], before["img"])
     assert called["data"]["sample_id"] is batch["data"]["sample_id"]
@@ -74,10 +74,10 @@ def test_sample_then_apply_equals_call_and_input_is_untouched(op):
 @pytest.mark.parametrize("op", ALL_OPS_2D, ids=lambda o: type(o).__name__)
 def test_same_seed_is_bit_identical_and_streams_differ(op):
     batch = batch2d()
-    a = op(batch, Rng(11).child(3, 0).generator())
-    b = op(batch, Rng(11).child(3, 0).generator())
+    a = op(batch, rng=Rng(11).child(3, 0))
+    b = op(batch, rng=Rng(11).child(3, 0))
     assert _tree_equal(a, b)
-    others = [op(batch, Rng(s).child(e, r).generator()) for s, e, r in [(12, 3, 0), (11, 4, 0), (11, 3, 1)]]
+    others = [op(batch, rng=Rng(s).child(e, r)) for s, e, r in [(12, 3, 0), (11, 4, 0), (11, 3, 1)]]
     for o in others:
         assert not torch.equal(o["data"]["input"]["img"], a["data"]["input"]["img"])
 
@@ -87,33 +87,33 @@ def test_pipeline_equals_hand_written_fold():
     pipe = chain(*ops[:3], chain(*ops[3:]))
     assert len(pipe.ops) == len(ops)
     batch = batch2d()
-    params = pipe.sample_like(batch, gen(9))
+    params = pipe.sample_like(batch, rng=Rng(9))
     out = pipe.apply(batch, params)
     ref = batch
     for op, p in zip(ops, params):
         ref = op.apply(ref, p)
     assert _tree_equal(out, ref)
-    assert _tree_equal(pipe(batch, gen(9)), out)
+    assert _tree_equal(pipe(batch, rng=Rng(9)), out)
 
 
 def test_pipeline_does_not_mutate_its_input_when_it_works_in_place():
     batch = batch2d(n=8)
     before = batch["data"]["input"]["img"].clone()
     pipe = chain(*ALL_OPS_2D, Intensity(image_keys=KEY, add=(0.1, 0.2), p=1.0), GaussianNoise(image_keys=KEY, p=1.0))
-    pipe(batch, gen(1))
+    pipe(batch, rng=Rng(1))
     assert torch.equal(batch["data"]["input"]["img"], before)
 
 
 def test_noise_after_crop_is_drawn_for_the_cropped_shape():
     pipe = chain(RandomCrop(image_keys=KEY, size=(5, 6)), GaussianNoise(image_keys=KEY))
-    out = pipe(batch2d(), gen())
+    out = pipe(batch2d(), rng=Rng(0))
     assert out["data"]["input"]["img"].shape == (6, 1, 5, 6)
 
 
 def test_default_image_pipeline():
     batch = batch2d(n=64, size=32)
     pipe = default_image_pipeline(KEY, mask_keys=SEG)
-    params = pipe.sample_like(batch, gen(1))
+    params = pipe.sample_like(batch, rng=Rng(1))
     rates = [float(p["apply"].double().mean()) for p in params]
     assert all(0.25 < r < 0.75 for r in rates)
     out = pipe.apply(batch, params)
@@ -126,20 +126,20 @@ def test_default_image_pipeline():
 
 def test_default_volume_pipeline():
     vol = {"data": {"input": {"img": torch.rand(4, 1, 12, 12, 12, generator=gen(2))}}}
-    out = default_volume_pipeline(KEY)(vol, gen(3))
+    out = default_volume_pipeline(KEY)(vol, rng=Rng(3))
     assert out["data"]["input"]["img"].shape == (4, 1, 12, 12, 12)
 
 
 def test_light_image_pipeline_never_flips():
     x = torch.zeros(32, 1, 16, 16)
     x[:, :, 2, 2] = 1.0
-    out = augment.light_image_pipeline(KEY, p=1.0)({"data": {"input": {"img": x}}}, gen(1))["data"]["input"]["img"]
+    out = augment.light_image_pipeline(KEY, p=1.0)({"data": {"input": {"img": x}}}, rng=Rng(1))["data"]["input"]["img"]
     peak = out.flatten(1).argmax(1)
     assert bool((peak // 16 < 8).all() and (peak % 16 < 8).all())  # the bright corner stays top-left
 
 
 def test_sample_on_a_device_argument_keeps_tensors_there():
-    params = default_image_pipeline(KEY).sample(gen(), 4, device="cpu", shapes={KEY: (1, 8, 8)})
+    params = default_image_pipeline(KEY).sample(4, rng=Rng(0), device="cpu", shapes={KEY: (1, 8, 8)})
     assert all(t.device.type == "cpu" for p in params for t in p.values() if isinstance(t, torch.Tensor))
 
 
@@ -147,7 +147,7 @@ def test_errors_name_op_and_key():
     with pytest.raises(ConfigError, match=r"Pipeline\.ops\[0\]"):
         Pipeline(ops=(lambda b: b,))
     with pytest.raises(MissingKeyError, match=r"data\.input\.imgg"):
-        default_image_pipeline("data.input.imgg")(batch2d(), gen())
+        default_image_pipeline("data.input.imgg")(batch2d(), rng=Rng(0))
     assert augment.__all__ and all(hasattr(augment, n) for n in augment.__all__)
 
 
@@ -155,7 +155,7 @@ def test_errors_name_op_and_key():
 def test_apply_compiles_with_fullgraph():
     pipe = chain(default_image_pipeline(KEY, mask_keys=SEG), *ALL_OPS_2D[1:])
     batch = batch2d(n=8, size=16)
-    params = pipe.sample_like(batch, gen(4))
+    params = pipe.sample_like(batch, rng=Rng(4))
     compiled = torch.compile(pipe.apply, fullgraph=True)
     out = compiled(batch, params)
     ref = pipe.apply(batch, params)
@@ -169,7 +169,7 @@ def test_chunked_eager_path_equals_the_whole_batch_path(monkeypatch, chunk_bytes
 
     pipe = chain(default_image_pipeline(KEY, mask_keys=SEG), ALL_OPS_2D[2])
     batch = batch2d(n=10, size=24)
-    params = pipe.sample_like(batch, gen(6))
+    params = pipe.sample_like(batch, rng=Rng(6))
     monkeypatch.setattr(_common, "CHUNK_BYTES", chunk_bytes)
     chunked = pipe.apply(batch, params)
     monkeypatch.setattr(_resample, "chunked", lambda x: False)

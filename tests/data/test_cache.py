@@ -13,7 +13,6 @@ import torch
 
 from fusefn import chain, nd
 from fusefn.data import H5Cache, NotCachedError, ops
-from fusefn.data.cache import _forget
 from fusefn.errors import ConfigError, SampleError
 
 
@@ -69,10 +68,11 @@ def test_round_trip_every_leaf_kind(tmp_path):
     cache = H5Cache(root=tmp_path, pipeline=make, progress=False)
     report = cache.build(IDS)
     assert (report.total, report.computed, report.failed, report.outputs) == (10, 10, 0, 10)
+    reader = cache.open()
     for sid in IDS:
-        assert_same(cache.read(sid), make({"data": {"sample_id": sid}}))
-    assert cache.ids() == IDS and "s3" in cache and "nope" not in cache
-    assert cache.read("s4", keys=("data.gt",)) == {"data": {"sample_id": "s4", "gt": {"label": 1}}}
+        assert_same(reader.read(sid), make({"data": {"sample_id": sid}}))
+    assert reader.ids() == IDS and "s3" in reader and "nope" not in reader
+    assert reader.read("s4", keys=("data.gt",)) == {"data": {"sample_id": "s4", "gt": {"label": 1}}}
     assert cache.verify(deep=True) == []
 
 
@@ -83,7 +83,10 @@ def test_store_per_fingerprint_and_reuse(tmp_path):
     b = H5Cache(root=tmp_path, pipeline=chain(make, ops.Clip(keys="data.input.img", low=0, high=1)), progress=False)
     assert b.path != a.path
     assert b.build(IDS).computed == 10  # a changed pipeline never serves the old store
-    assert b.read("s7")["data"]["input"]["img"].max() == 1 and a.read("s7")["data"]["input"]["img"].max() == 7
+    assert (
+        b.open().read("s7")["data"]["input"]["img"].max() == 1
+        and a.open().read("s7")["data"]["input"]["img"].max() == 7
+    )
 
 
 def test_failures_recorded_reported_and_rest_cached(tmp_path, caplog):
@@ -93,9 +96,9 @@ def test_failures_recorded_reported_and_rest_cached(tmp_path, caplog):
     (f,) = report.failures
     assert f["sample_id"] == "s3" and f["op"] == "fail_on_3" and "bad pixels" in f["error"]
     assert "s3" in str(report) and "bad pixels" in caplog.text
-    assert cache.failures() == [f]
+    assert cache.open().failures() == [f]
     with pytest.raises(SampleError, match="sample 's3', op fail_on_3.*bad pixels"):
-        cache.read("s3")
+        cache.open().read("s3")
     assert cache.build(IDS).computed == 0  # not retried by default
     assert cache.build(IDS, retry_failed=True).computed == 0  # retried, fails again
     assert cache.build(IDS, retry_failed=True).failed == 1
@@ -105,23 +108,24 @@ def test_missing_file_error_names_sample_op_key(tmp_path):
     read = ops.ReadNpy(path=str(tmp_path / "{sample_id}.npy"))
     np.save(tmp_path / "a.npy", np.zeros(3))
     report = H5Cache(root=tmp_path / "c", pipeline=read, progress=False).build(["a", "b"])
-    assert report.failures == ({"sample_id": "b", "op": "ReadNpy", "key": "data.input.img",
-                                "error": f"file not found: {tmp_path / 'b.npy'}"},)  # fmt: skip
+    assert report.failures == (
+        {"sample_id": "b", "op": "ReadNpy", "key": "data.input.img", "error": f"file not found: {tmp_path / 'b.npy'}"},
+    )
 
 
 def test_drop_and_split(tmp_path):
     cache = H5Cache(root=tmp_path, pipeline=chain(make, odd_only), progress=False)
     report = cache.build(IDS)
     assert report.dropped == 5 and report.outputs == 5
-    assert cache.ids(IDS) == ["s1", "s3", "s5", "s7", "s9"]
+    assert cache.open().ids(IDS) == ["s1", "s3", "s5", "s7", "s9"]
     with pytest.raises(NotCachedError, match="dropped"):
-        cache.read("s2")
+        cache.open().read("s2")
     patches = H5Cache(
         root=tmp_path, pipeline=chain(make, ops.Patches(keys="data.input.img", shape=(2, 2))), progress=False
     )
     patches.build(["s1", "s2"])
-    assert patches.ids(["s2"]) == ["s2#0", "s2#1", "s2#2", "s2#3"]
-    assert patches.read("s2#1")["data"]["patch"]["origin"] == (0, 2)
+    assert patches.open().ids(["s2"]) == ["s2#0", "s2#1", "s2#2", "s2#3"]
+    assert patches.open().read("s2#1")["data"]["patch"]["origin"] == (0, 2)
 
 
 def test_changed_source_row_is_recomputed(tmp_path):
@@ -140,7 +144,7 @@ def test_changed_source_row_is_recomputed(tmp_path):
     cache.build(src)
     src2 = DataSource.from_frame(pl.DataFrame({"sample_id": ["a", "b"], "label": [0, 5]}))
     assert cache.build(src2).computed == 1
-    assert cache.read("b")["data"]["gt"]["label"] == 5
+    assert cache.open().read("b")["data"]["gt"]["label"] == 5
 
 
 def test_unstorable_value_is_a_recorded_failure(tmp_path):
@@ -156,26 +160,27 @@ def test_truncated_shard_is_detected_and_rebuilt(tmp_path, caplog):
     assert len(shards) == 2
     with open(shards[1], "r+b") as fh:
         fh.truncate(os.path.getsize(shards[1]) // 2)
-    _forget(cache.path)  # as a fresh process would see it
     with pytest.raises(NotCachedError):
-        cache.read("s7")  # never garbage
+        cache.open().read("s7")  # never garbage (a fresh reader, as a fresh process would see it)
     assert cache.verify() == [f"{shards[1].name}: truncated"]
     report = cache.build(IDS)
     assert report.computed == 5 and len(report.repaired) == 1 and "truncated" in caplog.text
+    reader = cache.open()
     for sid in IDS:
-        assert_same(cache.read(sid), make({"data": {"sample_id": sid}}))
+        assert_same(reader.read(sid), make({"data": {"sample_id": sid}}))
     assert cache.verify() == []
 
 
 def test_short_read_after_open_is_an_error(tmp_path):
     cache = H5Cache(root=tmp_path, pipeline=make, shard_size=10, progress=False)
     cache.build(IDS)
-    cache.read("s0")  # the shard is open and checked before it is damaged
+    reader = cache.open()
+    reader.read("s0")  # the shard is open and checked before it is damaged
     (shard,) = cache.path.glob("shard-*.h5")
     with open(shard, "r+b") as fh:
         fh.truncate(1024)
     with pytest.raises(NotCachedError, match="damaged"):
-        cache.read("s9")
+        reader.read("s9")
 
 
 def test_parallel_build_equals_serial(tmp_path):
@@ -185,15 +190,16 @@ def test_parallel_build_equals_serial(tmp_path):
     report = parallel.build(IDS)
     assert report.computed == 10 and len(list(parallel.path.glob("shard-*.json"))) == 4
     for sid in IDS:
-        assert_same(parallel.read(sid), serial.read(sid))
+        assert_same(parallel.open().read(sid), serial.open().read(sid))
 
 
 @pytest.mark.parametrize("compression", ["gzip", "lzf"])
 def test_compression_round_trip(tmp_path, compression):
     cache = H5Cache(root=tmp_path, pipeline=make, compression=compression, progress=False)
     cache.build(IDS)
+    reader = cache.open()
     for sid in IDS:
-        assert_same(cache.read(sid), make({"data": {"sample_id": sid}}))
+        assert_same(reader.read(sid), make({"data": {"sample_id": sid}}))
 
 
 def _scan(s):
@@ -216,7 +222,7 @@ def test_compression_stores_less_than_the_raw_bytes(tmp_path, compression):
     assert size < 0.6 * raw < sum(f.stat().st_size for f in plain.path.glob("shard-*.h5"))
     for sid in ids:
         np.testing.assert_array_equal(
-            packed.read(sid)["data"]["input"]["img"], _scan({"data": {"sample_id": sid}})["data"]["input"]["img"]
+            packed.open().read(sid)["data"]["input"]["img"], _scan({"data": {"sample_id": sid}})["data"]["input"]["img"]
         )
 
 
@@ -296,7 +302,7 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path, workers, monkeypatch
     ids = [f"s{i}" for i in range(n)]
     seen = [e["id"] for m in store.glob("shard-*.json") for e in json.loads(m.read_text())["samples"]]
     assert sorted(seen) == sorted(ids)  # every sample cached exactly once
-    assert not list(store.glob(".tmp-*"))
+    assert not list(store.glob(".tmp-*")) and not list(store.glob(".*.tmp"))
 
     monkeypatch.syspath_prepend(str(tmp_path))
     from slowmod import slow
@@ -305,7 +311,9 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path, workers, monkeypatch
     clean = H5Cache(root=tmp_path / "clean", pipeline=slow, progress=False)
     assert killed.path.name == clean.path.name == store.name
     for sid in ids:
-        np.testing.assert_array_equal(killed.read(sid)["data"]["input"]["img"], clean.read(sid)["data"]["input"]["img"])
+        np.testing.assert_array_equal(
+            killed.open().read(sid)["data"]["input"]["img"], clean.open().read(sid)["data"]["input"]["img"]
+        )
     assert killed.verify() == []
 
 
@@ -319,7 +327,7 @@ def test_source_rows_with_dates_are_stored_as_text(tmp_path):
     src = DataSource.from_frame(pl.DataFrame({"sample_id": ["a"], "scan": [datetime.date(2020, 1, 2)]}))
     cache = H5Cache(root=tmp_path, pipeline=lambda s: s, progress=False)
     assert cache.build(src).failed == 0
-    assert cache.read("a")["data"]["source"]["scan"] == "2020-01-02"
+    assert cache.open().read("a")["data"]["source"]["scan"] == "2020-01-02"
 
 
 def test_a_dead_worker_is_reported_and_the_next_build_finishes(tmp_path, caplog):
@@ -338,8 +346,9 @@ def test_a_dead_worker_is_reported_and_the_next_build_finishes(tmp_path, caplog)
     marker.unlink()
     again = cache.build(IDS)
     assert again.failed == 0 and again.reused == 10 - report.failed
+    reader = cache.open()
     for sid in IDS:
-        assert_same(cache.read(sid), make({"data": {"sample_id": sid}}))
+        assert_same(reader.read(sid), make({"data": {"sample_id": sid}}))
 
 
 def test_keys_present_in_some_samples_only(tmp_path):
@@ -351,8 +360,9 @@ def test_keys_present_in_some_samples_only(tmp_path):
 
     cache = H5Cache(root=tmp_path, pipeline=sometimes, shard_size=10, progress=False)
     cache.build(IDS)
+    reader = cache.open()
     for sid in IDS:
-        assert_same(cache.read(sid), sometimes({"data": {"sample_id": sid}}))
+        assert_same(reader.read(sid), sometimes({"data": {"sample_id": sid}}))
 
 
 def test_a_complete_store_is_only_read(tmp_path):
@@ -367,10 +377,11 @@ def test_a_complete_store_is_only_read(tmp_path):
 def test_reads_share_no_mutable_values(tmp_path):
     cache = H5Cache(root=tmp_path, pipeline=lambda s: nd.assoc(s, "data.tags", ["a", "b"]), progress=False)
     cache.build(["x"])
-    first = cache.read("x")
+    reader = cache.open()
+    first = reader.read("x")
     first["data"]["tags"].append("mutated")
     first["data"]["sample_id"] = "changed"
-    assert cache.read("x")["data"] == {"sample_id": "x", "tags": ["a", "b"]}
+    assert reader.read("x")["data"] == {"sample_id": "x", "tags": ["a", "b"]}
 
 
 _STORE_KEY_SCRIPT = """
@@ -460,32 +471,34 @@ def test_large_rows_are_mapped_writable_and_private(tmp_path):
     cache.build(["v1", "v2"])
     (shard,) = cache.path.glob("shard-*.h5")
     before = shard.read_bytes()
-    first = cache.read("v1")["data"]["input"]["vol"]
+    reader = cache.open()
+    first = reader.read("v1")["data"]["input"]["vol"]
     expected = _volume({"data": {"sample_id": "v1"}})["data"]["input"]["vol"]
     assert _mapped_base(first) and first.flags.writeable
     np.testing.assert_array_equal(first, expected)
     first[0, 0, 0, :] = -1.0  # copy-on-write: neither the file nor the next read of the sample sees it
     first *= 2
-    again = cache.read("v1")["data"]["input"]["vol"]
+    again = reader.read("v1")["data"]["input"]["vol"]
     np.testing.assert_array_equal(again, expected)
     assert shard.read_bytes() == before
     np.testing.assert_array_equal(
-        cache.read("v2")["data"]["input"]["vol"], _volume({"data": {"sample_id": "v2"}})["data"]["input"]["vol"]
+        reader.read("v2")["data"]["input"]["vol"], _volume({"data": {"sample_id": "v2"}})["data"]["input"]["vol"]
     )
     # a mapped array outlives the store's handles and survives pickling (DataLoader workers send it)
     import pickle
 
-    _forget(cache.path)
+    reader.close()
     np.testing.assert_array_equal(pickle.loads(pickle.dumps(again)), expected)
 
 
 def test_mapping_failure_falls_back_to_a_copy(tmp_path, monkeypatch):
-    from fusefn.data import cache as cache_mod
+    from fusefn.data.cache import reader as cache_mod
 
     cache = H5Cache(root=tmp_path, pipeline=make, progress=False)
     cache.build(IDS)
     monkeypatch.setattr(cache_mod, "_MAP_MIN_BYTES", 1)  # map every row, even the small ones
-    mapped = {sid: cache.read(sid) for sid in IDS}
+    reader = cache.open()
+    mapped = {sid: reader.read(sid) for sid in IDS}
     assert _mapped_base(mapped["s3"]["data"]["input"]["img"])
 
     def refuse(*a, **k):
@@ -493,35 +506,35 @@ def test_mapping_failure_falls_back_to_a_copy(tmp_path, monkeypatch):
 
     monkeypatch.setattr(mmap, "mmap", refuse)
     for sid in IDS:
-        copied = cache.read(sid)
+        copied = reader.read(sid)
         assert not _mapped_base(copied["data"]["input"]["img"])
         assert_same(copied, mapped[sid])
         assert_same(copied, make({"data": {"sample_id": sid}}))
 
 
 def test_mapped_read_of_a_truncated_file_is_an_error_not_a_crash(tmp_path, monkeypatch):
-    from fusefn.data import cache as cache_mod
+    from fusefn.data.cache import reader as cache_mod
 
     monkeypatch.setattr(cache_mod, "_MAP_MIN_BYTES", 1)
     cache = H5Cache(root=tmp_path, pipeline=make, shard_size=10, progress=False)
     cache.build(IDS)
-    cache.read("s0")
+    reader = cache.open()
+    reader.read("s0")
     (shard,) = cache.path.glob("shard-*.h5")
     with open(shard, "r+b") as fh:
         fh.truncate(1024)
     with pytest.raises(NotCachedError, match="damaged"):
-        cache.read("s9")
+        reader.read("s9")
 
 
 def test_readers_hold_no_hdf5_chunk_cache(tmp_path):
     # each sample is read once per epoch: HDF5's chunk cache (8 MiB per dataset since HDF5 2.0) would only
     # hold decompressed chunks in every DataLoader worker, for every shard it opened
-    from fusefn.data.cache import _store
-
     cache = H5Cache(root=tmp_path, pipeline=make, compression="lzf", progress=False)
     cache.build(IDS)
-    cache.read("s1")
-    (shard,) = [s for s in _store(cache.path).shards.values() if s.loaded]
+    reader = cache.open()
+    reader.read("s1")
+    (shard,) = [s for s in reader.shards().values() if s.loaded]
     assert shard.chunked, "the compressed arrays are chunked datasets"
     for _key, _kind, ds in shard.chunked:
         assert ds.id.get_access_plist().get_chunk_cache()[1] == 0
@@ -575,8 +588,9 @@ def test_changing_a_module_constant_the_op_reads_changes_the_store(tmp_path, mon
 def test_numpy_integer_ids_find_their_samples(tmp_path):
     cache = H5Cache(root=tmp_path, pipeline=lambda s: nd.assoc(s, "data.x", 1), progress=False)
     cache.build([1, 2])
-    assert np.int64(1) in cache and cache.entry(np.int64(2))["status"] == "ok"
-    assert cache.read(np.int64(2))["data"]["sample_id"] == 2
+    reader = cache.open()
+    assert np.int64(1) in reader and reader.entry(np.int64(2))["status"] == "ok"
+    assert reader.read(np.int64(2))["data"]["sample_id"] == 2
 
 
 def test_a_tensor_numpy_cannot_hold_is_a_recorded_failure(tmp_path):
@@ -587,9 +601,9 @@ def test_a_tensor_numpy_cannot_hold_is_a_recorded_failure(tmp_path):
     cache = H5Cache(root=tmp_path, pipeline=op, progress=False)
     report = cache.build([1, 2, 3])
     assert (report.computed, report.failed) == (2, 1)
-    (failure,) = cache.failures()
+    (failure,) = cache.open().failures()
     assert failure["sample_id"] == 2 and failure["key"] == "data.t" and "bfloat16" in failure["error"]
-    assert cache.read(3)["data"]["t"].dtype == torch.float32
+    assert cache.open().read(3)["data"]["t"].dtype == torch.float32
 
 
 def test_two_sources_with_one_output_id_are_reported_not_hidden(tmp_path):
@@ -601,7 +615,7 @@ def test_two_sources_with_one_output_id_are_reported_not_hidden(tmp_path):
     (failure,) = report.failures
     assert failure["sample_id"] == 2 and "'patient1'" in failure["error"] and "1 and 2" in failure["error"]
     with pytest.raises(SampleError, match="produced by source samples 1 and 2"):
-        cache.read("patient1")
+        cache.open().read("patient1")
 
 
 def test_mapped_rows_are_aligned_after_a_small_key(tmp_path):
@@ -610,14 +624,14 @@ def test_mapped_rows_are_aligned_after_a_small_key(tmp_path):
 
     cache = H5Cache(root=tmp_path, pipeline=op, progress=False)
     cache.build([0, 1])
-    v = cache.read(1)["data"]["v"]
+    v = cache.open().read(1)["data"]["v"]
     assert _mapped_base(v) and v.flags.aligned and v.ctypes.data % 8 == 0
 
 
 def test_a_read_error_while_mapping_falls_back_to_a_copy(tmp_path, monkeypatch):
     import errno
 
-    from fusefn.data import cache as cache_mod
+    from fusefn.data.cache import reader as cache_mod
 
     class FailingMap(MMAP):
         def madvise(self, *args):
@@ -626,7 +640,7 @@ def test_a_read_error_while_mapping_falls_back_to_a_copy(tmp_path, monkeypatch):
     cache = H5Cache(root=tmp_path, pipeline=_volume, progress=False)
     cache.build(["v1"])
     monkeypatch.setattr(cache_mod.mmap, "mmap", FailingMap)
-    v = cache.read("v1")["data"]["input"]["vol"]
+    v = cache.open().read("v1")["data"]["input"]["vol"]
     assert not _mapped_base(v)
     np.testing.assert_array_equal(v, _volume({"data": {"sample_id": "v1"}})["data"]["input"]["vol"])
 
@@ -635,7 +649,6 @@ def test_shards_whose_samples_were_all_rebuilt_are_deleted(tmp_path):
     import polars as pl
 
     from fusefn.data import DataSource
-    from fusefn.data.cache import _Store
 
     def from_source(s):
         return nd.assoc(s, "data.img", np.full((16, 16), s["data"]["source"]["v"], np.float32))
@@ -644,16 +657,36 @@ def test_shards_whose_samples_were_all_rebuilt_are_deleted(tmp_path):
     frame = pl.DataFrame({"sample_id": ["a", "b", "c", "d"], "v": [0, 1, 2, 3]})
     cache.build(DataSource.from_frame(frame))
     assert len(list(cache.path.glob("shard-*.h5"))) == 2
-    other = _Store(cache.path)  # another process's view, scanned before the rebuild, no shard opened yet
+    other = cache.open()  # another process's view, scanned before the rebuild, no shard opened yet
 
     # a, b and c change: the shard of a and b is superseded whole, the one of c and d only in part
     cache.build(DataSource.from_frame(frame.with_columns(v=pl.Series([10, 11, 12, 3]))))
     shards = sorted(p.name for p in cache.path.glob("shard-*.h5"))
     manifests = sorted(p.name[: -len(".json")] + ".h5" for p in cache.path.glob("shard-*.json"))
     assert len(shards) == 3 and shards == manifests
+    reader = cache.open()
     for sid, v in zip("abcd", [10, 11, 12, 3]):
-        assert cache.read(sid)["data"]["img"][0, 0] == v
+        assert reader.read(sid)["data"]["img"][0, 0] == v
     assert cache.verify() == []
     # the other view's shard of a and b is gone: it looks again instead of calling the store damaged
     assert other.read("a")["data"]["img"][0, 0] == 10
     other.close()
+
+
+def test_a_reader_is_explicit_and_pickles_as_its_path(tmp_path):
+    import pickle
+
+    from fusefn.data.cache import Reader, ReaderSlot
+
+    cache = H5Cache(root=tmp_path / "root", pipeline=make, progress=False)
+    assert not (tmp_path / "root").exists()  # a record of configuration: constructing it touches no file
+    cache.build(IDS)
+    with cache.open() as reader:
+        assert isinstance(reader, Reader) and len(reader) == 10
+        reader.read("s1")  # a shard is open
+        again = pickle.loads(pickle.dumps(reader))  # handles never travel: the copy opens the store itself
+    assert again.path == reader.path
+    assert_same(again.read("s2"), make({"data": {"sample_id": "s2"}}))
+    slot = ReaderSlot()
+    assert slot.get(cache.open) is slot.get(lambda: pytest.fail("opened twice"))
+    assert pickle.loads(pickle.dumps(slot)).get(lambda: again) is again  # a pickled slot arrives empty

@@ -37,7 +37,7 @@ def test_dataset_without_cache_runs_static_then_dynamic():
 
 def test_dataset_with_cache_equals_uncached(tmp_path):
     cache = H5Cache(root=tmp_path, pipeline=STATIC, progress=False)
-    cached = Dataset(source=SRC, cache=cache)
+    cached = Dataset(source=SRC, cache=cache).build()
     assert cached.report.computed == 6
     plain = Dataset(source=SRC, static=STATIC)
     for i in range(6):
@@ -45,7 +45,7 @@ def test_dataset_with_cache_equals_uncached(tmp_path):
         np.testing.assert_array_equal(a["data"]["input"]["img"], b["data"]["input"]["img"])
         assert a["data"]["gt"]["label"] == b["data"]["gt"]["label"]
     assert cached.values("data.gt.label") == [0, 1, 2, 0, 1, 0]
-    assert Dataset(source=SRC.head(2), cache=cache).report.computed == 0
+    assert Dataset(source=SRC.head(2), cache=cache).build().report.computed == 0
     with pytest.raises(ConfigError, match="differs from Dataset.cache.pipeline"):
         Dataset(source=SRC, static=image, cache=cache)
 
@@ -57,8 +57,8 @@ def test_drop_and_split_need_cache_or_eager(tmp_path):
     static = chain(STATIC, drop_s1, ops.Patches(keys="data.input.img", shape=(1, 3)))
     with pytest.raises(SampleError, match="use a cache or eager=True"):
         Dataset(source=SRC, static=static)[1]
-    eager = Dataset(source=SRC, static=static, eager=True)
-    cached = Dataset(source=SRC, cache=H5Cache(root=tmp_path, pipeline=static, progress=False))
+    eager = Dataset(source=SRC, static=static, eager=True).build()
+    cached = Dataset(source=SRC, cache=H5Cache(root=tmp_path, pipeline=static, progress=False)).build()
     assert eager.ids == cached.ids and len(eager) == 15 and eager.ids[:3] == ["s0#0", "s0#1", "s0#2"]
     summary = cached.summary()
     assert summary["sources"] == 6 and summary["samples"] == 15 and summary["dropped"] == 1
@@ -71,7 +71,7 @@ def test_failed_sample_raises_recorded_error(tmp_path):
             raise RuntimeError("corrupt slice")
         return s
 
-    ds = Dataset(source=SRC, cache=H5Cache(root=tmp_path, pipeline=chain(STATIC, boom), progress=False))
+    ds = Dataset(source=SRC, cache=H5Cache(root=tmp_path, pipeline=chain(STATIC, boom), progress=False)).build()
     assert ds.report.failed == 1 and len(ds) == 5 and "s4" not in ds.ids
     assert ds.summary()["failed"] == 1
 
@@ -90,10 +90,18 @@ def test_op_errors_name_the_op():
 
 def test_collate_stacks_numbers_and_keeps_lists():
     samples = [
-        {"data": {"sample_id": i, "input": {"img": np.ones((1, 2, 2)) * i}, "gt": {"label": i}, "name": f"n{i}",
-                  "w": 0.5 * i, "t": torch.tensor([i, i])}}
+        {
+            "data": {
+                "sample_id": i,
+                "input": {"img": np.ones((1, 2, 2)) * i},
+                "gt": {"label": i},
+                "name": f"n{i}",
+                "w": 0.5 * i,
+                "t": torch.tensor([i, i]),
+            }
+        }
         for i in range(3)
-    ]  # fmt: skip
+    ]
     b = collate(samples)
     assert b["data"]["sample_id"] == [0, 1, 2] and b["data"]["name"] == ["n0", "n1", "n2"]
     assert b["data"]["input"]["img"].shape == (3, 1, 2, 2)
@@ -155,8 +163,8 @@ def test_wrap_torch_dataset():
 @pytest.mark.parametrize("mapped", [False, True], ids=["copied", "mapped"])
 def test_dataloader_workers_read_the_cache(tmp_path, monkeypatch, mapped):
     if mapped:  # every row read by mapping, as volumes are; the workers are forked, so they inherit this
-        monkeypatch.setattr("fusefn.data.cache._MAP_MIN_BYTES", 1)
-    ds = Dataset(source=SRC, cache=H5Cache(root=tmp_path, pipeline=STATIC, progress=False))
+        monkeypatch.setattr("fusefn.data.cache.reader._MAP_MIN_BYTES", 1)
+    ds = Dataset(source=SRC, cache=H5Cache(root=tmp_path, pipeline=STATIC, progress=False)).build()
     ds[0]  # the parent has the store open before the workers fork
     loader = torch.utils.data.DataLoader(ds, batch_size=2, num_workers=2, collate_fn=collate)
     batches = list(loader)
@@ -172,5 +180,34 @@ def test_static_and_cache_with_the_same_pipeline_are_accepted(tmp_path):
 
     src = DataSource.from_frame(pl.DataFrame({"sample_id": ["a", "b"], "v": [1.0, 2.0]}))
     static = ops.TableRow(table=src.frame, columns={"v": "data.input.v"})
-    ds = Dataset(source=src, static=static, cache=H5Cache(root=tmp_path, pipeline=static, progress=False))
+    ds = Dataset(source=src, static=static, cache=H5Cache(root=tmp_path, pipeline=static, progress=False)).build()
     assert len(ds) == 2
+
+
+def test_construction_reads_nothing_and_build_is_explicit(tmp_path):
+    from fusefn.errors import FusefnError
+
+    cache = H5Cache(root=tmp_path / "c", pipeline=STATIC, workers=2, progress=False)
+    ds = Dataset(source=SRC, cache=cache)
+    assert not (tmp_path / "c").exists()  # no store made, no worker started
+    with pytest.raises(FusefnError, match=r"\.build\(\)"):
+        len(ds)
+    with pytest.raises(FusefnError, match=r"\.build\(\)"):
+        ds[0]
+    built = ds.build(workers=0)
+    assert built is not ds and built.report.computed == 6 and len(built) == 6 and ds.report is None
+    assert built.build().report.reused == 6  # building again reuses the store
+    with pytest.raises(FusefnError, match="eager=True"):
+        _ = Dataset(source=SRC, static=STATIC, eager=True).ids
+    plain = Dataset(source=SRC, static=STATIC)
+    assert plain.build() is plain and len(plain) == 6
+
+
+def test_a_built_dataset_pickles_without_its_reader(tmp_path):
+    import pickle
+
+    ds = Dataset(source=SRC, cache=H5Cache(root=tmp_path, pipeline=STATIC, progress=False)).build()
+    ds[0]  # this process's reader is open
+    again = pickle.loads(pickle.dumps(ds))
+    assert again.ids == ds.ids
+    np.testing.assert_array_equal(again[3]["data"]["input"]["img"], ds[3]["data"]["input"]["img"])

@@ -5,6 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fusefn import Rng
 from fusefn.data import BalancedBatchSampler
 from fusefn.errors import ConfigError
 
@@ -16,7 +17,7 @@ def counts(batch, labels=LABELS):
 
 
 def test_equal_split_and_default_num_batches():
-    s = BalancedBatchSampler(LABELS, batch_size=6, seed=0)
+    s = BalancedBatchSampler(LABELS, batch_size=6, rng=Rng(0))
     batches = list(s)
     assert len(batches) == len(s) == 10  # the largest class (20) seen once at 2 per batch
     assert all(counts(b) == {"a": 2, "b": 2, "c": 2} for b in batches)
@@ -26,25 +27,27 @@ def test_equal_split_and_default_num_batches():
 
 
 def test_weights_and_probs():
-    s = BalancedBatchSampler(LABELS, batch_size=5, weights={"a": 3, "b": 1, "c": 1}, seed=1)
+    s = BalancedBatchSampler(LABELS, batch_size=5, weights={"a": 3, "b": 1, "c": 1}, rng=Rng(1))
     assert all(counts(b) == {"a": 3, "b": 1, "c": 1} for b in s)
-    p = BalancedBatchSampler(LABELS, batch_size=8, probs=[0.5, 0.25, 0.25], num_batches=200, seed=2)
+    p = BalancedBatchSampler(LABELS, batch_size=8, probs=[0.5, 0.25, 0.25], num_batches=200, rng=Rng(2))
     total = collections.Counter(LABELS[i] for b in p for i in b)
     assert abs(total["a"] / 1600 - 0.5) < 0.05 and all(len(b) == 8 for b in p)
 
 
 def test_seeded_by_seed_and_epoch():
-    s = BalancedBatchSampler(LABELS, batch_size=6, seed=5)
+    s = BalancedBatchSampler(LABELS, batch_size=6, rng=Rng(5))
     e0 = list(s)
-    assert list(s) == e0 == BalancedBatchSampler(LABELS, batch_size=6, seed=5).batches(0)
+    assert list(s) == e0 == BalancedBatchSampler(LABELS, batch_size=6, rng=Rng(5)).batches(0)
     s.set_epoch(1)
     assert list(s) != e0
-    assert BalancedBatchSampler(LABELS, batch_size=6, seed=6).batches(0) != e0
+    assert BalancedBatchSampler(LABELS, batch_size=6, rng=Rng(6)).batches(0) != e0
 
 
 def test_ddp_ranks_get_disjoint_batches_of_one_stream():
-    full = BalancedBatchSampler(LABELS, batch_size=6, seed=3, num_batches=10).batches()
-    ranks = [BalancedBatchSampler(LABELS, batch_size=6, seed=3, num_batches=10, rank=r, world_size=2) for r in (0, 1)]
+    full = BalancedBatchSampler(LABELS, batch_size=6, rng=Rng(3), num_batches=10).batches()
+    ranks = [
+        BalancedBatchSampler(LABELS, batch_size=6, rng=Rng(3), num_batches=10, rank=r, world_size=2) for r in (0, 1)
+    ]
     assert [len(r) for r in ranks] == [5, 5]
     assert ranks[0].batches() == full[0::2] and ranks[1].batches() == full[1::2]
 
@@ -76,7 +79,7 @@ def test_missing_labels_raise():
 @settings(max_examples=30, deadline=None)
 @given(st.lists(st.integers(0, 3), min_size=1, max_size=40), st.integers(1, 9), st.integers(0, 100))
 def test_every_batch_full_and_indices_valid(labels, batch_size, seed):
-    s = BalancedBatchSampler(labels, batch_size=batch_size, seed=seed)
+    s = BalancedBatchSampler(labels, batch_size=batch_size, rng=Rng(seed))
     batches = list(s)
     assert batches and all(len(b) == batch_size and all(0 <= i < len(labels) for i in b) for b in batches)
     k = len(set(labels))

@@ -4,6 +4,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fusefn import Rng
 from fusefn.data import DataSource, split_folds
 from fusefn.errors import ConfigError
 
@@ -124,9 +125,9 @@ def test_split_folds_bad_config():
 
 def test_split_folds_seeded_and_pure():
     f = frame(30)
-    a = split_folds(f, 3, stratify="label", seed=1)
-    assert a.equals(split_folds(f, 3, stratify="label", seed=1))
-    assert not a.equals(split_folds(f, 3, stratify="label", seed=2))
+    a = split_folds(f, 3, stratify="label", rng=Rng(1))
+    assert a.equals(split_folds(f, 3, stratify="label", rng=Rng(1)))
+    assert not a.equals(split_folds(f, 3, stratify="label", rng=Rng(2)))
     assert "fold" not in f.columns  # input untouched
     # stratified: each fold holds each class equally (10 per class, 3 folds)
     counts = a.group_by(["fold", "label"]).len().get_column("len").to_list()
@@ -146,13 +147,13 @@ def tables(draw):
 def test_split_folds_partitions_ids_and_never_splits_groups(t, k, seed, stratified):
     if t.get_column("g").n_unique() < k:
         with pytest.raises(ConfigError):
-            split_folds(t, k, group="g", seed=seed)
+            split_folds(t, k, group="g", rng=Rng(seed))
         return
     if stratified and t.get_column("y").value_counts().get_column("count").max() < k:
         with pytest.raises(ConfigError, match="fewer than"):
-            split_folds(t, k, group="g", stratify="y", seed=seed)
+            split_folds(t, k, group="g", stratify="y", rng=Rng(seed))
         return
-    out = split_folds(t, k, group="g", stratify="y" if stratified else None, seed=seed)
+    out = split_folds(t, k, group="g", stratify="y" if stratified else None, rng=Rng(seed))
     assert out.get_column("sample_id").to_list() == t.get_column("sample_id").to_list()
     folds = out.get_column("fold").to_list()
     assert set(folds) <= set(range(k))
@@ -169,6 +170,6 @@ def test_split_folds_ungrouped_partitions(n, k, seed):
     t = pl.DataFrame({"sample_id": list(range(n))})
     if n < k:
         return
-    folds = split_folds(t, k, seed=seed).get_column("fold").to_list()
+    folds = split_folds(t, k, rng=Rng(seed)).get_column("fold").to_list()
     sizes = np.bincount(folds, minlength=k)
     assert sizes.sum() == n and sizes.max() - sizes.min() <= 1

@@ -11,8 +11,10 @@ def sample(i, rgb=False):
     img = np.random.default_rng(i).random((3 if rgb else 1, 16, 16)).astype(np.float32)
     mask = np.zeros((1, 16, 16), np.int64)
     mask[0, 4:8, 4:8] = 1
-    return {"data": {"sample_id": f"s{i}", "input": {"img": img}, "gt": {"label": i % 2, "mask": mask}},
-            "model": {"head_0": {"probs": torch.tensor([0.3, 0.7])}}}  # fmt: skip
+    return {
+        "data": {"sample_id": f"s{i}", "input": {"img": img}, "gt": {"label": i % 2, "mask": mask}},
+        "model": {"head_0": {"probs": torch.tensor([0.3, 0.7])}},
+    }
 
 
 def is_png(path):
@@ -28,8 +30,13 @@ def test_every_figure_writes_a_png(tmp_path):
     assert is_png(visualize.show_batch(batch, tmp_path / "sub" / "batch.png"))
     after = {**s, "data": {**s["data"], "input": {"img": s["data"]["input"]["img"][:, ::-1].copy()}}}
     assert is_png(visualize.show_before_after(s, after, tmp_path / "ba.png"))
-    vol = {"data": {"sample_id": "v", "input": {"img": torch.rand(1, 8, 10, 12)},
-                    "gt": {"mask": (torch.rand(1, 8, 10, 12) > 0.8).long()}}}  # fmt: skip
+    vol = {
+        "data": {
+            "sample_id": "v",
+            "input": {"img": torch.rand(1, 8, 10, 12)},
+            "gt": {"mask": (torch.rand(1, 8, 10, 12) > 0.8).long()},
+        }
+    }
     assert is_png(visualize.show_volume(vol, tmp_path / "vol.png", n_slices=4))
     assert is_png(visualize.show_histogram(s, tmp_path / "hist.png"))
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy.stats import norm
 
-from fusefn.core import from_config, to_config
+from fusefn.core import Rng, from_config, to_config
 from fusefn.errors import ConfigError
 from fusefn.metrics import (
     AUCROC,
@@ -22,7 +22,7 @@ from fusefn.metrics import (
     ROCCurve,
     UndefinedMetricWarning,
 )
-from fusefn.metrics._base import Reducer
+from fusefn.metrics._base import MetricBase
 from fusefn.metrics.bootstrap import resample_counts
 
 
@@ -32,13 +32,13 @@ def run(metric, batch):
 
 def test_resample_counts_keep_strata_sizes_and_are_seeded():
     strata = np.array([0] * 7 + [1] * 3 + [2] * 5)
-    c = resample_counts(np.random.default_rng(0), 200, strata)
+    c = resample_counts(200, strata, rng=Rng(0))
     assert c.shape == (200, 15)
     for s in (0, 1, 2):
         assert (c[:, strata == s].sum(axis=1) == (strata == s).sum()).all()
-    np.testing.assert_array_equal(c, resample_counts(np.random.default_rng(0), 200, strata))
+    np.testing.assert_array_equal(c, resample_counts(200, strata, rng=Rng(0)))
     # each sample is drawn with probability 1/size of its stratum
-    big = resample_counts(np.random.default_rng(1), 20_000, strata)
+    big = resample_counts(20_000, strata, rng=Rng(1))
     assert big.mean(axis=0) == pytest.approx(np.ones(15), abs=0.05)
 
 
@@ -68,9 +68,9 @@ def test_vectorized_resamples_equal_generic_loop(metric, multiclass):
         y = rng.integers(0, 2, n)
         s = rng.integers(0, 10, n) / 10
     cols = metric.extract({"s": s, "y": y})
-    counts = resample_counts(np.random.default_rng(1), 30, y)
+    counts = resample_counts(30, y, rng=Rng(1))
     fast = metric.resampled(cols, counts)
-    slow = Reducer.resampled(metric, cols, counts)
+    slow = MetricBase.resampled(metric, cols, counts)
     if isinstance(fast, dict):  # compute() may add leaves that are not numbers (the matrix itself)
         slow = {k: slow[k] for k in fast}
     np.testing.assert_equal(_round(fast), _round(slow))
@@ -89,8 +89,8 @@ def test_dice_resamples_equal_generic_loop():
     for avg in ("volume", "micro"):
         m = Dice(pred="p", target="t", average=avg, classes=(1, 2, (1, 2)))
         cols = m.extract({"p": p, "t": t})
-        counts = resample_counts(np.random.default_rng(1), 20, np.zeros(6, int))
-        np.testing.assert_equal(_round(m.resampled(cols, counts)), _round(Reducer.resampled(m, cols, counts)))
+        counts = resample_counts(20, np.zeros(6, int), rng=Rng(1))
+        np.testing.assert_equal(_round(m.resampled(cols, counts)), _round(MetricBase.resampled(m, cols, counts)))
 
 
 def test_methods_and_reproducibility():
@@ -98,15 +98,15 @@ def test_methods_and_reproducibility():
     y = np.repeat([0, 1], 40)
     b = {"s": rng.normal(size=80) + y, "y": y}
     auc = AUCROC(pred="s", target="y")
-    p = run(Bootstrap(auc, n=2000, seed=3, stratify="y"), b)
-    assert p == run(Bootstrap(auc, n=2000, seed=3, stratify="y"), b)
-    assert p != run(Bootstrap(auc, n=2000, seed=4, stratify="y"), b)
-    basic = run(Bootstrap(auc, n=2000, seed=3, stratify="y", method="basic"), b)
+    p = run(Bootstrap(auc, n=2000, rng=Rng(3), stratify="y"), b)
+    assert p == run(Bootstrap(auc, n=2000, rng=Rng(3), stratify="y"), b)
+    assert p != run(Bootstrap(auc, n=2000, rng=Rng(4), stratify="y"), b)
+    basic = run(Bootstrap(auc, n=2000, rng=Rng(3), stratify="y", method="basic"), b)
     assert basic["lower"] == pytest.approx(2 * p["value"] - p["upper"])
     assert basic["upper"] == pytest.approx(2 * p["value"] - p["lower"])
-    normal = run(Bootstrap(auc, n=2000, seed=3, stratify="y", method="normal"), b)
+    normal = run(Bootstrap(auc, n=2000, rng=Rng(3), stratify="y", method="normal"), b)
     assert normal["upper"] - normal["value"] == pytest.approx(norm.ppf(0.975) * p["std"])
-    narrow = run(Bootstrap(auc, n=2000, seed=3, stratify="y", level=0.5), b)
+    narrow = run(Bootstrap(auc, n=2000, rng=Rng(3), stratify="y", level=0.5), b)
     assert p["lower"] < narrow["lower"] < narrow["upper"] < p["upper"]
 
 
@@ -114,7 +114,7 @@ def test_unstratified_resamples_missing_a_class_are_left_out_with_warning():
     y = np.array([0] * 20 + [1])
     b = {"s": np.linspace(0, 1, 21), "y": y}
     with pytest.warns(UndefinedMetricWarning, match="resamples gave an undefined value"):
-        r = run(Bootstrap(AUCROC(pred="s", target="y"), n=200, seed=0), b)
+        r = run(Bootstrap(AUCROC(pred="s", target="y"), n=200, rng=Rng(0)), b)
     assert r["value"] == 1.0
 
 
@@ -123,7 +123,7 @@ def test_dict_metrics_give_intervals_per_leaf():
     y = np.repeat([0, 1, 2], 20)
     s = rng.dirichlet(np.ones(3), 60)
     r = run(
-        Bootstrap(AUCROC(pred="s", target="y", class_names=("a", "b", "c")), n=300, seed=0, stratify="y"),
+        Bootstrap(AUCROC(pred="s", target="y", class_names=("a", "b", "c")), n=300, rng=Rng(0), stratify="y"),
         {"s": s, "y": y},
     )
     assert set(r) == {"a", "b", "c", "macro"}
@@ -140,7 +140,7 @@ def test_config_validation_and_round_trip():
         Bootstrap(ROCCurve(pred="s", target="y"))
     with pytest.raises(ConfigError, match="metric"):
         Bootstrap(lambda b: 0)
-    b = Bootstrap(auc, n=100, seed=1, stratify="y")
+    b = Bootstrap(auc, n=100, rng=Rng(1), stratify="y")
     assert from_config(to_config(b)) == b
 
 
@@ -148,7 +148,7 @@ def test_merge_of_halves_equals_whole():
     rng = np.random.default_rng(4)
     y = rng.integers(0, 2, 50)
     s = rng.random(50)
-    m = Bootstrap(AUCROC(pred="s", target="y"), n=500, seed=0, stratify="y")
+    m = Bootstrap(AUCROC(pred="s", target="y"), n=500, rng=Rng(0), stratify="y")
     a = m.update(m.init(), {"s": s[:20], "y": y[:20]})
     b = m.update(m.init(), {"s": s[20:], "y": y[20:]})
     assert m.compute(m.merge(a, b)) == run(m, {"s": s, "y": y})
@@ -165,7 +165,7 @@ def test_coverage_of_95_percent_interval_on_binormal_data():
         warnings.simplefilter("error")
         for rep in range(400):
             s = rng.normal(size=2 * n) + d * y
-            r = run(Bootstrap(AUCROC(pred="s", target="y"), n=1000, seed=rep, stratify="y"), {"s": s, "y": y})
+            r = run(Bootstrap(AUCROC(pred="s", target="y"), n=1000, rng=Rng(rep), stratify="y"), {"s": s, "y": y})
             covered += r["lower"] <= truth <= r["upper"]
     assert 0.93 <= covered / 400 <= 0.97
 
@@ -176,7 +176,7 @@ def test_pairwise_and_sorted_auc_paths_agree():
     rng = np.random.default_rng(5)
     y = rng.integers(0, 2, 70)
     s = rng.integers(0, 12, 70) / 12
-    counts = resample_counts(np.random.default_rng(0), 500, np.zeros(70, int))
+    counts = resample_counts(500, np.zeros(70, int), rng=Rng(0))
     pos = y == 1
     order, starts, _ = _curves.tie_blocks(s)
     sorted_path = _curves.auc(*_curves.block_counts(pos, order, starts, counts))
@@ -191,7 +191,7 @@ def test_stratified_strata_survive_batches_with_different_class_sets():
     rng = np.random.default_rng(3)
     y = np.array([0] * 20 + [1] * 10 + [1] * 10)
     s = rng.random(40) + y * 0.3
-    boot = Bootstrap(AUCROC(pred="s", target="y"), n=300, seed=5, stratify="y")
+    boot = Bootstrap(AUCROC(pred="s", target="y"), n=300, rng=Rng(5), stratify="y")
     whole = boot.compute(boot.update(boot.init(), {"s": s, "y": y}))
     a = boot.update(boot.init(), {"s": s[:30], "y": y[:30]})
     b = boot.update(boot.init(), {"s": s[30:], "y": y[30:]})

@@ -5,6 +5,7 @@ import polars as pl
 import pytest
 import torch
 
+from fusefn import Rng
 from fusefn.errors import ConfigError, FusefnError, SampleError
 from fusefn.metrics import AUCROC, Accuracy, Bootstrap, GroupBy, evaluate
 
@@ -86,7 +87,7 @@ def test_list_column_of_probabilities(tmp_path):
     y = np.tile([0, 1, 2], 10)
     df = pl.DataFrame({"sample_id": list(range(30)), "label": y, "model.head_0.probs": probs.tolist()})
     df.write_parquet(tmp_path / "infer.parquet")
-    m = Bootstrap(AUCROC(pred="model.head_0.probs", target="label"), n=200, seed=0, stratify="label")
+    m = Bootstrap(AUCROC(pred="model.head_0.probs", target="label"), n=200, rng=Rng(0), stratify="label")
     r = evaluate(m, tmp_path / "infer.parquet", id="sample_id")
     direct = evaluate(AUCROC(pred="p", target="y"), {"p": probs, "y": y})
     assert r["macro"]["value"] == direct["macro"]

@@ -4,6 +4,7 @@ import numpy as np
 import polars as pl
 import pytest
 
+from fusefn import Rng
 from fusefn.metrics import AUCROC, Bootstrap, DeLong, Dice, GroupBy, evaluate
 
 CLASSES = ("B", "LR", "IR", "HR", "VHR")
@@ -20,7 +21,9 @@ def test_binary_auc(fuse_eval_dir):
 
 
 def test_bootstrap_ci_within_monte_carlo_error(fuse_eval_dir):
-    metric = Bootstrap(AUCROC(pred="CanAT-score", target="Task1-target"), n=10_000, seed=1234, stratify="Task1-target")
+    metric = Bootstrap(
+        AUCROC(pred="CanAT-score", target="Task1-target"), n=10_000, rng=Rng(1234), stratify="Task1-target"
+    )
     r = evaluate(
         metric, fuse_eval_dir / "example1_predictions.csv", target=fuse_eval_dir / "example1_targets.csv", id="id"
     )

@@ -6,6 +6,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fusefn import Rng
 from fusefn.metrics import ECE, Accuracy, Bootstrap, Dice, GroupBy, IoU, McNemar
 
 METRICS = [
@@ -14,7 +15,7 @@ METRICS = [
     ("p", ECE(pred="prob", target="y", n_bins=4)),
     ("p", GroupBy(Accuracy(pred="prob", target="y"), by="g")),
     ("p", McNemar(pred1="prob", pred2="prob2", target="y")),
-    ("p", Bootstrap(Accuracy(pred="prob", target="y"), n=50, seed=0)),
+    ("p", Bootstrap(Accuracy(pred="prob", target="y"), n=50, rng=Rng(0))),
 ]
 
 

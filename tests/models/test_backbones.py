@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from fusefn import nd
+from fusefn import Rng, nd
 from fusefn.errors import ConfigError
 from fusefn.models import (
     MLP,
@@ -35,7 +35,7 @@ def _heads(spatial_dims):
 
 
 def _run(model, x, seed=0):
-    params, buffers = init(model, seed)
+    params, buffers = init(model, rng=Rng(seed))
     out, _ = apply(model, params, buffers, {"data": {"input": {"img": x}}}, train=True)
     return out
 
@@ -125,7 +125,7 @@ def test_mlp_with_pooled_heads():
         backbone=MLP(in_channels=5, layers=(8, 6)),
         heads=(ClassifierHead(name="cls", num_classes=4), RegressionHead(name="reg")),
     )
-    params, buffers = init(model, 0)
+    params, buffers = init(model, rng=Rng(0))
     out, _ = apply(model, params, buffers, {"data": {"input": {"tab": torch.rand(3, 5)}}})
     assert nd.get(out, "model.backbone_features").shape == (3, 6)
     assert nd.get(out, "model.cls.probs").shape == (3, 4)

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from fusefn import nd
+from fusefn import Rng, nd
 from fusefn.models import ClassifierHead, Model, ResNet18, SegmentationHead, SmallCNN, UNet, apply, init
 
 MODELS = {
@@ -32,7 +32,7 @@ MODELS = {
 def test_compiled_apply_matches_eager():
     torch._dynamo.reset()
     for name, (model, shape) in MODELS.items():
-        params, buffers = init(model, 0)
+        params, buffers = init(model, rng=Rng(0))
         batch = {"data": {"input": {"img": torch.rand(*shape, generator=torch.Generator().manual_seed(1))}}}
 
         def step(p, b, batch, model=model):
@@ -59,7 +59,7 @@ def test_compiled_grad_step_matches_eager():
         heads=(ClassifierHead(name="h", num_classes=10, layers=(16,), dropout=0.3),),
     )
     shape = (4, 1, 8, 8)
-    params, buffers = init(model, 0)
+    params, buffers = init(model, rng=Rng(0))
     batch = {
         "data": {
             "input": {"img": torch.rand(*shape, generator=torch.Generator().manual_seed(1))},

@@ -1,11 +1,10 @@
 """Ensemble: one member equals the model; mean probabilities; majority vote."""
 
-import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fusefn import nd
+from fusefn import Rng, nd
 from fusefn.models import (
     MLP,
     ClassifierHead,
@@ -37,7 +36,7 @@ def _batch():
 
 def test_ensemble_of_one_equals_the_model():
     model = _model()
-    params, buffers = init(model, 5)
+    params, buffers = init(model, rng=Rng(5))
     ens, ep, eb = Ensemble.stack([(model, params, buffers)])
     for train in (False, True):
         ref, ref_buffers = apply(model, params, buffers, _batch(), train=train)
@@ -51,7 +50,7 @@ def test_ensemble_of_one_equals_the_model():
 
 def test_ensemble_means_probs_and_votes():
     a, b = _model(), _model()
-    members = [(a, *init(a, 1)), (b, *init(b, 2)), (a, *init(a, 3))]
+    members = [(a, *init(a, rng=Rng(1))), (b, *init(b, rng=Rng(2))), (a, *init(a, rng=Rng(3)))]
     ens, params, buffers = Ensemble.stack(members)
     out, _ = apply(ens, params, buffers, _batch())
     outs = [apply(m, p, bu, _batch())[0] for m, p, bu in members]
@@ -68,18 +67,18 @@ def test_majority_vote_ties_and_binary():
     assert majority_vote(binary).tolist() == [1]
 
 
-def test_ensemble_init_and_from_checkpoints_with_a_loader(tmp_path):
+def test_ensemble_init_and_stack_of_saved_members(tmp_path):
     m = Model(
         inputs="data.x", backbone=MLP(in_channels=3, layers=(4,)), heads=(ClassifierHead(name="cls", num_classes=2),)
     )
     ens = Ensemble(members=(m, m))
-    params, _ = init(ens, 0)
+    params, _ = init(ens, rng=Rng(0))
     assert not torch.equal(params["members.0.backbone.linears.0.weight"], params["members.1.backbone.linears.0.weight"])
     saved = {}
     for i in range(2):
-        p, b = init(m, i)
+        p, b = init(m, rng=Rng(i))
         saved[str(tmp_path / str(i))] = (m, p, b)
-    ens2, p2, _ = Ensemble.from_checkpoints(list(saved), load=saved.__getitem__)
+    ens2, p2, _ = Ensemble.stack([saved[d] for d in saved])
     assert ens2 == ens
     assert torch.equal(p2["members.1.heads.cls.out.weight"], saved[str(tmp_path / "1")][1]["heads.cls.out.weight"])
 
@@ -93,35 +92,13 @@ def test_ensemble_of_wrappers():
         activation="softmax",
     )
     ens = Ensemble(members=(w, w), heads=("cls",))
-    params, buffers = init(ens, 0)
+    params, buffers = init(ens, rng=Rng(0))
     x = torch.rand(4, 3)
     out, _ = apply(ens, params, buffers, {"data": {"x": x}})
     probs = [
         torch.softmax(x @ params[f"members.{i}.net.weight"].T + params[f"members.{i}.net.bias"], 1) for i in (0, 1)
     ]
     torch.testing.assert_close(nd.get(out, "model.cls.probs"), (probs[0] + probs[1]) / 2)
-
-
-def test_ensemble_from_training_checkpoint_dirs(tmp_path):
-    train = pytest.importorskip("fusefn.train")
-    m = Model(
-        inputs="data.x", backbone=MLP(in_channels=3, layers=(4,)), heads=(ClassifierHead(name="cls", num_classes=2),)
-    )
-    runs = []
-    for i in range(2):
-        p, b = init(m, i)
-        train.save_checkpoint(
-            tmp_path / f"run{i}" / "checkpoints" / "last.pt", train.TrainState(params=p, buffers=b), model=m
-        )
-        runs.append((m, p, b))
-    ens, params, buffers = Ensemble.from_checkpoints([tmp_path / "run0", tmp_path / "run1"], which="last")
-    ref, rp, rb = Ensemble.stack(runs)
-    assert ens == ref
-    x = {"data": {"x": torch.rand(3, 3)}}
-    assert torch.equal(
-        nd.get(apply(ens, params, buffers, x)[0], "model.cls.probs"),
-        nd.get(apply(ref, rp, rb, x)[0], "model.cls.probs"),
-    )
 
 
 @settings(max_examples=50, deadline=None)

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fusefn import nd
+from fusefn import Rng, nd
 from fusefn.core import fingerprint, from_config, to_config
 from fusefn.errors import ConfigError, FusefnError
 from fusefn.models import (
@@ -60,10 +60,10 @@ def _assert_tree_equal(a, b):
 def test_init_is_deterministic_and_leaves_global_rng_alone():
     model = cnn_model()
     state = torch.random.get_rng_state()
-    p1, b1 = init(model, 7)
+    p1, b1 = init(model, rng=Rng(7))
     assert torch.equal(state, torch.random.get_rng_state())
-    p2, _ = init(model, 7)
-    p3, _ = init(model, 8)
+    p2, _ = init(model, rng=Rng(7))
+    p3, _ = init(model, rng=Rng(8))
     assert p1.keys() == p2.keys()
     assert all(torch.equal(p1[k], p2[k]) for k in p1)
     assert not all(torch.equal(p1[k], p3[k]) for k in p1 if p1[k].numel() > 1 and "conv" in k)
@@ -73,7 +73,7 @@ def test_init_is_deterministic_and_leaves_global_rng_alone():
 @pytest.mark.parametrize("train", [False, True])
 def test_apply_does_not_mutate_its_inputs(train):
     model = cnn_model()
-    params, buffers = init(model, 0)
+    params, buffers = init(model, rng=Rng(0))
     b = batch()
     p0, bu0, ba0 = _clone_tree(params), _clone_tree(buffers), _clone_tree(b)
     out, new_buffers = apply(model, params, buffers, b, train=train)
@@ -90,7 +90,7 @@ def test_apply_does_not_mutate_its_inputs(train):
 
 def test_apply_matches_the_stateful_module_and_its_buffer_updates():
     model = cnn_model()
-    params, buffers = init(model, 0)
+    params, buffers = init(model, rng=Rng(0))
     module = as_module(model, _clone_tree(params), _clone_tree(buffers), train=True)
     b = batch()
     out, new_buffers = apply(model, params, buffers, b, train=True)
@@ -127,7 +127,7 @@ def test_apply_matches_the_stateful_module_and_its_buffer_updates():
     ],
 )
 def test_func_grad_equals_backward(model):
-    params, buffers = init(model, 3)
+    params, buffers = init(model, rng=Rng(3))
     b = batch(n=4, seed=1)
     if model.backbone.__class__.__name__ == "ResNet":
         b = nd.assoc(b, "data.input.img", torch.rand(4, 1, 32, 32, generator=torch.Generator().manual_seed(2)))
@@ -168,7 +168,7 @@ def test_records_round_trip_through_config():
 
 def test_dropout_is_seeded_by_rng_and_off_in_eval():
     model = cnn_model(dropout=0.5, layers=(16,))
-    params, buffers = init(model, 0)
+    params, buffers = init(model, rng=Rng(0))
     b = batch()
     rng = torch.tensor(11)
     a1, _ = apply(model, params, buffers, b, train=True, rng=rng)
@@ -184,6 +184,44 @@ def test_dropout_is_seeded_by_rng_and_off_in_eval():
     assert torch.equal(nd.get(e1, key), nd.get(e2, key))
 
 
+def test_an_rng_and_its_traced_form_give_the_same_dropout():
+    model = cnn_model(dropout=0.5, layers=(16,))
+    params, buffers = init(model, rng=Rng(0))
+    key = "model.head_0.logits"
+    a, _ = apply(model, params, buffers, batch(), train=True, rng=Rng(11))
+    t, _ = apply(model, params, buffers, batch(), train=True, rng=Rng(11).tensor())
+    assert torch.equal(nd.get(a, key), nd.get(t, key))
+
+
+def test_init_takes_an_rng_not_an_int():
+    with pytest.raises(ConfigError, match=r"Model\.init: rng must be a fusefn\.Rng"):
+        init(cnn_model(), rng=0)
+    p1, _ = init(cnn_model())
+    p2, _ = init(cnn_model(), rng=Rng(0))
+    assert all(torch.equal(p1[k], p2[k]) for k in p1)
+
+
+def test_ensemble_members_get_child_dropout_streams():
+    member = cnn_model(dropout=0.5, layers=(16,))
+    ens = Ensemble(members=(member, member))
+    p, b = init(member, rng=Rng(0))
+    ep = {f"members.{i}.{k}": t for i in (0, 1) for k, t in p.items()}
+    eb = {f"members.{i}.{k}": t for i in (0, 1) for k, t in b.items()}
+    key = "model.head_0.logits"
+    out, _ = apply(ens, ep, eb, batch(), train=True, rng=Rng(4))
+    traced, _ = apply(ens, ep, eb, batch(), train=True, rng=Rng(4).tensor())
+    assert torch.equal(nd.get(out, key), nd.get(traced, key))
+    from fusefn.models._layers import salt, traced_child
+
+    # member i runs on the child stream ("member", i) of the ensemble's: identical members differ
+    each = [
+        nd.get(apply(member, p, b, batch(), train=True, rng=traced_child(Rng(4).tensor(), salt(f"member.{i}")))[0], key)
+        for i in (0, 1)
+    ]
+    assert not torch.equal(each[0], each[1])
+    torch.testing.assert_close(nd.get(out, key), (each[0] + each[1]) / 2)
+
+
 def test_seeded_dropout_keeps_about_1_minus_p_and_rescales():
     from fusefn.models._layers import SeededDropout
 
@@ -196,7 +234,7 @@ def test_seeded_dropout_keeps_about_1_minus_p_and_rescales():
 
 def test_params_that_do_not_fit_are_named():
     model = cnn_model()
-    params, buffers = init(model, 0)
+    params, buffers = init(model, rng=Rng(0))
     broken = {k: t for k, t in params.items() if k != "heads.head_0.out.bias"}
     with pytest.raises(FusefnError, match="heads.head_0.out.bias"):
         apply(model, broken, buffers, batch())
@@ -204,7 +242,7 @@ def test_params_that_do_not_fit_are_named():
 
 def test_weights_file_loads_and_mismatch_names_block_key_and_shapes(tmp_path):
     model = cnn_model()
-    params, buffers = init(model, 0)
+    params, buffers = init(model, rng=Rng(0))
     state = {k[len("backbone.") :]: t * 0 + 0.5 for k, t in {**params, **buffers}.items() if k.startswith("backbone.")}
     good = tmp_path / "good.pt"
     torch.save(state, good)
@@ -212,7 +250,7 @@ def test_weights_file_loads_and_mismatch_names_block_key_and_shapes(tmp_path):
         backbone=SmallCNN(in_channels=1, channels=(4, 8), weights=good),
         heads=(ClassifierHead(name="head_0", num_classes=3),),
     )
-    p2, b2 = init(loaded, 0)
+    p2, b2 = init(loaded, rng=Rng(0))
     assert p2["backbone.blocks.0.conv.weight"].eq(0.5).all()
     assert b2["backbone.blocks.1.bn.running_mean"].eq(0.5).all()
     assert torch.equal(p2["heads.head_0.out.weight"], params["heads.head_0.out.weight"])
@@ -221,25 +259,28 @@ def test_weights_file_loads_and_mismatch_names_block_key_and_shapes(tmp_path):
     torch.save(bad, tmp_path / "bad.pt")
     wrong = Model(backbone=SmallCNN(in_channels=1, channels=(4, 8), weights=tmp_path / "bad.pt"), heads=())
     with pytest.raises(ConfigError) as e:
-        init(wrong, 0)
+        init(wrong, rng=Rng(0))
     msg = str(e.value)
     assert "backbone" in msg and "blocks.0.conv.weight" in msg and "(4, 1, 3, 3)" in msg and "(4, 3, 3, 3)" in msg
 
     missing = Model(backbone=SmallCNN(in_channels=1, channels=(4, 8), weights=tmp_path / "nope.pt"), heads=())
     with pytest.raises(ConfigError, match="does not exist"):
-        init(missing, 0)
+        init(missing, rng=Rng(0))
 
     extra = dict(state, **{"fc.weight": torch.zeros(2, 2)})
     torch.save(extra, tmp_path / "extra.pt")
     with pytest.raises(ConfigError, match="unexpected key 'fc.weight'"):
-        init(Model(backbone=SmallCNN(in_channels=1, channels=(4, 8), weights=tmp_path / "extra.pt"), heads=()), 0)
+        init(
+            Model(backbone=SmallCNN(in_channels=1, channels=(4, 8), weights=tmp_path / "extra.pt"), heads=()),
+            rng=Rng(0),
+        )
     skipped = SmallCNN(in_channels=1, channels=(4, 8), weights=tmp_path / "extra.pt", weights_skip=("fc.",))
-    init(Model(backbone=skipped, heads=()), 0)
+    init(Model(backbone=skipped, heads=()), rng=Rng(0))
 
 
 def test_param_count_and_summary():
     model = cnn_model()
-    params, _ = init(model, 0)
+    params, _ = init(model, rng=Rng(0))
     assert param_count(model) == param_count(params) == sum(t.numel() for t in params.values())
     text = summary(model)
     lines = text.splitlines()
@@ -255,12 +296,12 @@ def test_skeleton_is_cached_on_the_record_and_holds_no_memory():
     assert skeleton(model, True).training and not skeleton(model, False).training
     assert all(p.is_meta for p in skeleton(model).parameters())
     with pytest.raises(ConfigError, match="not a model record"):
-        init(SmallCNN(), 0)
+        init(SmallCNN(), rng=Rng(0))
 
 
 def test_vmap_over_stacked_params_equals_a_loop():
     model = cnn_model()
-    states = [init(model, s) for s in range(3)]
+    states = [init(model, rng=Rng(s)) for s in range(3)]
     stacked_p = {k: torch.stack([p[k] for p, _ in states]) for k in states[0][0]}
     stacked_b = {k: torch.stack([b[k] for _, b in states]) for k in states[0][1]}
     b = batch()

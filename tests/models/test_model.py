@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from fusefn import nd
+from fusefn import Rng, nd
 from fusefn.errors import ConfigError, MissingKeyError
 from fusefn.models import (
     MLP,
@@ -32,7 +32,7 @@ def test_several_inputs_are_concatenated_on_channels():
         backbone=SmallCNN(in_channels=3, channels=(4,)),
         heads=(ClassifierHead(name="h", num_classes=2),),
     )
-    params, buffers = init(model, 0)
+    params, buffers = init(model, rng=Rng(0))
     b = _img_batch((2, 2, 8, 8), (2, 1, 8, 8), keys=("img", "mask"))
     out, _ = apply(model, params, buffers, b)
     # same as one input holding both
@@ -47,7 +47,7 @@ def test_classifier_tabular_inputs_join_after_pooling_on_the_channel_axis():
         name="h", num_classes=2, pooling="max", tabular_inputs=("data.input.age", "data.input.sex"), tabular_features=3
     )
     model = Model(backbone=SmallCNN(in_channels=1, channels=(4,)), heads=(head,))
-    params, buffers = init(model, 0)
+    params, buffers = init(model, rng=Rng(0))
     b = nd.assoc_many(
         _img_batch((5, 1, 8, 8)), {"data.input.age": torch.rand(5, 1), "data.input.sex": torch.rand(5, 2)}
     )
@@ -71,7 +71,7 @@ def test_sigmoid_for_multi_label_and_single_logit():
             SegmentationHead(name="seg", num_classes=1),
         ),
     )
-    params, buffers = init(m, 0)
+    params, buffers = init(m, rng=Rng(0))
     out, _ = apply(m, params, buffers, _img_batch((2, 1, 8, 8)))
     for h in ("multi", "binary", "seg"):
         torch.testing.assert_close(nd.get(out, f"model.{h}.probs"), torch.sigmoid(nd.get(out, f"model.{h}.logits")))
@@ -85,7 +85,7 @@ def test_multistream_separate_and_shared_backbones():
         heads=heads,
     )
     b = _img_batch((2, 1, 8, 8), (2, 2, 8, 8), keys=("a", "b"))
-    params, buffers = init(sep, 0)
+    params, buffers = init(sep, rng=Rng(0))
     out, _ = apply(sep, params, buffers, b)
     assert nd.get(out, "model.backbone_features").shape == (2, 10, 8, 8)
     assert nd.get(out, "model.h.probs").shape == (2, 2)
@@ -93,7 +93,7 @@ def test_multistream_separate_and_shared_backbones():
     shared = Multistream(
         inputs=("data.input.a", "data.input.c"), backbones=(SmallCNN(in_channels=1, channels=(4,)),), heads=heads
     )
-    params, buffers = init(shared, 0)
+    params, buffers = init(shared, rng=Rng(0))
     assert not any(k.startswith("streams.1.") for k in params)
     b = nd.assoc(b, "data.input.c", b["data"]["input"]["a"])
     out, _ = apply(shared, params, buffers, b)
@@ -103,24 +103,24 @@ def test_multistream_separate_and_shared_backbones():
     with pytest.raises(ConfigError, match="backbones has 3 entries for 2 inputs"):
         Multistream(inputs=("a.a", "a.b"), backbones=(MLP(in_channels=1),) * 3)
     with pytest.raises(ModelInputError, match="stream 1"):
-        apply(sep, *init(sep, 0), _img_batch((2, 1, 8, 8), (2, 2, 4, 4), keys=("a", "b")))
+        apply(sep, *init(sep, rng=Rng(0)), _img_batch((2, 1, 8, 8), (2, 2, 4, 4), keys=("a", "b")))
 
 
 def test_missing_input_key_names_block_key_and_close_matches():
     model = Model(backbone=SmallCNN(in_channels=1, channels=(4,)), heads=(ClassifierHead(name="h", num_classes=2),))
-    params, buffers = init(model, 0)
+    params, buffers = init(model, rng=Rng(0))
     with pytest.raises(MissingKeyError) as e:
         apply(model, params, buffers, _img_batch((2, 1, 8, 8), keys=("im",)))
     assert "backbone" in str(e.value) and "'data.input.img'" in str(e.value) and "data.input.im" in str(e.value)
     tab = ClassifierHead(name="h", num_classes=2, tabular_inputs=("data.input.age",), tabular_features=1)
     m2 = Model(backbone=SmallCNN(in_channels=1, channels=(4,)), heads=(tab,))
     with pytest.raises(MissingKeyError, match=r"head 'h'.*data\.input\.age"):
-        apply(m2, *init(m2, 0), _img_batch((2, 1, 8, 8)))
+        apply(m2, *init(m2, rng=Rng(0)), _img_batch((2, 1, 8, 8)))
 
 
 def test_wrong_channels_or_dims_name_block_key_and_shapes():
     model = Model(backbone=ResNet18(in_channels=1, width=4), heads=(ClassifierHead(name="h", num_classes=2),))
-    params, buffers = init(model, 0)
+    params, buffers = init(model, rng=Rng(0))
     with pytest.raises(ModelInputError) as e:
         apply(model, params, buffers, _img_batch((2, 3, 32, 32)))
     msg = str(e.value)
@@ -131,7 +131,7 @@ def test_wrong_channels_or_dims_name_block_key_and_shapes():
         apply(model, params, buffers, {"data": {"input": {"img": torch.zeros(2, 1, 32, 32, dtype=torch.uint8)}}})
     unet = Model(backbone=UNet(in_channels=1, channels=(4, 8, 16)), heads=())
     with pytest.raises(ModelInputError, match="divisible by 4"):
-        apply(unet, *init(unet, 0), _img_batch((2, 1, 10, 12)))
+        apply(unet, *init(unet, rng=Rng(0)), _img_batch((2, 1, 10, 12)))
 
 
 def test_head_input_size_mismatch_is_a_config_error():
@@ -159,4 +159,4 @@ def test_head_reading_another_key_checks_its_size_at_run_time():
         ),
     )
     with pytest.raises(ModelInputError, match=r"head 'bad'.*'model.seg.logits'.*expected 5 channels"):
-        apply(model, *init(model, 0), _img_batch((2, 1, 8, 8)))
+        apply(model, *init(model, rng=Rng(0)), _img_batch((2, 1, 8, 8)))

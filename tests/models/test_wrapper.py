@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from fusefn import nd
+from fusefn import Rng, nd
 from fusefn.errors import ConfigError
 from fusefn.models import Wrapper, apply, as_module, init, summary
 
@@ -39,7 +39,7 @@ def test_wrapper_equals_direct_call(factory, train):
         outputs=("model.head_0.logits", "model.reg.pred"),
         activation="softmax",
     )
-    params, buffers = init(w, 0)
+    params, buffers = init(w, rng=Rng(0))
     direct = TwoHeads(cin=2, classes=3)
     direct.load_state_dict({k.removeprefix("net."): t for k, t in {**params, **buffers}.items()})
     direct.train(train)
@@ -57,10 +57,10 @@ def test_wrapper_equals_direct_call(factory, train):
 def test_wrapper_init_is_seeded_and_leaves_global_rng_alone():
     w = Wrapper(module=nn.Linear, kwargs={"in_features": 3, "out_features": 2}, inputs="data.x", outputs="model.y")
     state = torch.random.get_rng_state()
-    p1, _ = init(w, 1)
+    p1, _ = init(w, rng=Rng(1))
     assert torch.equal(state, torch.random.get_rng_state())
-    p2, _ = init(w, 1)
-    p3, _ = init(w, 2)
+    p2, _ = init(w, rng=Rng(1))
+    p3, _ = init(w, rng=Rng(2))
     assert torch.equal(p1["net.weight"], p2["net.weight"])
     assert not torch.equal(p1["net.weight"], p3["net.weight"])
     module = as_module(w, p1, {})
@@ -85,11 +85,11 @@ def test_wrapper_loads_a_local_weights_file(tmp_path):
     source = TwoHeads(cin=2, classes=3)
     torch.save(source.state_dict(), tmp_path / "w.pt")
     w = Wrapper(module=TwoHeads, inputs=("a.x", "a.e"), outputs=("m.c", "m.r"), weights=tmp_path / "w.pt")
-    params, _ = init(w, 0)
+    params, _ = init(w, rng=Rng(0))
     assert torch.equal(params["net.cls.weight"], source.cls.weight)
     torch.save(TwoHeads(cin=1, classes=3).state_dict(), tmp_path / "bad.pt")
     bad = Wrapper(module=TwoHeads, inputs=("a.x", "a.e"), outputs=("m.c", "m.r"), weights=tmp_path / "bad.pt")
     with pytest.raises(
         ConfigError, match=r"wrapped module.*'body.0.weight': expected shape \(4, 2, 3, 3\), found \(4, 1, 3, 3\)"
     ):
-        init(bad, 0)
+        init(bad, rng=Rng(0))

@@ -7,6 +7,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from fusefn import Rng
 from fusefn_recipes import breast_cancer as bc
 
 
@@ -52,13 +53,13 @@ def test_tabular_augment_is_reproducible_and_pure():
     aug = bc.TabularAugment(std=0.5, drop=0.2, p=1.0)
     x = torch.randn(16, 30)
     batch = {"data": {"input": {"features": x}}}
-    a = aug(batch, torch.Generator().manual_seed(3))
-    b = aug(batch, torch.Generator().manual_seed(3))
+    a = aug(batch, rng=Rng(3))
+    b = aug(batch, rng=Rng(3))
     assert torch.equal(a["data"]["input"]["features"], b["data"]["input"]["features"])
     assert batch["data"]["input"]["features"] is x
-    params = aug.sample(torch.Generator().manual_seed(3), 16, num_features=30)
+    params = aug.sample(16, rng=Rng(3), shapes={"data.input.features": (30,)})
     assert torch.equal(aug.apply(batch, params)["data"]["input"]["features"], a["data"]["input"]["features"])
-    off = bc.TabularAugment(p=0.0)(batch, torch.Generator().manual_seed(0))
+    off = bc.TabularAugment(p=0.0)(batch, rng=Rng(0))
     assert torch.equal(off["data"]["input"]["features"], x)
     with pytest.raises(ValueError, match="drop"):
         bc.TabularAugment(drop=1.5)

@@ -5,9 +5,10 @@ import json
 import pytest
 from click.testing import CliRunner
 
+from fusefn import Rng
 from fusefn.data import DataSource
+from fusefn.recipe import Run
 from fusefn_recipes import cross_validation as cv
-from fusefn_recipes._common import Run
 
 
 def test_all_fast_breast_cancer(tmp_path):
@@ -23,9 +24,31 @@ def test_all_fast_breast_cancer(tmp_path):
 
 
 def test_all_fast_image_recipe_with_overrides(tmp_path):
-    args = ["all", "--out", str(tmp_path), "--debug", "fast", "--folds", "2", "--n-boot", "50",
-            "--recipe", "image_clinical", "--set", "n_train=24", "--set", "n_validation=8", "--set", "n_test=16",
-            "--set", "size=16", "--set", "channels=4,8", "--set", "epochs=1"]  # fmt: skip
+    args = [
+        "all",
+        "--out",
+        str(tmp_path),
+        "--debug",
+        "fast",
+        "--folds",
+        "2",
+        "--n-boot",
+        "50",
+        "--recipe",
+        "image_clinical",
+        "--set",
+        "n_train=24",
+        "--set",
+        "n_validation=8",
+        "--set",
+        "n_test=16",
+        "--set",
+        "size=16",
+        "--set",
+        "channels=4,8",
+        "--set",
+        "epochs=1",
+    ]
     r = CliRunner().invoke(cv.cli, args)
     assert r.exit_code == 0, r.output
     assert (tmp_path / "infer" / "ensemble.parquet").is_file()
@@ -36,7 +59,7 @@ def test_folds_partition_the_pool_and_are_stratified():
 
     frame = pl.DataFrame({"sample_id": [f"s{i}" for i in range(40)], "label": [i % 4 == 0 for i in range(40)]})
     frame = frame.with_columns(pl.col("label").cast(pl.Int64))
-    folds = cv.fold_sources(DataSource.from_frame(frame), 4, seed=0)
+    folds = cv.fold_sources(DataSource.from_frame(frame), 4, rng=Rng(0))
     vals = [set(va.ids) for _, va in folds]
     assert set().union(*vals) == set(frame["sample_id"]) and sum(len(v) for v in vals) == 40
     for tr, va in folds:
@@ -62,9 +85,31 @@ def test_help_lists_the_phases_and_options():
 
 
 def test_all_fast_lesions2d(tmp_path):
-    args = ["all", "--out", str(tmp_path), "--debug", "fast", "--folds", "2", "--n-boot", "50", "--recipe",
-            "lesions2d", "--set", "n_train=24", "--set", "n_validation=8", "--set", "n_test=16", "--set", "size=32",
-            "--set", "channels=8,16", "--set", "epochs=1"]  # fmt: skip
+    args = [
+        "all",
+        "--out",
+        str(tmp_path),
+        "--debug",
+        "fast",
+        "--folds",
+        "2",
+        "--n-boot",
+        "50",
+        "--recipe",
+        "lesions2d",
+        "--set",
+        "n_train=24",
+        "--set",
+        "n_validation=8",
+        "--set",
+        "n_test=16",
+        "--set",
+        "size=32",
+        "--set",
+        "channels=8,16",
+        "--set",
+        "epochs=1",
+    ]
     r = CliRunner().invoke(cv.cli, args)
     assert r.exit_code == 0, r.output
     m = json.loads((tmp_path / "report" / "metrics.json").read_text())

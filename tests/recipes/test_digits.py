@@ -7,14 +7,16 @@ import polars as pl
 import pytest
 from click.testing import CliRunner
 
+from fusefn import Rng
 from fusefn.errors import FusefnError
+from fusefn.recipe import OutputError, RecipeInputError
 from fusefn_recipes import digits
 
 
 @pytest.fixture(scope="module")
 def fast_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("digits")
-    return out, digits.run_all(out, seed=0, debug="fast", device="cpu")
+    return out, digits.RECIPE.run("all", out, rng=Rng(0), debug="fast", device="cpu")
 
 
 def test_fast_run_writes_every_phase(fast_run):
@@ -36,7 +38,7 @@ def test_fast_run_writes_every_phase(fast_run):
 
 def test_same_seed_same_metrics(fast_run, tmp_path):
     out, summary = fast_run
-    again = digits.run_all(tmp_path, seed=0, debug="fast", device="cpu")
+    again = digits.RECIPE.run("all", tmp_path, rng=Rng(0), debug="fast", device="cpu")
     assert again == summary
     a = pl.read_parquet(out / "infer" / "test.parquet")
     b = pl.read_parquet(tmp_path / "infer" / "test.parquet")
@@ -44,7 +46,7 @@ def test_same_seed_same_metrics(fast_run, tmp_path):
 
 
 def test_source_folds_are_stratified():
-    src = digits.source(seed=0)
+    src = digits.source(rng=Rng(0))
     assert len(src) == 1797
     counts = src.frame.group_by("fold").len().sort("fold")["len"].to_list()
     assert max(counts) - min(counts) <= 1 + 10  # stratified: about 360 each
@@ -60,8 +62,8 @@ def test_read_digit_names_a_bad_sample():
 def test_out_is_a_file(tmp_path):
     f = tmp_path / "file"
     f.write_text("x")
-    with pytest.raises(digits.OutputError, match="is a file"):
-        digits.run_all(f, debug="fast", device="cpu")
+    with pytest.raises(OutputError, match="is a file"):
+        digits.RECIPE.run("all", f, debug="fast", device="cpu")
     assert f.read_text() == "x"
 
 
@@ -69,19 +71,19 @@ def test_out_is_a_file(tmp_path):
 def test_out_not_writable(tmp_path):
     ro = tmp_path / "ro"
     ro.mkdir(mode=0o500)
-    with pytest.raises(digits.OutputError, match="not writable|cannot create"):
-        digits.run_all(ro / "sub", debug="fast", device="cpu")
+    with pytest.raises(OutputError, match="not writable|cannot create"):
+        digits.RECIPE.run("all", ro / "sub", debug="fast", device="cpu")
 
 
 def test_infer_without_checkpoint(tmp_path):
-    with pytest.raises(digits.InputFileError, match="run `train` first"):
-        digits.run_infer(tmp_path, debug="fast", device="cpu")
+    with pytest.raises(RecipeInputError, match="run `train` first"):
+        digits.RECIPE.run("infer", tmp_path, debug="fast", device="cpu")
     assert not (tmp_path / "infer" / "test.parquet").exists()
 
 
 def test_analyze_missing_file(tmp_path):
-    with pytest.raises(digits.InputFileError, match="run `infer` first"):
-        digits.run_analyze(tmp_path)
+    with pytest.raises(RecipeInputError, match="run `infer` first"):
+        digits.RECIPE.run("analyze", tmp_path)
     assert not (tmp_path / "eval" / "metrics.json").exists()
 
 
@@ -93,8 +95,8 @@ def test_analyze_malformed_file(tmp_path, content):
         pl.DataFrame({"sample_id": ["a"], "score": [0.5]}).write_parquet(path)
     else:
         path.write_bytes(content)
-    with pytest.raises(digits.InputFileError, match="run `infer` again"):
-        digits.run_analyze(tmp_path)
+    with pytest.raises(RecipeInputError, match="run `infer` again"):
+        digits.RECIPE.run("analyze", tmp_path)
     assert not (tmp_path / "eval").exists()
 
 
@@ -107,6 +109,6 @@ def test_cli_prints_one_line_error(tmp_path):
 
 @pytest.mark.slow
 def test_full_run_reaches_target_accuracy(tmp_path):
-    summary = digits.run_all(tmp_path, seed=0, device="cpu")
+    summary = digits.RECIPE.run("all", tmp_path, rng=Rng(0), device="cpu")
     assert summary["accuracy"] >= 0.95
     assert summary["n_samples"] == 360

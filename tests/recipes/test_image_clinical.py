@@ -6,11 +6,25 @@ import numpy as np
 import torch
 from click.testing import CliRunner
 
-from fusefn import models
+from fusefn import Rng, models
 from fusefn_recipes import image_clinical as ic
 
-SMALL = ["--n-train", "32", "--n-validation", "16", "--n-test", "32", "--size", "24", "--channels", "8",
-         "--channels", "16", "--n-boot", "100"]  # fmt: skip
+SMALL = [
+    "--n-train",
+    "32",
+    "--n-validation",
+    "16",
+    "--n-test",
+    "32",
+    "--size",
+    "24",
+    "--channels",
+    "8",
+    "--channels",
+    "16",
+    "--n-boot",
+    "100",
+]
 
 
 def test_all_fast_writes_a_report(tmp_path):
@@ -30,8 +44,8 @@ def test_image_only_variant(tmp_path):
 
 def test_clinical_features_change_the_prediction():
     model = ic.make_model((4,), (), 0.0, clinical=True)
-    params, buffers = models.init(model, seed=0)
-    s = ic.MakeCase(seed=0, size=16)({"data": {"sample_id": "case_00001"}})
+    params, buffers = models.init(model, rng=Rng(0))
+    s = ic.MakeCase(rng=Rng(0), size=16)({"data": {"sample_id": "case_00001"}})
     img = s["data"]["input"]["img"][None]
     outs = []
     for clin in ([0.0, 0.0], [3.0, 1.0]):

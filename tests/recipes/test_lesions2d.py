@@ -9,11 +9,27 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from fusefn import augment
+from fusefn import Rng, augment
 from fusefn_recipes import lesions2d as l2
 
-SMALL = ["--n-train", "32", "--n-validation", "16", "--n-test", "24", "--size", "32", "--channels", "8",
-         "--channels", "16", "--n-boot", "100", "--batch-size", "16"]  # fmt: skip
+SMALL = [
+    "--n-train",
+    "32",
+    "--n-validation",
+    "16",
+    "--n-test",
+    "24",
+    "--size",
+    "32",
+    "--channels",
+    "8",
+    "--channels",
+    "16",
+    "--n-boot",
+    "100",
+    "--batch-size",
+    "16",
+]
 
 
 def test_all_fast_writes_report_and_figures(tmp_path):
@@ -32,11 +48,11 @@ def test_all_fast_writes_report_and_figures(tmp_path):
 
 
 def test_make_lesion_matches_the_phantom_and_names_bad_ids():
-    op = l2.MakeLesion(seed=2, size=32)
+    op = l2.MakeLesion(rng=Rng(2), size=32)
     s = op({"data": {"sample_id": "lesion_00007"}})
-    from fusefn_recipes import _phantoms
+    from fusefn_recipes import phantoms
 
-    p = _phantoms.lesion_phantom(2, 7, size=32)
+    p = phantoms.lesion_phantom(7, rng=Rng(2), size=32)
     assert torch.equal(s["data"]["input"]["img"], torch.from_numpy(p["image"]))
     assert s["data"]["gt"]["seg"].shape == (32, 32) and s["data"]["gt"]["label"] == p["label"]
     with pytest.raises(Exception, match="oops"):
@@ -49,19 +65,20 @@ def test_image_mask_augment_moves_mask_with_image():
     seg = (img[:, 0] > 0.5).long()
     flip = augment.Affine(dims=2, image_keys="data.input.img", mask_keys=("data.gt.seg",), flip=(0.0, 1.0))
     aug = l2.ImageMaskAugment(pipeline=flip)
-    out = aug({"data": {"input": {"img": img}, "gt": {"seg": seg}}}, torch.Generator().manual_seed(0))
+    out = aug({"data": {"input": {"img": img}, "gt": {"seg": seg}}}, rng=Rng(0))
     assert out["data"]["gt"]["seg"].shape == (2, 16, 16)
     assert torch.equal(out["data"]["gt"]["seg"], (out["data"]["input"]["img"][:, 0] > 0.5).long())
     assert torch.equal(out["data"]["gt"]["seg"], torch.flip(seg, dims=(-1,)))
 
 
 def test_source_labels_match_generated_images():
-    from fusefn_recipes._common import Run
+    from fusefn.recipe import Run
 
-    run = Run(name="t", out="/tmp/unused", hp={"n_train": 10, "n_validation": 5, "n_test": 5, "size": 16,
-                                                "p_lesion": 0.4})  # fmt: skip
+    run = Run(
+        name="t", out="/tmp/unused", hp={"n_train": 10, "n_validation": 5, "n_test": 5, "size": 16, "p_lesion": 0.4}
+    )
     src = l2.source(run)
-    op = l2.MakeLesion(seed=0, size=16, p_lesion=0.4)
+    op = l2.MakeLesion(rng=Rng(0), size=16, p_lesion=0.4)
     for row in src.rows():
         assert op({"data": {"sample_id": row["sample_id"]}})["data"]["gt"]["label"] == row["label"]
     assert np.unique(src.frame["split"].to_list()).tolist() == ["test", "train", "validation"]
@@ -70,10 +87,14 @@ def test_source_labels_match_generated_images():
 @pytest.mark.slow
 @pytest.mark.parametrize("how", ["script", "module"])
 def test_runs_from_the_command_line(tmp_path, repo_root, how):
-    head = [sys.executable, str(repo_root / "recipes" / "lesions2d.py")] if how == "script" else [
-        sys.executable, "-m", "fusefn_recipes.lesions2d"]  # fmt: skip
-    r = subprocess.run([*head, "all", "--out", str(tmp_path), "--debug", "fast", *SMALL], capture_output=True,
-                       text=True, timeout=300)  # fmt: skip
+    head = (
+        [sys.executable, str(repo_root / "recipes" / "lesions2d.py")]
+        if how == "script"
+        else [sys.executable, "-m", "fusefn_recipes.lesions2d"]
+    )
+    r = subprocess.run(
+        [*head, "all", "--out", str(tmp_path), "--debug", "fast", *SMALL], capture_output=True, text=True, timeout=300
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     assert (tmp_path / "report" / "report.md").is_file()
 

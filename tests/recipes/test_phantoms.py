@@ -4,23 +4,24 @@ import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
-from fusefn_recipes import _phantoms as ph
+from fusefn import Rng
+from fusefn_recipes import phantoms as ph
 
 
 def test_lesion_phantom_is_a_pure_function_of_seed_and_index():
-    a = ph.lesion_phantom(seed=3, index=5, size=32)
-    b = ph.lesion_phantom(seed=3, index=5, size=32)
-    c = ph.lesion_phantom(seed=4, index=5, size=32)
+    a = ph.lesion_phantom(rng=Rng(3), index=5, size=32)
+    b = ph.lesion_phantom(rng=Rng(3), index=5, size=32)
+    c = ph.lesion_phantom(rng=Rng(4), index=5, size=32)
     assert np.array_equal(a["image"], b["image"]) and np.array_equal(a["mask"], b["mask"])
     assert not np.array_equal(a["image"], c["image"])
     # a sample does not depend on how many others were generated, nor on their order
-    batch = ph.lesion_phantoms(8, seed=3, size=32)
+    batch = ph.lesion_phantoms(8, rng=Rng(3), size=32)
     assert np.array_equal(batch["images"][5], a["image"])
-    assert np.array_equal(ph.lesion_phantoms(3, seed=3, start=5, size=32)["images"][0], a["image"])
+    assert np.array_equal(ph.lesion_phantoms(3, rng=Rng(3), start=5, size=32)["images"][0], a["image"])
 
 
 def test_lesion_phantom_shapes_ranges_and_label_matches_mask():
-    d = ph.lesion_phantoms(60, seed=0, size=32)
+    d = ph.lesion_phantoms(60, rng=Rng(0), size=32)
     assert d["images"].shape == (60, 1, 32, 32) and d["images"].dtype == np.float32
     assert d["masks"].shape == (60, 1, 32, 32) and d["masks"].dtype == np.int64
     assert d["images"].min() >= 0.0 and d["images"].max() <= 1.0
@@ -32,35 +33,35 @@ def test_lesion_phantom_shapes_ranges_and_label_matches_mask():
 
 
 def test_lesion_count_and_contrast_vary():
-    s = [ph.lesion_phantom(seed=1, index=i, size=32, p_lesion=1.0) for i in range(40)]
+    s = [ph.lesion_phantom(rng=Rng(1), index=i, size=32, p_lesion=1.0) for i in range(40)]
     assert {x["n_lesions"] for x in s} == {1, 2, 3}
     assert np.ptp([x["contrast"] for x in s]) > 0.1
-    assert all(ph.lesion_phantom(seed=1, index=i, size=32, p_lesion=0.0)["label"] == 0 for i in range(5))
+    assert all(ph.lesion_phantom(rng=Rng(1), index=i, size=32, p_lesion=0.0)["label"] == 0 for i in range(5))
 
 
 def test_lesions_are_brighter_than_their_surroundings():
-    d = ph.lesion_phantoms(40, seed=2, size=32, p_lesion=1.0)
+    d = ph.lesion_phantoms(40, rng=Rng(2), size=32, p_lesion=1.0)
     inside = d["images"][d["masks"] == 1].mean()
     outside = d["images"][d["masks"] == 0].mean()
     assert inside > outside + 0.1
 
 
 def test_volume_phantom_deterministic_and_well_formed():
-    a = ph.volume_phantom(seed=0, index=2, size=16)
-    assert np.array_equal(a["image"], ph.volume_phantom(seed=0, index=2, size=16)["image"])
-    d = ph.volume_phantoms(20, seed=0, size=16)
+    a = ph.volume_phantom(rng=Rng(0), index=2, size=16)
+    assert np.array_equal(a["image"], ph.volume_phantom(rng=Rng(0), index=2, size=16)["image"])
+    d = ph.volume_phantoms(20, rng=Rng(0), size=16)
     assert d["images"].shape == (20, 1, 16, 16, 16) and d["images"].dtype == np.float32
     assert np.array_equal(d["images"][2], a["image"])
     assert 0 < d["labels"].mean() < 1
     has_blob = d["masks"].reshape(20, -1).sum(1) > 0
     assert np.array_equal(has_blob.astype(np.int64), d["labels"])  # detect: positives hold blobs, negatives none
-    shape = ph.volume_phantoms(10, seed=0, size=16, task="shape")
+    shape = ph.volume_phantoms(10, rng=Rng(0), size=16, task="shape")
     assert (shape["masks"].reshape(10, -1).sum(1) > 0).all()  # shape: every volume holds blobs
 
 
 def test_volume_label_is_shape_not_size():
     """Blob volume is matched between classes; the label is learnable from shape moments."""
-    d = ph.volume_phantoms(120, seed=0, size=20, max_blobs=1, task="shape")
+    d = ph.volume_phantoms(120, rng=Rng(0), size=20, max_blobs=1, task="shape")
     vol = d["masks"].reshape(120, -1).sum(1)
     assert abs(vol[d["labels"] == 1].mean() / vol[d["labels"] == 0].mean() - 1) < 0.25
     # anisotropy of the mask's second moments separates the classes
@@ -75,8 +76,8 @@ def test_volume_label_is_shape_not_size():
 
 def test_clinical_features_carry_signal_and_are_deterministic():
     labels = np.array([i % 2 for i in range(400)])
-    f = [ph.clinical_features(seed=0, index=i, label=int(y)) for i, y in enumerate(labels)]
-    assert f[7] == ph.clinical_features(seed=0, index=7, label=int(labels[7]))
+    f = [ph.clinical_features(rng=Rng(0), index=i, label=int(y)) for i, y in enumerate(labels)]
+    assert f[7] == ph.clinical_features(rng=Rng(0), index=7, label=int(labels[7]))
     x = np.array([[r["age"], r["sex"]] for r in f])
     p = LogisticRegression().fit(x, labels).predict_proba(x)[:, 1]
     assert 0.65 < roc_auc_score(labels, p) < 0.95
@@ -85,5 +86,5 @@ def test_clinical_features_carry_signal_and_are_deterministic():
 
 def test_labels_can_be_read_without_drawing_the_images():
     for i in range(30):
-        assert ph.lesion_phantom(seed=5, index=i, size=16)["n_lesions"] == ph.lesion_count(seed=5, index=i)
-        assert ph.volume_phantom(seed=5, index=i, size=8)["label"] == ph.volume_label(seed=5, index=i)
+        assert ph.lesion_phantom(rng=Rng(5), index=i, size=16)["n_lesions"] == ph.lesion_count(rng=Rng(5), index=i)
+        assert ph.volume_phantom(rng=Rng(5), index=i, size=8)["label"] == ph.volume_label(rng=Rng(5), index=i)

@@ -6,11 +6,26 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from fusefn_recipes import _phantoms
+from fusefn import Rng
+from fusefn_recipes import phantoms
 from fusefn_recipes import volumes3d as v3
 
-SMALL = ["--n-train", "24", "--n-validation", "8", "--n-test", "16", "--size", "16", "--width", "4",
-         "--n-boot", "100", "--batch-size", "8"]  # fmt: skip
+SMALL = [
+    "--n-train",
+    "24",
+    "--n-validation",
+    "8",
+    "--n-test",
+    "16",
+    "--size",
+    "16",
+    "--width",
+    "4",
+    "--n-boot",
+    "100",
+    "--batch-size",
+    "8",
+]
 
 
 @pytest.mark.parametrize("backbone", ["resnet18", "smallcnn"])
@@ -26,10 +41,10 @@ def test_all_fast_writes_report_and_montages(tmp_path, backbone):
 
 
 def test_make_volume_is_the_phantom():
-    s = v3.MakeVolume(seed=1, size=12)({"data": {"sample_id": "volume_00003"}})
-    p = _phantoms.volume_phantom(1, 3, size=12)
+    s = v3.MakeVolume(rng=Rng(1), size=12)({"data": {"sample_id": "volume_00003"}})
+    p = phantoms.volume_phantom(3, rng=Rng(1), size=12)
     assert torch.equal(s["data"]["input"]["img"], torch.from_numpy(p["image"]))
-    assert s["data"]["gt"]["label"] == p["label"] == _phantoms.volume_label(1, 3)
+    assert s["data"]["gt"]["label"] == p["label"] == phantoms.volume_label(3, rng=Rng(1))
     with pytest.raises(Exception, match="volume_x"):
         v3.MakeVolume()({"data": {"sample_id": "volume_x"}})
 

@@ -19,12 +19,12 @@ class CE:
         return F.cross_entropy(nd.get(batch, self.pred), nd.get(batch, self.target))
 
 
-def linear_init(model, seed):
-    g = torch.Generator().manual_seed(seed)
+def linear_init(model, *, rng):
+    g = rng.generator()
     return {"w": torch.randn(model["d"], model["c"], generator=g) * 0.1, "b": torch.zeros(model["c"])}, {}
 
 
-def linear_apply(model, params, buffers, batch, train=False):
+def linear_apply(model, params, buffers, batch, train=False, rng=None):
     x = nd.get(batch, "data.input.img").flatten(1)
     logits = x @ params["w"] + params["b"]
     return nd.assoc_many(batch, {"model.head_0.logits": logits, "model.head_0.probs": logits.softmax(-1)}), buffers

@@ -7,7 +7,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fusefn import optim
+from fusefn import Rng, optim
 from fusefn.errors import ConfigError
 from fusefn.train import BestEpochSource, CheckpointError, TrainState, is_better, should_save_epoch
 from fusefn.train.checkpoint import (
@@ -28,7 +28,7 @@ def _state():
         opt_state=opt.init(p),
         step=7,
         epoch=2,
-        seed=5,
+        rng=Rng(5),
         best={"validation.metrics.auc": {"value": 0.9, "epoch": 2}},
         history=({"epoch": 1, "train": {"losses": {"total_loss": 1.0}}},),
     ), opt
@@ -42,7 +42,7 @@ def test_round_trip_keeps_everything(tmp_path, cnn):
     got = payload["state"]
     assert torch.equal(got.params["w"], state.params["w"])
     assert torch.equal(got.opt_state["exp_avg"]["w"], state.opt_state["exp_avg"]["w"])
-    assert (got.step, got.epoch, got.seed, got.best, got.history) == (7, 2, 5, state.best, state.history)
+    assert (got.step, got.epoch, got.rng, got.best, got.history) == (7, 2, Rng(5), state.best, state.history)
     from fusefn.core import fingerprint, from_config
 
     assert from_config(payload["model_config"]) == cnn

@@ -18,11 +18,11 @@ SCRIPT = textwrap.dedent(
     torch.set_num_threads(1)
     model_dir, batch_size, epochs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 
-    def init(model, seed):
-        g = torch.Generator().manual_seed(seed)
+    def init(model, *, rng):
+        g = rng.generator()
         return {"w": torch.randn(64, 2, generator=g) * 0.1, "b": torch.zeros(2)}, {}
 
-    def apply(model, params, buffers, batch, train=False):
+    def apply(model, params, buffers, batch, train=False, rng=None):
         logits = nd.get(batch, "data.input.img").flatten(1) @ params["w"] + params["b"]
         return nd.assoc_many(batch, {"model.head_0.logits": logits, "model.head_0.probs": logits.softmax(-1)}), buffers
 
@@ -39,15 +39,16 @@ SCRIPT = textwrap.dedent(
         def __getitem__(self, i):
             return {"data": {"sample_id": f"s{i}", "input": {"img": self.x[i]}, "gt": {"label": self.y[i]}}}
 
-    state = train.fit({"d": 64}, {"ce": ce}, optim.sgd(lr=0.5, momentum=0.9), Data(64, 0), Data(32, 1),
-                      model_dir=model_dir, epochs=epochs, batch_size=batch_size, device="cpu", progress=False, seed=1,
-                      resume="last",
-                      metrics={"acc": metrics.Accuracy(pred="model.head_0.probs", target="data.gt.label")},
-                      init=init, apply=apply)
-    if train.rank() == 0:
-        out = {"history": state.history, "w": state.params["w"].flatten().tolist(), "world": train.world_size()}
-        with open(model_dir + "/result.json", "w") as f:
-            json.dump(out, f)
+    with train.process_group():
+        state = train.fit({"d": 64}, {"ce": ce}, optim.sgd(lr=0.5, momentum=0.9), Data(64, 0), Data(32, 1),
+                          model_dir=model_dir, epochs=epochs, loader=train.LoaderSettings(batch_size=batch_size),
+                          device="cpu", progress=False, seed=1, resume="last",
+                          metrics={"acc": metrics.Accuracy(pred="model.head_0.probs", target="data.gt.label")},
+                          init=init, apply=apply)
+        if train.rank() == 0:
+            out = {"history": state.history, "w": state.params["w"].flatten().tolist(), "world": train.world_size()}
+            with open(model_dir + "/result.json", "w") as f:
+                json.dump(out, f)
     """
 )
 

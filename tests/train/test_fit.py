@@ -6,14 +6,17 @@ import signal
 import pytest
 import torch
 
-from fusefn import metrics, optim
+from fusefn import Rng, metrics, optim
 from fusefn.errors import ConfigError
 from fusefn.train import (
     BestEpochSource,
     CheckpointError,
+    CheckpointRule,
     CsvMetrics,
     EarlyStopping,
+    LoaderSettings,
     NonFiniteLossError,
+    StepSettings,
     fit,
     load_checkpoint,
 )
@@ -28,6 +31,7 @@ def _metrics():
 def _fit(toy, data, tmp, epochs=3, **kw):
     kw.setdefault("optimizer", optim.adamw(lr=1e-2))
     opt = kw.pop("optimizer")
+    kw["loader"] = LoaderSettings(batch_size=16, **kw.pop("loader", {}))
     return fit(
         MODEL,
         {"ce": toy["ce"]},
@@ -37,7 +41,6 @@ def _fit(toy, data, tmp, epochs=3, **kw):
         model_dir=tmp,
         epochs=epochs,
         metrics=_metrics(),
-        batch_size=16,
         device="cpu",
         progress=False,
         apply=toy["apply"],
@@ -53,12 +56,14 @@ def test_epoch_results_and_checkpoint_files(toy, data, tmp_path):
         tmp_path,
         epochs=4,
         validate_first=True,
-        start_saving_epochs=2,
-        gap_between_saving_epochs=2,
-        best_epoch_sources=[
-            BestEpochSource(source="validation.metrics.accuracy", optimization="max"),
-            BestEpochSource(source="train.losses.total_loss", optimization="min"),
-        ],
+        checkpoints=CheckpointRule(
+            start_saving_epochs=2,
+            every=2,
+            best=[
+                BestEpochSource(source="validation.metrics.accuracy", optimization="max"),
+                BestEpochSource(source="train.losses.total_loss", optimization="min"),
+            ],
+        ),
     )
     assert state.epoch == 4 and len(state.history) == 5
     first, last = state.history[0], state.history[-1]
@@ -83,7 +88,7 @@ def test_epoch_results_and_checkpoint_files(toy, data, tmp_path):
 
 def test_unknown_best_source_fails_before_training(toy, data, tmp_path):
     with pytest.raises(ConfigError, match=r"validation.metrics.auc.*available: .*validation.metrics.accuracy"):
-        _fit(toy, data, tmp_path, best_epoch_sources=BestEpochSource(source="validation.metrics.auc"))
+        _fit(toy, data, tmp_path, checkpoints=CheckpointRule(best=BestEpochSource(source="validation.metrics.auc")))
     assert not (tmp_path / "checkpoints" / "last.pt").exists()
 
 
@@ -118,7 +123,7 @@ def test_resume_from_another_model_config_is_refused(toy, data, tmp_path):
 def test_nan_loss_stops_naming_step_and_ids(toy, tmp_path):
     bad = (toy["Digits"](32, nan_at=5), toy["Digits"](16, seed=1))
     with pytest.raises(NonFiniteLossError, match=r"step \d+ .*'s5'.*last good checkpoint: none"):
-        _fit(toy, bad, tmp_path, shuffle=False)
+        _fit(toy, bad, tmp_path, loader={"shuffle": False})
 
 
 def test_model_dir_that_is_a_file(toy, data, tmp_path):
@@ -138,12 +143,12 @@ def test_ctrl_c_writes_last_and_resume_is_exact(toy, data, tmp_path):
 
     ds = Interrupting(96, seed=0)
     ds.armed, ds.at = True, 40
-    full = _fit(toy, data, tmp_path / "a", epochs=2, shuffle=False)
+    full = _fit(toy, data, tmp_path / "a", epochs=2, loader={"shuffle": False})
     with pytest.raises(KeyboardInterrupt):
-        _fit(toy, (ds, data[1]), tmp_path / "b", epochs=2, shuffle=False)
+        _fit(toy, (ds, data[1]), tmp_path / "b", epochs=2, loader={"shuffle": False})
     saved = load_checkpoint(tmp_path / "b" / "checkpoints" / "last.pt")["state"]
     assert saved.epoch == 0 and saved.batch_in_epoch > 0  # mid-epoch 1
-    resumed = _fit(toy, (ds, data[1]), tmp_path / "b", epochs=2, shuffle=False, resume="last")
+    resumed = _fit(toy, (ds, data[1]), tmp_path / "b", epochs=2, loader={"shuffle": False}, resume="last")
     for k in full.params:
         assert torch.equal(full.params[k], resumed.params[k])
     assert full.history == resumed.history
@@ -168,8 +173,8 @@ def test_plateau_reduces_learning_rate(toy, data, tmp_path):
 def test_augment_runs_on_device_with_step_generator(toy, data, tmp_path):
     seen = []
 
-    def aug(batch, generator):
-        seen.append(torch.rand(1, generator=generator).item())
+    def aug(batch, *, rng):
+        seen.append(torch.rand(1, generator=rng.generator()).item())
         return batch
 
     _fit(toy, data, tmp_path, epochs=1, augment=aug)
@@ -202,8 +207,8 @@ def test_real_model_fit_with_accumulation(cnn, data, toy, tmp_path):
         data[1],
         model_dir=tmp_path,
         epochs=1,
-        batch_size=16,
-        accumulate=2,
+        loader=LoaderSettings(batch_size=16),
+        step=StepSettings(accumulate=2),
         device="cpu",
         progress=False,
     )
@@ -214,14 +219,14 @@ def test_balanced_batch_sampler_drives_the_epochs(toy, data, tmp_path):
     from fusefn.data import BalancedBatchSampler
 
     labels = [int(data[0][i]["data"]["gt"]["label"]) for i in range(len(data[0]))]
-    sampler = BalancedBatchSampler(labels, batch_size=8, num_batches=5, seed=0)
+    sampler = BalancedBatchSampler(labels, batch_size=8, num_batches=5, rng=Rng(0))
     seen = []
 
-    def aug(batch, generator):
+    def aug(batch, *, rng):
         seen.append(batch["data"]["gt"]["label"].tolist())
         return batch
 
-    state = _fit(toy, data, tmp_path, epochs=2, batch_sampler=sampler, augment=aug)
+    state = _fit(toy, data, tmp_path, epochs=2, loader={"batch_sampler": sampler}, augment=aug)
     assert state.step == 10
     assert all(sum(b) == 4 for b in seen)  # balanced: half of each batch is class 1
     assert seen[:5] != seen[5:]  # a new epoch draws new batches

@@ -8,7 +8,7 @@ import torch
 
 from fusefn import models, nd, optim
 from fusefn.errors import ConfigError
-from fusefn.train import CheckpointError, fit, infer, load_model
+from fusefn.train import CheckpointError, LoaderSettings, fit, infer, load_model
 
 
 def _train(cnn, data, toy, model_dir, seed=0):
@@ -20,7 +20,7 @@ def _train(cnn, data, toy, model_dir, seed=0):
         data[1],
         model_dir=model_dir,
         epochs=1,
-        batch_size=16,
+        loader=LoaderSettings(batch_size=16),
         seed=seed,
         device="cpu",
         progress=False,

@@ -48,9 +48,9 @@ SCRIPT = textwrap.dedent(
     model = models.Model(backbone=models.SmallCNN(in_channels=1, channels=(4, 8)),
                          heads=(models.ClassifierHead(name="head_0", num_classes=2),))
     train.fit(model, {"ce": CE()}, optim.adamw(lr=optim.cosine_decay(1e-2, 40)), Data(64, 0), Data(32, 1),
-              model_dir=model_dir, epochs=6, batch_size=10, device="cpu", progress=False, seed=3,
-              metrics={"auc": metrics.AUCROC(pred="model.head_0.probs", target="data.gt.label")},
-              best_epoch_sources=train.BestEpochSource(source="validation.metrics.auc"),
+              model_dir=model_dir, epochs=6, loader=train.LoaderSettings(batch_size=10), device="cpu", progress=False,
+              seed=3, metrics={"auc": metrics.AUCROC(pred="model.head_0.probs", target="data.gt.label")},
+              checkpoints=train.CheckpointRule(best=train.BestEpochSource(source="validation.metrics.auc")),
               callbacks=(KillAfter(),), resume="last")
     """
 )

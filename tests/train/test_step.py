@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fusefn import optim
+from fusefn import Rng, optim
 from fusefn.errors import ConfigError
 from fusefn.train import TrainState, init_state, make_eval_step, make_train_step, tree_clone
 
@@ -21,7 +21,7 @@ def _batches(toy, n_batches=4, bs=8):
 
 
 def _fusefn_run(toy, opt, batches, **kw):
-    state = init_state(MODEL, opt, seed=0, init=toy["init"])
+    state = init_state(MODEL, opt, rng=Rng(0), init=toy["init"])
     step = make_train_step(MODEL, {"ce": toy["ce"]}, opt, apply=toy["apply"], **kw)
     outs = []
     for b in batches:
@@ -31,7 +31,7 @@ def _fusefn_run(toy, opt, batches, **kw):
 
 
 def _torch_run(toy, batches, make_opt):
-    params, _ = toy["init"](MODEL, 0)
+    params, _ = toy["init"](MODEL, rng=Rng(0))
     w = params["w"].clone().requires_grad_(True)
     b = params["b"].clone().requires_grad_(True)
     opt = make_opt([w, b])
@@ -147,7 +147,7 @@ def test_real_model_step_with_batchnorm_updates_buffers(cnn, data, toy):
     from fusefn import models
 
     opt = optim.adamw(lr=1e-2)
-    state = init_state(cnn, opt, seed=0)
+    state = init_state(cnn, opt, rng=Rng(0))
     before = tree_clone(state.buffers)
     step = make_train_step(cnn, {"ce": toy["ce"]}, opt)
     batch = torch.utils.data.default_collate([data[0][i] for i in range(8)])
@@ -164,7 +164,7 @@ def test_compiled_step_equals_eager_and_never_recompiles(cnn, data, toy):
     batches = [torch.utils.data.default_collate([data[0][i] for i in range(j * 8, j * 8 + 8)]) for j in range(4)]
 
     def run(compile):
-        state = init_state(cnn, opt, seed=0)
+        state = init_state(cnn, opt, rng=Rng(0))
         step = make_train_step(cnn, {"ce": toy["ce"]}, opt, compile=compile)
         losses = []
         for b in batches:

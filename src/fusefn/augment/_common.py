@@ -1,9 +1,13 @@
-"""Shared plumbing of the batch augmentations: validators, key checks, sampling and subset helpers.
+"""Shared plumbing of the batch augmentations: the base class, range checks, sampling and subset helpers.
 
 Every augmentation draws, for each sample of the batch, whether it applies (``apply``,
 a bool mask from ``p``) and the sorted indices of those samples (``index``). The heavy
 part of ``apply`` then runs on the active subset only, and the subset is written back
 into a copy of the input, so a sample the op skips costs one copy, not one resampling.
+
+Randomness enters through one ``rng`` (a :class:`fusefn.Rng`): ``sample`` turns it into a
+single ``torch.Generator`` on the target device, and every draw of the op (or of every op of
+a pipeline, in order) comes from that generator.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from collections.abc import Mapping
 import torch
 
 from fusefn import nd
+from fusefn.core import Rng
 from fusefn.errors import ConfigError, MissingKeyError, SampleError
 
 __all__ = ["Augmentation"]
@@ -45,12 +50,6 @@ def name_of(instance, attribute) -> str:
     return f"{type(instance).__name__}.{attribute.name}"
 
 
-def check_prob(instance, attribute, value):
-    """attrs validator: a probability in [0, 1]."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
-        raise ConfigError(f"{name_of(instance, attribute)} must be a probability in [0, 1], got {value!r}")
-
-
 def check_range(label: str, value, *, lower: float | None = None, allow_none: bool = True):
     """A ``(low, high)`` pair of finite numbers with ``low <= high`` (and ``low >= lower``)."""
     if value is None:
@@ -73,6 +72,8 @@ def check_range(label: str, value, *, lower: float | None = None, allow_none: bo
 
 
 def range_validator(*, lower: float | None = None, allow_none: bool = True):
+    """attrs validator of a ``(low, high)`` pair (no combination of ``fusefn.validators`` checks ``low <= high``)."""
+
     def validate(instance, attribute, value):
         check_range(name_of(instance, attribute), value, lower=lower, allow_none=allow_none)
 
@@ -96,17 +97,6 @@ def per_axis(label: str, value, dims: int) -> tuple:
         return tuple((float(v[0]), float(v[1])) for v in value)
     check_range(label, value)
     return ((float(value[0]), float(value[1])),) * dims
-
-
-def check_dims(instance, attribute, value):
-    if value not in (2, 3):
-        raise ConfigError(f"{name_of(instance, attribute)} must be 2 or 3 (spatial dimensions), got {value!r}")
-
-
-def check_keys(instance, attribute, value):
-    for k in value:
-        if not isinstance(k, str) or not k:
-            raise ConfigError(f"{name_of(instance, attribute)} holds a key that is not a dotted string: {k!r}")
 
 
 # --------------------------------------------------------------------------- batches
@@ -167,19 +157,19 @@ def batch_info(batch: Mapping, keys: tuple, op: str):
 # ------------------------------------------------------------------------- sampling
 
 
-def uniform(generator: torch.Generator, n: int, rng, dtype=torch.float64) -> torch.Tensor:
+def uniform(generator: torch.Generator, n: int, bounds, dtype=torch.float64) -> torch.Tensor:
     """``n`` draws from U(low, high) on the generator's device (one draw even when low == high)."""
-    lo, hi = as_range(rng)
+    lo, hi = as_range(bounds)
     u = torch.rand(n, generator=generator, device=generator.device, dtype=dtype)
     return u.mul_(hi - lo).add_(lo)
 
 
-def randint(generator: torch.Generator, n: int, rng) -> torch.Tensor:
+def randint(generator: torch.Generator, n: int, bounds) -> torch.Tensor:
     """``n`` integers uniform in ``[low, high]`` (both included), as float64."""
-    lo, hi = as_range(rng)
+    lo, hi = as_range(bounds)
     lo_i, hi_i = math.ceil(lo), math.floor(hi)
     if lo_i > hi_i:
-        raise ConfigError(f"no integer in the range {rng!r}")
+        raise ConfigError(f"no integer in the range {bounds!r}")
     return torch.randint(lo_i, hi_i + 1, (n,), generator=generator, device=generator.device).to(torch.float64)
 
 
@@ -254,39 +244,80 @@ def output_buffer(x: torch.Tensor, index: torch.Tensor, owned: bool) -> torch.Te
     return torch.empty_like(x) if index.shape[0] == x.shape[0] else x.clone()
 
 
-class Augmentation:
-    """Mixin of the batch augmentations: ``apply`` and ``__call__`` from ``sample`` and ``_apply``.
+def generator(rng: Rng, device) -> torch.Generator:
+    """The one ``torch.Generator`` an op (or a whole pipeline) draws from: ``rng``'s, on ``device``.
 
-    Subclasses define ``all_keys()``, ``sample(generator, batch_size, *, device, shapes)`` and
-    ``_apply(batch, params, owned) -> (batch, owned)``. ``owned`` is the set of keys whose
-    tensors were allocated inside the current pipeline, so a later op may update them in
-    place without touching the caller's tensors.
+    Drawing where the batch lives means no random tensor crosses the bus. MPS has no float64,
+    so draws for it are made on the host and copied.
+    """
+    if not isinstance(rng, Rng):
+        raise TypeError(f"rng must be a fusefn.Rng, got {type(rng).__name__}: {rng!r}")
+    dev = torch.device("cpu" if device is None else device)
+    return rng.generator("cpu" if dev.type == "mps" else dev)
+
+
+def _combine(fns) -> Augmentation:
+    from .pipeline import Pipeline  # Pipeline subclasses Augmentation: imported when chained
+
+    flat: list = []
+    for fn in fns:
+        flat.extend(fn.ops if isinstance(fn, Pipeline) else (fn,))
+    return Pipeline(ops=tuple(flat))
+
+
+class Augmentation:
+    """Base of the batch augmentations; conforms to :class:`fusefn.protocols.Augmentation`.
+
+    Subclasses define ``all_keys()``, ``_sample(generator, batch_size, *, device, shapes) -> params``
+    (every draw from the one ``generator``) and ``_apply(batch, params, owned) -> (batch, owned)``.
+    ``owned`` is the set of keys whose tensors were allocated inside the current pipeline, so a
+    later op may update them in place without touching the caller's tensors.
+
+    ``fusefn.chain`` of augmentations is a flattened :class:`~fusefn.augment.Pipeline` (the
+    ``__chain__`` class attribute says so).
     """
 
     __slots__ = ()
+    __chain__ = staticmethod(_combine)
 
     def all_keys(self) -> tuple:
         """Every key the op reads or writes."""
         raise NotImplementedError
 
+    def like_keys(self) -> tuple:
+        """The keys ``sample_like`` reads the batch size and device from (default: ``all_keys()``)."""
+        return self.all_keys()
+
+    def fuse_key(self):
+        """Consecutive ops with equal, non-None fuse keys compose their params into one stage."""
+        return None
+
     def out_shapes(self, shapes: Mapping | None) -> Mapping | None:
         """Per-sample shapes after this op (ops that crop or resize change them)."""
         return shapes
 
-    def sample(self, generator, batch_size, *, device=None, shapes=None):
+    def _sample(self, generator: torch.Generator, batch_size: int, *, device=None, shapes=None):
         raise NotImplementedError
 
     def _apply(self, batch, params, owned: frozenset):
         raise NotImplementedError
 
+    def sample(self, batch_size: int, *, rng: Rng, device=None, shapes=None):
+        """Every random value of ``batch_size`` samples as tensors on ``device``, drawn from ``rng``.
+
+        ``shapes`` (``{key: per-sample shape}``) is needed only by ops that draw per-pixel values.
+        """
+        return self._sample(generator(rng, device), batch_size, device=device, shapes=shapes)
+
+    def sample_like(self, batch: Mapping, *, rng: Rng):
+        """``sample`` with the batch size, device and shapes read from ``batch``."""
+        n, device, shapes = batch_info(batch, self.like_keys(), type(self).__name__)
+        return self.sample(n, rng=rng, device=device, shapes=shapes)
+
     def apply(self, batch: Mapping, params) -> dict:
         """The batch with this augmentation applied under ``params`` (pure, no randomness)."""
         return self._apply(batch, params, frozenset())[0]
 
-    def sample_like(self, batch: Mapping, generator: torch.Generator):
-        """``sample`` with the batch size, device and shapes read from ``batch``."""
-        n, device, shapes = batch_info(batch, self.all_keys(), type(self).__name__)
-        return self.sample(generator, n, device=device, shapes=shapes)
-
-    def __call__(self, batch: Mapping, generator: torch.Generator) -> dict:
-        return self.apply(batch, self.sample_like(batch, generator))
+    def __call__(self, batch: Mapping, *, rng: Rng) -> dict:
+        """``apply(batch, sample_like(batch, rng=rng))``."""
+        return self.apply(batch, self.sample_like(batch, rng=rng))

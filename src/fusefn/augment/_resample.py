@@ -2,8 +2,8 @@
 
 A grid for ``grid_sample`` is built as ``base @ theta``: ``base`` holds the centred pixel
 coordinates of the output (one row per pixel, plus a 1), ``theta`` the per-sample matrix
-already scaled to normalised coordinates. That is one small matmul per batch, several
-times cheaper on CPU than ``F.affine_grid``; with dyadic sizes and right-angle matrices every
+already scaled to normalised coordinates. That is one small matmul per batch, cheaper on
+CPU than ``F.affine_grid`` (bench/RESULTS.md); with dyadic sizes and right-angle matrices every
 grid value is exact, so flips and 90° rotations reproduce ``torch.flip``/``torch.rot90``.
 """
 
@@ -40,7 +40,7 @@ def grid_from_inverse(inverse: torch.Tensor, spatial: tuple, dtype, in_spatial: 
     scale = torch.tensor([2.0 / s for s in in_spatial], dtype=inverse.dtype, device=inverse.device)
     theta = (inverse[:, :d, :] * scale[None, :, None]).flip(1).to(dtype)  # (n, d, d+1), rows x, y, z
     base = centred_base(spatial, device=inverse.device, dtype=dtype)
-    # bmm over an expanded base writes the grid contiguous, which grid_sample reads ~2× faster
+    # bmm over an expanded base writes the grid contiguous, which grid_sample reads faster than a strided one
     grid = torch.bmm(base.expand(theta.shape[0], -1, -1), theta.transpose(1, 2))
     return grid.view(inverse.shape[0], *spatial, d)
 

@@ -3,7 +3,8 @@
 >>> import torch
 >>> x = torch.zeros(1, 1, 9, 9)
 >>> x[0, 0, 4, 4] = 1.0
->>> y = GaussianBlur(image_keys="img", sigma=(1.0, 1.0))({"img": x}, torch.Generator().manual_seed(0))["img"]
+>>> from fusefn import Rng
+>>> y = GaussianBlur(image_keys="img", sigma=(1.0, 1.0))({"img": x}, rng=Rng(0))["img"]
 >>> round(float(y.sum()), 4), bool(y[0, 0, 4, 4] < 1)
 (1.0, True)
 """
@@ -18,16 +19,13 @@ import torch
 import torch.nn.functional as F
 
 from fusefn import nd
+from fusefn import validators as v
 from fusefn.core import record
-from fusefn.errors import ConfigError
 
 from ._common import (
     Augmentation,
     as_tuple,
-    check_dims,
     check_image,
-    check_keys,
-    check_prob,
     gate,
     get_key,
     keys_tuple,
@@ -49,24 +47,18 @@ class GaussianBlur(Augmentation):
     shapes do not depend on the draw; borders are replicated.
     """
 
-    dims: int = attrs.field(default=2, validator=check_dims)
-    image_keys: tuple = attrs.field(default=(), converter=keys_tuple, validator=check_keys)
+    dims: int = attrs.field(default=2, validator=v.in_((2, 3)))
+    image_keys: tuple = attrs.field(default=(), converter=keys_tuple, validator=v.and_(v.min_len(1), v.keys))
     sigma: tuple = attrs.field(
         default=(0.5, 1.5), converter=as_tuple, validator=range_validator(lower=0.0, allow_none=False)
     )
-    truncate: float = 3.0
-    p: float = attrs.field(default=1.0, validator=check_prob)
-
-    def __attrs_post_init__(self):
-        if not self.image_keys:
-            raise ConfigError(f"{type(self).__name__}.image_keys is empty")
-        if not isinstance(self.truncate, (int, float)) or self.truncate <= 0:
-            raise ConfigError(f"{type(self).__name__}.truncate must be > 0, got {self.truncate!r}")
+    truncate: float = attrs.field(default=3.0, validator=v.gt(0))
+    p: float = attrs.field(default=1.0, validator=v.unit_interval)
 
     def all_keys(self) -> tuple:
         return self.image_keys
 
-    def sample(self, generator: torch.Generator, batch_size: int, *, device=None, shapes=None) -> dict:
+    def _sample(self, generator: torch.Generator, batch_size: int, *, device=None, shapes=None) -> dict:
         params = gate(generator, batch_size, self.p)
         params["sigma"] = uniform(generator, batch_size, self.sigma, dtype=torch.float32)
         return to_device(params, device)

@@ -2,7 +2,8 @@
 
 >>> import torch
 >>> x = torch.arange(36.0).reshape(1, 1, 6, 6)
->>> out = RandomCrop(image_keys="img", size=(4, 4), p=0.0)({"img": x}, torch.Generator().manual_seed(0))
+>>> from fusefn import Rng
+>>> out = RandomCrop(image_keys="img", size=(4, 4), p=0.0)({"img": x}, rng=Rng(0))
 >>> torch.equal(out["img"], x[..., 1:5, 1:5])  # p=0: centre crop
 True
 """
@@ -15,18 +16,15 @@ import attrs
 import torch
 
 from fusefn import nd
+from fusefn import validators as v
 from fusefn.core import record
 from fusefn.errors import ConfigError, SampleError
 
 from ._common import (
     Augmentation,
     as_tuple,
-    batch_info,
-    check_dims,
     check_image,
-    check_keys,
     check_mask,
-    check_prob,
     gate,
     get_key,
     keys_tuple,
@@ -79,13 +77,13 @@ class RandomCrop(Augmentation):
     :class:`~fusefn.augment.Affine`) are shifted by the crop start.
     """
 
-    dims: int = attrs.field(default=2, validator=check_dims)
-    image_keys: tuple = attrs.field(default=(), converter=keys_tuple, validator=check_keys)
-    mask_keys: tuple = attrs.field(default=(), converter=keys_tuple, validator=check_keys)
-    point_keys: tuple = attrs.field(default=(), converter=keys_tuple, validator=check_keys)
-    box_keys: tuple = attrs.field(default=(), converter=keys_tuple, validator=check_keys)
+    dims: int = attrs.field(default=2, validator=v.in_((2, 3)))
+    image_keys: tuple = attrs.field(default=(), converter=keys_tuple, validator=v.keys)
+    mask_keys: tuple = attrs.field(default=(), converter=keys_tuple, validator=v.keys)
+    point_keys: tuple = attrs.field(default=(), converter=keys_tuple, validator=v.keys)
+    box_keys: tuple = attrs.field(default=(), converter=keys_tuple, validator=v.keys)
     size: tuple = attrs.field(default=(1,), converter=_size_tuple, validator=_check_size)
-    p: float = attrs.field(default=1.0, validator=check_prob)
+    p: float = attrs.field(default=1.0, validator=v.unit_interval)
 
     def __attrs_post_init__(self):
         if not self.image_keys and not self.mask_keys:
@@ -94,7 +92,7 @@ class RandomCrop(Augmentation):
     def all_keys(self) -> tuple:
         return self.image_keys + self.mask_keys + self.point_keys + self.box_keys
 
-    def sample(self, generator: torch.Generator, batch_size: int, *, device=None, shapes=None) -> dict:
+    def _sample(self, generator: torch.Generator, batch_size: int, *, device=None, shapes=None) -> dict:
         """``apply``/``index`` and ``position``: ``N×d`` uniform [0, 1) fractions of the free room."""
         params = gate(generator, batch_size, self.p)
         params["position"] = torch.stack([uniform(generator, batch_size, (0.0, 1.0)) for _ in range(self.dims)], 1)
@@ -103,9 +101,8 @@ class RandomCrop(Augmentation):
     def out_shapes(self, shapes: Mapping) -> Mapping:
         return _resized(shapes, self.image_keys + self.mask_keys, _out_size(self.size, self.dims))
 
-    def sample_like(self, batch: Mapping, generator: torch.Generator) -> dict:
-        n, device, _ = batch_info(batch, self.image_keys + self.mask_keys, type(self).__name__)
-        return self.sample(generator, n, device=device)
+    def like_keys(self) -> tuple:
+        return self.image_keys + self.mask_keys
 
     def _apply(self, batch: Mapping, params: Mapping, owned: frozenset):
         op, d = type(self).__name__, self.dims
@@ -149,16 +146,16 @@ class RandomResizedCrop(Augmentation):
     the output grid; a sample that is not drawn (probability ``1 − p``) is resized whole.
     """
 
-    dims: int = attrs.field(default=2, validator=check_dims)
-    image_keys: tuple = attrs.field(default=(), converter=keys_tuple, validator=check_keys)
-    mask_keys: tuple = attrs.field(default=(), converter=keys_tuple, validator=check_keys)
-    point_keys: tuple = attrs.field(default=(), converter=keys_tuple, validator=check_keys)
-    box_keys: tuple = attrs.field(default=(), converter=keys_tuple, validator=check_keys)
+    dims: int = attrs.field(default=2, validator=v.in_((2, 3)))
+    image_keys: tuple = attrs.field(default=(), converter=keys_tuple, validator=v.keys)
+    mask_keys: tuple = attrs.field(default=(), converter=keys_tuple, validator=v.keys)
+    point_keys: tuple = attrs.field(default=(), converter=keys_tuple, validator=v.keys)
+    box_keys: tuple = attrs.field(default=(), converter=keys_tuple, validator=v.keys)
     size: tuple = attrs.field(default=(1,), converter=_size_tuple, validator=_check_size)
     scale: tuple = attrs.field(
         default=(0.5, 1.0), converter=as_tuple, validator=range_validator(lower=0.0, allow_none=False)
     )
-    p: float = attrs.field(default=1.0, validator=check_prob)
+    p: float = attrs.field(default=1.0, validator=v.unit_interval)
 
     def __attrs_post_init__(self):
         if not self.image_keys and not self.mask_keys:
@@ -169,11 +166,10 @@ class RandomResizedCrop(Augmentation):
     def all_keys(self) -> tuple:
         return self.image_keys + self.mask_keys + self.point_keys + self.box_keys
 
-    def sample_like(self, batch: Mapping, generator: torch.Generator) -> dict:
-        n, device, _ = batch_info(batch, self.image_keys + self.mask_keys, type(self).__name__)
-        return self.sample(generator, n, device=device)
+    def like_keys(self) -> tuple:
+        return self.image_keys + self.mask_keys
 
-    def sample(self, generator: torch.Generator, batch_size: int, *, device=None, shapes=None) -> dict:
+    def _sample(self, generator: torch.Generator, batch_size: int, *, device=None, shapes=None) -> dict:
         """``apply``/``index``, ``fraction`` (N, side fraction) and ``position`` (N×d in [0, 1))."""
         params = gate(generator, batch_size, self.p)
         frac = uniform(generator, batch_size, self.scale)

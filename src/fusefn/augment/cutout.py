@@ -1,7 +1,8 @@
 """Cutout: fill random boxes of each active sample with a constant, in one elementwise pass.
 
 >>> import torch
->>> out = Cutout(image_keys="img", size=(0.5, 0.5))({"img": torch.ones(2, 1, 8, 8)}, torch.Generator().manual_seed(0))
+>>> from fusefn import Rng
+>>> out = Cutout(image_keys="img", size=(0.5, 0.5))({"img": torch.ones(2, 1, 8, 8)}, rng=Rng(0))
 >>> out["img"].sum(dim=(1, 2, 3)).tolist()  # one 4×4 hole per sample
 [48.0, 48.0]
 """
@@ -14,16 +15,14 @@ import attrs
 import torch
 
 from fusefn import nd
+from fusefn import validators as v
 from fusefn.core import record
 from fusefn.errors import ConfigError
 
 from ._common import (
     Augmentation,
     as_tuple,
-    check_dims,
     check_image,
-    check_keys,
-    check_prob,
     gate,
     get_key,
     keys_tuple,
@@ -42,28 +41,23 @@ class Cutout(Augmentation):
     Boxes lie wholly inside the image; all channels are filled.
     """
 
-    dims: int = attrs.field(default=2, validator=check_dims)
-    image_keys: tuple = attrs.field(default=(), converter=keys_tuple, validator=check_keys)
+    dims: int = attrs.field(default=2, validator=v.in_((2, 3)))
+    image_keys: tuple = attrs.field(default=(), converter=keys_tuple, validator=v.and_(v.min_len(1), v.keys))
     size: tuple = attrs.field(
         default=(0.1, 0.3), converter=as_tuple, validator=range_validator(lower=0.0, allow_none=False)
     )
-    count: int = 1
+    count: int = attrs.field(default=1, validator=v.positive_int)
     fill: float = 0.0
-    p: float = attrs.field(default=1.0, validator=check_prob)
+    p: float = attrs.field(default=1.0, validator=v.unit_interval)
 
     def __attrs_post_init__(self):
-        name = type(self).__name__
-        if not self.image_keys:
-            raise ConfigError(f"{name}.image_keys is empty")
         if self.size[1] > 1:
-            raise ConfigError(f"{name}.size must be fractions in [0, 1], got {self.size!r}")
-        if not isinstance(self.count, int) or self.count < 1:
-            raise ConfigError(f"{name}.count must be an int >= 1, got {self.count!r}")
+            raise ConfigError(f"{type(self).__name__}.size must be fractions in [0, 1], got {self.size!r}")
 
     def all_keys(self) -> tuple:
         return self.image_keys
 
-    def sample(self, generator: torch.Generator, batch_size: int, *, device=None, shapes=None) -> dict:
+    def _sample(self, generator: torch.Generator, batch_size: int, *, device=None, shapes=None) -> dict:
         """``apply``/``index``, ``fraction`` and ``position``: ``N×count×d`` each, in [0, 1]."""
         params = gate(generator, batch_size, self.p)
         shape = (batch_size, self.count, self.dims)

@@ -3,7 +3,8 @@
 >>> import torch
 >>> aug = Elastic(image_keys="img", displacement=0.0)
 >>> x = torch.rand(2, 1, 8, 8)
->>> torch.allclose(aug({"img": x}, torch.Generator().manual_seed(0))["img"], x, atol=1e-6)
+>>> from fusefn import Rng
+>>> torch.allclose(aug({"img": x}, rng=Rng(0))["img"], x, atol=1e-6)
 True
 """
 
@@ -15,10 +16,11 @@ import attrs
 import torch
 import torch.nn.functional as F
 
+from fusefn import validators as v
 from fusefn.core import record
 from fusefn.errors import ConfigError
 
-from ._common import Augmentation, batch_info, check_dims, check_keys, check_prob, gate, keys_tuple, to_device
+from ._common import Augmentation, gate, keys_tuple, to_device
 from ._resample import centred_base, resample_keys
 
 __all__ = ["Elastic"]
@@ -41,39 +43,28 @@ class Elastic(Augmentation):
         padding: ``grid_sample`` padding mode.
     """
 
-    dims: int = attrs.field(default=2, validator=check_dims)
-    image_keys: tuple = attrs.field(default=(), converter=keys_tuple, validator=check_keys)
-    mask_keys: tuple = attrs.field(default=(), converter=keys_tuple, validator=check_keys)
-    displacement: float = 4.0
-    control_points: int = 4
-    p: float = attrs.field(default=1.0, validator=check_prob)
-    padding: str = "border"
+    dims: int = attrs.field(default=2, validator=v.in_((2, 3)))
+    image_keys: tuple = attrs.field(default=(), converter=keys_tuple, validator=v.keys)
+    mask_keys: tuple = attrs.field(default=(), converter=keys_tuple, validator=v.keys)
+    displacement: float = attrs.field(default=4.0, validator=v.ge(0))
+    control_points: int = attrs.field(default=4, validator=v.and_(v.positive_int, v.ge(2)))
+    p: float = attrs.field(default=1.0, validator=v.unit_interval)
+    padding: str = attrs.field(default="border", validator=v.in_(("zeros", "border", "reflection")))
 
     def __attrs_post_init__(self):
-        name = type(self).__name__
         if not self.image_keys and not self.mask_keys:
-            raise ConfigError(f"{name} needs at least one image or mask key")
-        if not isinstance(self.displacement, (int, float)) or self.displacement < 0:
-            raise ConfigError(f"{name}.displacement must be a number >= 0, got {self.displacement!r}")
-        if not isinstance(self.control_points, int) or self.control_points < 2:
-            raise ConfigError(f"{name}.control_points must be an int >= 2, got {self.control_points!r}")
-        if self.padding not in ("zeros", "border", "reflection"):
-            raise ConfigError(f"{name}.padding must be zeros, border or reflection, got {self.padding!r}")
+            raise ConfigError(f"{type(self).__name__} needs at least one image or mask key")
 
     def all_keys(self) -> tuple:
         return self.image_keys + self.mask_keys
 
-    def sample(self, generator: torch.Generator, batch_size: int, *, device=None, shapes=None) -> dict:
+    def _sample(self, generator: torch.Generator, batch_size: int, *, device=None, shapes=None) -> dict:
         """``apply``/``index`` and ``field``: ``n_active×d×g×…×g`` control displacements in pixels."""
         params = gate(generator, batch_size, self.p)
         n, g = int(params["index"].shape[0]), self.control_points
         field = torch.randn((n, self.dims) + (g,) * self.dims, generator=generator, device=generator.device)
         params["field"] = field.mul_(float(self.displacement))
         return to_device(params, device)
-
-    def sample_like(self, batch: Mapping, generator: torch.Generator) -> dict:
-        n, device, _ = batch_info(batch, self.all_keys(), type(self).__name__)
-        return self.sample(generator, n, device=device)
 
     def _grid(self, field: torch.Tensor, spatial: tuple, dtype) -> torch.Tensor:
         d = self.dims

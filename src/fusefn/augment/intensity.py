@@ -2,7 +2,8 @@
 
 >>> import torch
 >>> aug = Intensity(image_keys="img", multiply=(2.0, 2.0), clip=None)
->>> aug({"img": torch.ones(2, 1, 3, 3)}, torch.Generator().manual_seed(0))["img"].unique()
+>>> from fusefn import Rng
+>>> aug({"img": torch.ones(2, 1, 3, 3)}, rng=Rng(0))["img"].unique()
 tensor([2.])
 """
 
@@ -14,6 +15,7 @@ import attrs
 import torch
 
 from fusefn import nd
+from fusefn import validators as v
 from fusefn.core import record
 from fusefn.errors import ConfigError, SampleError
 
@@ -22,8 +24,6 @@ from ._common import (
     as_range,
     as_tuple,
     check_image,
-    check_keys,
-    check_prob,
     chunk_slices,
     chunked,
     gate,
@@ -42,16 +42,12 @@ __all__ = ["GaussianNoise", "Intensity"]
 
 def _std_range(instance, attribute, value):
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        if value < 0:
-            raise ConfigError(f"{type(instance).__name__}.{attribute.name} must be >= 0, got {value!r}")
+        v.ge(0)(instance, attribute, value)
         return
     range_validator(lower=0.0, allow_none=False)(instance, attribute, value)
 
 
-def _require_keys(instance, attribute, value):
-    check_keys(instance, attribute, value)
-    if not value:
-        raise ConfigError(f"{type(instance).__name__}.{attribute.name} is empty")
+_KEYS = v.and_(v.min_len(1), v.keys)
 
 
 @record
@@ -71,13 +67,13 @@ class Intensity(Augmentation):
         p: probability that a sample is changed.
     """
 
-    image_keys: tuple = attrs.field(converter=keys_tuple, validator=_require_keys)
+    image_keys: tuple = attrs.field(converter=keys_tuple, validator=_KEYS)
     gamma: tuple | None = attrs.field(default=None, converter=as_tuple, validator=range_validator(lower=0.0))
     multiply: tuple | None = attrs.field(default=None, converter=as_tuple, validator=range_validator())
     add: tuple | None = attrs.field(default=None, converter=as_tuple, validator=range_validator())
     contrast: tuple | None = attrs.field(default=None, converter=as_tuple, validator=range_validator())
     clip: tuple | None = attrs.field(default=(0.0, 1.0), converter=as_tuple, validator=range_validator())
-    p: float = attrs.field(default=1.0, validator=check_prob)
+    p: float = attrs.field(default=1.0, validator=v.unit_interval)
 
     def __attrs_post_init__(self):
         if self.gamma is not None and self.clip is None:
@@ -88,13 +84,13 @@ class Intensity(Augmentation):
     def all_keys(self) -> tuple:
         return self.image_keys
 
-    def sample(self, generator: torch.Generator, batch_size: int, *, device=None, shapes=None) -> dict:
+    def _sample(self, generator: torch.Generator, batch_size: int, *, device=None, shapes=None) -> dict:
         """``apply``/``index`` plus one float32 factor per sample for each configured step."""
         params = gate(generator, batch_size, self.p)
         for name in ("gamma", "multiply", "add", "contrast"):
-            rng = getattr(self, name)
-            if rng is not None:
-                params[name] = uniform(generator, batch_size, rng, dtype=torch.float32)
+            bounds = getattr(self, name)
+            if bounds is not None:
+                params[name] = uniform(generator, batch_size, bounds, dtype=torch.float32)
         return to_device(params, device)
 
     def _apply(self, batch: Mapping, params: Mapping, owned: frozenset):
@@ -167,14 +163,14 @@ class GaussianNoise(Augmentation):
         p: probability that a sample gets noise.
     """
 
-    image_keys: tuple = attrs.field(converter=keys_tuple, validator=_require_keys)
+    image_keys: tuple = attrs.field(converter=keys_tuple, validator=_KEYS)
     std: float | tuple = attrs.field(default=0.03, converter=as_tuple, validator=_std_range)
-    p: float = attrs.field(default=1.0, validator=check_prob)
+    p: float = attrs.field(default=1.0, validator=v.unit_interval)
 
     def all_keys(self) -> tuple:
         return self.image_keys
 
-    def sample(self, generator: torch.Generator, batch_size: int, *, device=None, shapes=None) -> dict:
+    def _sample(self, generator: torch.Generator, batch_size: int, *, device=None, shapes=None) -> dict:
         """``apply``/``index`` and ``noise``: ``{key: n_active×C×…}`` float32, std already applied."""
         op = type(self).__name__
         missing = [k for k in self.image_keys if not shapes or k not in shapes]

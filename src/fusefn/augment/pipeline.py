@@ -4,10 +4,11 @@ Consecutive :class:`~fusefn.augment.Affine` ops on the same keys are fused: thei
 matrices are multiplied at sampling time and the batch is resampled once.
 
 >>> import torch
+>>> from fusefn import Rng
 >>> pipe = default_image_pipeline("img")
 >>> batch = {"img": torch.rand(4, 1, 16, 16)}
->>> a = pipe(batch, torch.Generator().manual_seed(3))
->>> b = pipe.apply(batch, pipe.sample(torch.Generator().manual_seed(3), 4, shapes={"img": (1, 16, 16)}))
+>>> a = pipe(batch, rng=Rng(3))
+>>> b = pipe.apply(batch, pipe.sample(4, rng=Rng(3), shapes={"img": (1, 16, 16)}))
 >>> torch.equal(a["img"], b["img"])
 True
 """
@@ -19,29 +20,25 @@ from collections.abc import Mapping
 import attrs
 import torch
 
-from fusefn.core import record
+from fusefn import keys
+from fusefn import validators as v
+from fusefn.core import chain, record
 from fusefn.errors import ConfigError
 
-from ._common import Augmentation, batch_info
+from ._common import Augmentation
 from .affine import Affine, compose_affine_params
 from .intensity import GaussianNoise, Intensity
 
 __all__ = ["Pipeline", "chain", "default_image_pipeline", "default_volume_pipeline", "light_image_pipeline"]
 
 
-def _check_ops(instance, attribute, value):
-    for i, op in enumerate(value):
-        if not all(callable(getattr(op, m, None)) for m in ("sample", "_apply", "all_keys")):
-            raise ConfigError(f"{type(instance).__name__}.ops[{i}] is not an augmentation: {op!r}")
-
-
 def _stages(ops: tuple) -> tuple:
-    """``(first, last)`` op index of each stage: runs of fusable affines, else single ops."""
+    """``(first, last)`` op index of each stage: runs of ops with one fuse key (affines), else single ops."""
     out, i = [], 0
     while i < len(ops):
         j = i + 1
-        key = ops[i].fuse_key() if hasattr(ops[i], "fuse_key") else None
-        while key is not None and j < len(ops) and getattr(ops[j], "fuse_key", lambda: None)() == key:
+        key = ops[i].fuse_key()
+        while key is not None and j < len(ops) and ops[j].fuse_key() == key:
             j += 1
         out.append((i, j))
         i = j
@@ -50,18 +47,22 @@ def _stages(ops: tuple) -> tuple:
 
 @record
 class Pipeline(Augmentation):
-    """Augmentations applied in order; ``sample`` draws all params first, in op order."""
+    """Augmentations applied in order; ``sample`` draws all params first, in op order, from one generator.
 
-    ops: tuple = attrs.field(converter=tuple, validator=_check_ops)
+    ``fusefn.chain(*augmentations)`` (also reachable as ``fusefn.augment.chain``) builds one and
+    flattens nested pipelines.
+    """
+
+    ops: tuple = attrs.field(converter=tuple, validator=v.deep_iterable(v.instance_of(Augmentation)))
 
     def all_keys(self) -> tuple:
         return tuple(dict.fromkeys(k for op in self.ops for k in op.all_keys()))
 
-    def sample(self, generator: torch.Generator, batch_size: int, *, device=None, shapes=None) -> tuple:
+    def _sample(self, generator: torch.Generator, batch_size: int, *, device=None, shapes=None) -> tuple:
         """One params entry per stage (a fused run of affines counts as one stage)."""
         drawn = []
         for op in self.ops:
-            drawn.append(op.sample(generator, batch_size, device=device, shapes=shapes))
+            drawn.append(op._sample(generator, batch_size, device=device, shapes=shapes))
             shapes = op.out_shapes(shapes)
         params = []
         for i, j in _stages(self.ops):
@@ -71,10 +72,9 @@ class Pipeline(Augmentation):
             params.append(p)
         return tuple(params)
 
-    def sample_like(self, batch: Mapping, generator: torch.Generator) -> tuple:
+    def like_keys(self) -> tuple:
         # keys of geometric ops without shapes (points, boxes) still count for size and device
-        n, device, shapes = batch_info(batch, self.all_keys(), type(self).__name__)
-        return self.sample(generator, n, device=device, shapes=shapes)
+        return self.all_keys()
 
     def _apply(self, batch: Mapping, params, owned: frozenset):
         stages = _stages(self.ops)
@@ -85,15 +85,7 @@ class Pipeline(Augmentation):
         return batch, owned
 
 
-def chain(*augs) -> Pipeline:
-    """Compose augmentations left to right; nested pipelines are flattened."""
-    flat: list = []
-    for a in augs:
-        flat.extend(a.ops if isinstance(a, Pipeline) else (a,))
-    return Pipeline(ops=tuple(flat))
-
-
-def default_image_pipeline(key: str = "data.input.img", *, mask_keys=(), p: float = 0.5) -> Pipeline:
+def default_image_pipeline(key: str = keys.IMAGE, *, mask_keys=(), p: float = 0.5) -> Pipeline:
     """The default 2D augmentation: affine, colour and noise groups, each applied with probability ``p``.
 
     Affine: rotation U(−30°, 30°), whole-pixel translation in [−10, 10] per axis, vertical and
@@ -118,7 +110,7 @@ def default_image_pipeline(key: str = "data.input.img", *, mask_keys=(), p: floa
     )
 
 
-def default_volume_pipeline(key: str = "data.input.img", *, mask_keys=(), p: float = 0.5) -> Pipeline:
+def default_volume_pipeline(key: str = keys.IMAGE, *, mask_keys=(), p: float = 0.5) -> Pipeline:
     """The 3D counterpart of :func:`default_image_pipeline` for ``N×C×D×H×W`` volumes.
 
     Rotation U(−15°, 15°) about each axis, translation in [−5, 5] voxels per axis, a flip of
@@ -141,7 +133,7 @@ def default_volume_pipeline(key: str = "data.input.img", *, mask_keys=(), p: flo
     )
 
 
-def light_image_pipeline(key: str = "data.input.img", *, mask_keys=(), p: float = 0.5) -> Pipeline:
+def light_image_pipeline(key: str = keys.IMAGE, *, mask_keys=(), p: float = 0.5) -> Pipeline:
     """A mild 2D augmentation for small images whose orientation matters (digits, letters): no flips.
 
     Affine: rotation U(−10°, 10°), translation U(−2, 2) px per axis, scale U(0.95, 1.05);

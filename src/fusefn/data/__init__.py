@@ -6,41 +6,49 @@ The path of a sample: a :class:`DataSource` row -> the *static* pipeline of
 with :class:`BalancedBatchSampler`).
 
 >>> import numpy as np, polars as pl, tempfile
->>> from fusefn import chain
+>>> from fusefn import Rng, chain
 >>> from fusefn.data import BalancedBatchSampler, DataSource, Dataset, H5Cache, loader, ops, split_folds
 >>> np.save(f"{tempfile.gettempdir()}/img.npy", np.arange(64, dtype=np.uint8).reshape(8, 8))
 >>> frame = pl.DataFrame({"sample_id": [f"s{i}" for i in range(8)], "label": [0, 0, 0, 0, 0, 0, 1, 1],
 ...                       "path": [f"{tempfile.gettempdir()}/img.npy"] * 8})
->>> source = DataSource.from_frame(split_folds(frame, n_folds=2, stratify="label", seed=0))
+>>> source = DataSource.from_frame(split_folds(frame, n_folds=2, stratify="label", rng=Rng(0)))
 >>> static = chain(
 ...     ops.ReadNpy(add_channel=True),                      # path from the row's "path" column
 ...     ops.Normalize(keys="data.input.img"),
 ...     ops.TableRow(table=frame, columns={"label": "data.gt.label"}),
 ... )
 >>> cache = H5Cache(root=tempfile.mkdtemp(), pipeline=static, workers=0, progress=False)
->>> train = Dataset(source=source.fold(0), cache=cache, dynamic=ops.ToTensor(keys="data.input.img"))
->>> sampler = BalancedBatchSampler(train.values("data.gt.label"), batch_size=2, seed=0)
+>>> train = Dataset(source=source.fold(0), cache=cache, dynamic=ops.ToTensor(keys="data.input.img")).build()
+>>> sampler = BalancedBatchSampler(train.values("data.gt.label"), batch_size=2, rng=Rng(0))
 >>> batch = next(iter(loader(train, batch_sampler=sampler)))
 >>> batch["data"]["input"]["img"].shape, sorted(batch["data"]["gt"]["label"].tolist())
 (torch.Size([2, 1, 8, 8]), [0, 1])
 """
 
 from fusefn.data import ops
-from fusefn.data.cache import BuildReport, H5Cache, NotCachedError, is_store, store_info, verify_store
+from fusefn.data.cache import BuildReport, H5Cache, NotCachedError, Reader, is_store, store_info, verify_store
 from fusefn.data.dataset import Dataset, TorchDatasetAdapter, collate, loader, uncollate, wrap_torch_dataset
+from fusefn.data.order import EpochSampler, index_batches
 from fusefn.data.pipeline import run_pipeline
 from fusefn.data.samplers import BalancedBatchSampler
 from fusefn.data.sources import DataSource, split_folds
+from fusefn.data.tables import frame_to_batch, load_predictions, read_table
 
 __all__ = [
     "BalancedBatchSampler",
     "BuildReport",
     "DataSource",
     "Dataset",
+    "EpochSampler",
+    "frame_to_batch",
+    "load_predictions",
+    "read_table",
     "H5Cache",
     "NotCachedError",
+    "Reader",
     "TorchDatasetAdapter",
     "collate",
+    "index_batches",
     "is_store",
     "store_info",
     "verify_store",

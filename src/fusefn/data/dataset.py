@@ -24,26 +24,54 @@ import attrs
 import numpy as np
 
 from fusefn import nd
-from fusefn.core import derive_seed, record
-from fusefn.data.cache import H5Cache, NotCachedError, initial_samples, store_key
+from fusefn import validators as v
+from fusefn._types import is_tensor
+from fusefn.core import Rng, record
+from fusefn.data.cache import BuildReport, H5Cache, NotCachedError, ReaderSlot, id_key, initial_samples, store_key
+from fusefn.data.cache.inputs import unique_outputs
+from fusefn.data.order import EpochSampler, index_batches
 from fusefn.data.pipeline import run_pipeline
 from fusefn.data.sources import DataSource
-from fusefn.errors import ConfigError, SampleError
+from fusefn.errors import ConfigError, FusefnError, SampleError
+from fusefn.keys import IMAGE, LABEL, SAMPLE_ID
 
 __all__ = ["Dataset", "collate", "uncollate", "loader", "wrap_torch_dataset", "TorchDatasetAdapter"]
 
-SAMPLE_ID = "data.sample_id"
 _log = logging.getLogger("fusefn")
-
-
-def _is_tensor(x) -> bool:
-    return type(x).__module__.startswith("torch") and hasattr(x, "detach")
 
 
 def _as_source(value):
     if isinstance(value, DataSource):
         return value
     return tuple(value)
+
+
+@record
+class _Built:
+    """What :meth:`Dataset.build` found: the sample ids by index and where each sample comes from."""
+
+    ids: tuple
+    initial: Mapping = attrs.field(eq=False, repr=False)  # id key -> the sample dict the static pipeline starts from
+    memory: Mapping | None = attrs.field(eq=False, repr=False)  # id key -> static output (eager, no cache)
+    report: BuildReport | None = None
+
+
+def _default_static(ds: Dataset) -> Callable | None:
+    return ds.cache.pipeline if ds.cache is not None else None
+
+
+def _lazy_view(ds: Dataset) -> _Built | None:
+    """A Dataset that runs its static pipeline on every access needs no build: its view is its source."""
+    if ds.cache is not None or ds.eager:
+        return None
+    samples = initial_samples(ds.source)
+    if not samples:
+        raise ConfigError("Dataset: no samples left (every sample was dropped or failed)")
+    return _Built(
+        ids=tuple(s["data"]["sample_id"] for s in samples),
+        initial={id_key(s["data"]["sample_id"]): s for s in samples},
+        memory=None,
+    )
 
 
 @record
@@ -55,72 +83,104 @@ class Dataset:
         static: per-sample ops run once (file reads, resampling); ops may drop (``None``) or
             split (a list) a sample. Defaults to ``cache.pipeline``.
         dynamic: per-sample ops run on every access (cheap, per-epoch work).
-        cache: an :class:`H5Cache`; built at construction for samples not stored yet.
-        eager: without a cache, run ``static`` over every sample now and keep the results in
-            memory (needed when static ops drop or split samples and there is no cache).
+        cache: an :class:`H5Cache`; :meth:`build` stores the samples not stored yet.
+        eager: without a cache, :meth:`build` runs ``static`` over every sample and keeps the
+            results in memory (needed when static ops drop or split samples and there is no cache).
+
+    Constructing a Dataset reads no file and starts no process. One with a cache (or
+    ``eager``) is built explicitly: ``ds = Dataset(...).build()`` returns a built copy;
+    reading one that was not built raises an error saying so. One without either runs
+    ``static`` on every access and needs no build (:meth:`build` returns it unchanged).
 
     ``dataset[i]`` is a sample dict. With a cache, a sample whose static pipeline
-    failed raises its recorded :class:`~fusefn.errors.SampleError`.
+    failed raises its recorded :class:`~fusefn.errors.SampleError`. Each process reads
+    the cache through its own :class:`~fusefn.data.cache.Reader`, opened on its first
+    read and kept on this instance (DataLoader workers, forked or spawned, open theirs).
     """
 
     source: DataSource | tuple = attrs.field(converter=_as_source, repr=False)
-    static: Callable | None = None
-    dynamic: Callable | None = None
-    cache: H5Cache | None = None
+    cache: H5Cache | None = attrs.field(default=None, validator=v.optional(v.instance_of(H5Cache)))
+    static: Callable | None = attrs.field(
+        default=attrs.Factory(_default_static, takes_self=True), validator=v.optional(v.is_callable)
+    )
+    dynamic: Callable | None = attrs.field(default=None, validator=v.optional(v.is_callable))
     eager: bool = False
-    _ids: list = attrs.field(init=False, eq=False, repr=False)
-    _initial: dict = attrs.field(init=False, eq=False, repr=False)
-    _memory: dict | None = attrs.field(init=False, eq=False, repr=False)
-    report: Any = attrs.field(init=False, eq=False, repr=False)
+    _built: _Built | None = attrs.field(
+        alias="_built", default=attrs.Factory(_lazy_view, takes_self=True), eq=False, repr=False
+    )
+    _reader: ReaderSlot = attrs.field(init=False, factory=ReaderSlot, eq=False, repr=False)
 
     def __attrs_post_init__(self):
-        if self.cache is not None:
-            if self.static is None:
-                object.__setattr__(self, "static", self.cache.pipeline)
-            elif store_key(self.static) != self.cache.fingerprint:
-                raise ConfigError("Dataset.static differs from Dataset.cache.pipeline: give one pipeline, to the cache")
+        cache = self.cache
+        if cache is not None and self.static is not cache.pipeline and store_key(self.static) != cache.fingerprint:
+            raise ConfigError("Dataset.static differs from Dataset.cache.pipeline: give one pipeline, to the cache")
+
+    def build(self, *, workers: int | None = None, progress: bool | None = None) -> Dataset:
+        """This Dataset, built: its cache holds every sample (or, ``eager``, its samples are in memory).
+
+        Resumable and cheap when nothing is missing: samples already stored are reused.
+        ``workers`` and ``progress`` override the cache's for this build. Without a cache
+        and without ``eager``, returns this Dataset unchanged.
+        """
+        if self.cache is None and not self.eager:
+            return self
         samples = initial_samples(self.source)
-        object.__setattr__(self, "_initial", {_key(s["data"]["sample_id"]): s for s in samples})
-        object.__setattr__(self, "_memory", None)
-        object.__setattr__(self, "report", None)
+        memory = report = reader = None
         if self.cache is not None:
-            object.__setattr__(self, "report", self.cache.build(samples))
-            ids = self.cache.ids(samples)
-        elif self.eager:
+            report = self.cache.build(samples, workers=workers, progress=progress)
+            reader = self.cache.open()
+            ids = reader.ids(samples)
+        else:
             memory = {}
             for s in samples:
-                for out in _unique_ids(s["data"]["sample_id"], run_pipeline(self.static, s)):
-                    memory[_key(out["data"]["sample_id"])] = out
-            object.__setattr__(self, "_memory", memory)
+                for out in unique_outputs(s["data"]["sample_id"], run_pipeline(self.static, s)):
+                    memory[id_key(out["data"]["sample_id"])] = out
             ids = [m["data"]["sample_id"] for m in memory.values()]
-        else:
-            ids = [s["data"]["sample_id"] for s in samples]
         if not ids:
             raise ConfigError("Dataset: no samples left (every sample was dropped or failed)")
-        object.__setattr__(self, "_ids", ids)
+        initial = {id_key(s["data"]["sample_id"]): s for s in samples}
+        built = attrs.evolve(self, _built=_Built(ids=tuple(ids), initial=initial, memory=memory, report=report))
+        if reader is not None:
+            built._reader.get(lambda: reader)  # the reader that listed the ids serves this process's reads
+        return built
+
+    def _view(self) -> _Built:
+        if self._built is None:
+            what = "a cache" if self.cache is not None else "eager=True"
+            raise FusefnError(f"this Dataset has {what} and is not built: use ds = ds.build() before reading it")
+        return self._built
+
+    @property
+    def report(self) -> BuildReport | None:
+        """What the cache build of :meth:`build` did (``None`` without a cache or before the build)."""
+        return None if self._built is None else self._built.report
 
     def __len__(self) -> int:
-        return len(self._ids)
+        return len(self._view().ids)
 
     @property
     def ids(self) -> list:
         """Sample ids by index (after the static pipeline: dropped samples gone, splits expanded)."""
-        return list(self._ids)
+        return list(self._view().ids)
+
+    def _cache_reader(self):
+        return self._reader.get(self.cache.open)
 
     def static_sample(self, i: int) -> dict:
         """Sample ``i`` after the static pipeline only (from the cache when there is one)."""
-        sid = self._ids[i]
-        if self._memory is not None:
-            return self._memory[_key(sid)]
+        view = self._view()
+        sid = view.ids[i]
+        if view.memory is not None:
+            return view.memory[id_key(sid)]
         if self.cache is not None:
             try:
-                return self.cache.read(sid)
+                return self._cache_reader().read(sid)
             except NotCachedError as exc:
-                if _key(sid) not in self._initial:
+                if id_key(sid) not in view.initial:
                     raise
                 # its shard was damaged after the build: recompute rather than fail the epoch
                 _log.warning("%s; computing it without the cache", exc)
-        outs = run_pipeline(self.static, self._initial[_key(sid)])
+        outs = run_pipeline(self.static, view.initial[id_key(sid)])
         if len(outs) != 1:
             raise SampleError(
                 f"the static pipeline gave {len(outs)} samples; use a cache or eager=True when ops drop or split samples",
@@ -129,14 +189,15 @@ class Dataset:
         return outs[0]
 
     def __getitem__(self, i: int) -> dict:
-        if not -len(self._ids) <= i < len(self._ids):
-            raise IndexError(f"index {i} out of range for a Dataset of {len(self._ids)} samples")
+        n = len(self)
+        if not -n <= i < n:
+            raise IndexError(f"index {i} out of range for a Dataset of {n} samples")
         sample = self.static_sample(i)
         if self.dynamic is None:
             return sample
         outs = run_pipeline(self.dynamic, sample)
         if len(outs) != 1:
-            raise SampleError(f"the dynamic pipeline gave {len(outs)} samples, not 1", sample_id=self._ids[i])
+            raise SampleError(f"the dynamic pipeline gave {len(outs)} samples, not 1", sample_id=self._view().ids[i])
         return outs[0]
 
     def __getitems__(self, indices: Sequence[int]) -> list[dict]:
@@ -145,64 +206,58 @@ class Dataset:
 
     def values(self, key: str) -> list:
         """The value at ``key`` of every sample after the static pipeline (e.g. labels for a sampler)."""
-        if self.cache is not None and self._memory is None:
-            out = []
-            for sid in self._ids:
-                s = self.cache.read(sid, keys=(key,))
-                out.append(_value(s, key, sid))
-            return out
-        return [_value(self.static_sample(i), key, self._ids[i]) for i in range(len(self))]
+        view = self._view()
+        if self.cache is not None and view.memory is None:
+            reader = self._cache_reader()
+            return [_value(reader.read(sid, keys=(key,)), key, sid) for sid in view.ids]
+        return [_value(self.static_sample(i), key, view.ids[i]) for i in range(len(self))]
 
-    def summary(self, label_key: str | None = "data.gt.label", max_samples: int | None = None) -> dict:
+    def summary(self, label_key: str | None = LABEL, max_samples: int | None = None) -> dict:
         """Counts, label distribution and array shapes/dtypes of the static samples.
 
         Returns:
             ``{"sources", "samples", "dropped", "failed", "labels": {value: count},
             "shapes": {key: {shape: count}}, "dtypes": {key: [dtype, ...]}}``.
         """
+        view = self._view()
         n = len(self) if max_samples is None else min(len(self), max_samples)
         labels: collections.Counter = collections.Counter()
         shapes: dict = collections.defaultdict(collections.Counter)
         dtypes: dict = collections.defaultdict(set)
         for i in range(n):
             flat = nd.flatten(self.static_sample(i))
-            for k, v in flat.items():
-                if _is_tensor(v) or isinstance(v, np.ndarray):
-                    shapes[k][tuple(v.shape)] += 1
-                    dtypes[k].add(str(v.dtype).removeprefix("torch."))
+            for k, x in flat.items():
+                if is_tensor(x) or isinstance(x, np.ndarray):
+                    shapes[k][tuple(x.shape)] += 1
+                    dtypes[k].add(str(x.dtype).removeprefix("torch."))
             if label_key is not None and label_key in flat:
-                v = flat[label_key]
-                labels[_label_value(v)] += 1
+                labels[_label_value(flat[label_key])] += 1
         dropped = failed = 0
         if self.cache is not None:
-            for s in self._initial.values():
-                e = self.cache.entry(s["data"]["sample_id"])
+            reader = self._cache_reader()
+            for s in view.initial.values():
+                e = reader.entry(s["data"]["sample_id"])
                 dropped += e is not None and e["status"] == "dropped"
                 failed += e is not None and e["status"] == "failed"
         return {
-            "sources": len(self._initial),
+            "sources": len(view.initial),
             "samples": len(self),
             "summarized": n,
             "dropped": dropped,
             "failed": failed,
             "labels": dict(sorted(labels.items(), key=lambda kv: str(kv[0]))),
             "shapes": {k: dict(c) for k, c in shapes.items()},
-            "dtypes": {k: sorted(v) for k, v in dtypes.items()},
+            "dtypes": {k: sorted(d) for k, d in dtypes.items()},
         }
 
 
-def _label_value(v):
-    if isinstance(v, (bool, int, float, str)):
-        return v
-    if hasattr(v, "item") and getattr(v, "ndim", 1) == 0:
-        return v.item()
-    if hasattr(v, "tolist"):
-        return str(v.tolist())
-    return str(v)
-
-
-def _key(sid) -> tuple:
-    return (type(sid).__name__, sid)
+def _label_value(x):
+    """A label as a dict key: Python scalars as they are, 0-d arrays and tensors as their value, others as text."""
+    if isinstance(x, (bool, int, float, str)):
+        return x
+    if isinstance(x, (np.ndarray, np.generic)) or is_tensor(x):
+        return x.item() if x.ndim == 0 else str(x.tolist())
+    return str(x)
 
 
 def _value(sample, key, sid):
@@ -210,12 +265,6 @@ def _value(sample, key, sid):
         return nd.get(sample, key)
     except KeyError as exc:
         raise SampleError(str(exc), sample_id=sid, key=key) from None
-
-
-def _unique_ids(sid, outs: list[dict]) -> list[dict]:
-    if len(outs) > 1 and len({_key(nd.get(o, SAMPLE_ID, sid)) for o in outs}) != len(outs):
-        outs = [nd.assoc(o, SAMPLE_ID, f"{sid}#{k}") for k, o in enumerate(outs)]
-    return [o if nd.contains(o, SAMPLE_ID) else nd.assoc(o, SAMPLE_ID, sid) for o in outs]
 
 
 # ------------------------------------------------------------------------------ collate
@@ -283,10 +332,10 @@ def collate(samples: Sequence[Mapping], pad: bool | Sequence[str] = False, pad_v
         vals = [f[key] for f in flat]
         if key == SAMPLE_ID:
             out[key] = vals
-        elif all(_is_tensor(v) or isinstance(v, np.ndarray) for v in vals) and not any(
+        elif all(is_tensor(v) or isinstance(v, np.ndarray) for v in vals) and not any(
             isinstance(v, np.ndarray) and v.dtype.kind not in "biufc" for v in vals
         ):
-            ts = [v if _is_tensor(v) else torch.from_numpy(np.ascontiguousarray(v)) for v in vals]
+            ts = [v if is_tensor(v) else torch.from_numpy(np.ascontiguousarray(v)) for v in vals]
             shapes = [tuple(t.shape) for t in ts]
             if len(set(shapes)) == 1:
                 out[key] = torch.stack(ts)
@@ -313,7 +362,7 @@ def collate(samples: Sequence[Mapping], pad: bool | Sequence[str] = False, pad_v
 def uncollate(batch: Mapping) -> list[dict]:
     """A batch_dict back into per-sample dicts (tensors split along axis 0, lists item by item)."""
     flat = nd.flatten(batch)
-    sizes = {k: (len(v) if not _is_tensor(v) else (v.shape[0] if v.ndim else None)) for k, v in flat.items()}
+    sizes = {k: (len(v) if not is_tensor(v) else (v.shape[0] if v.ndim else None)) for k, v in flat.items()}
     known = {s for s in sizes.values() if s is not None}
     if len(known) != 1:
         raise ConfigError(f"uncollate: keys disagree on the batch size: {sizes}")
@@ -326,25 +375,28 @@ def loader(
     batch_size: int = 1,
     *,
     shuffle: bool = False,
-    seed: int = 0,
+    rng: Rng | None = None,
     epoch: int = 0,
     batch_sampler=None,
     workers: int = 0,
     drop_last: bool = False,
     pad: bool | Sequence[str] = False,
 ):
-    """A torch ``DataLoader`` over ``dataset`` that yields batch_dicts, its order seeded from ``(seed, epoch)``.
+    """A torch ``DataLoader`` over ``dataset`` that yields batch_dicts in the order of :func:`~fusefn.data.index_batches`.
 
     Args:
+        shuffle: shuffle with ``rng.child("shuffle", epoch)`` (``rng`` defaults to ``Rng(0)``), the
+            stream :func:`fusefn.train.fit` uses for the same epoch.
         batch_sampler: e.g. a :class:`~fusefn.data.BalancedBatchSampler` (then ``batch_size``,
-            ``shuffle`` and ``drop_last`` are not used).
+            ``shuffle``, ``rng`` and ``drop_last`` are not used).
         workers: DataLoader worker processes; each opens the cache on its own.
         pad: passed to :func:`collate`.
 
     >>> import torch
+    >>> from fusefn import Rng
     >>> ds = wrap_torch_dataset(torch.utils.data.TensorDataset(torch.arange(4.0), torch.arange(4)))
-    >>> [b["data"]["sample_id"] for b in loader(ds, batch_size=2, shuffle=True, seed=1)]
-    [[3, 0], [2, 1]]
+    >>> [b["data"]["sample_id"] for b in loader(ds, batch_size=2, shuffle=True, rng=Rng(1))]
+    [[2, 1], [0, 3]]
     """
     import functools
 
@@ -353,13 +405,12 @@ def loader(
     collate_fn = functools.partial(collate, pad=pad) if pad else collate
     common = {"num_workers": workers, "collate_fn": collate_fn, "persistent_workers": False}
     if batch_sampler is not None:
-        if hasattr(batch_sampler, "set_epoch"):
+        if isinstance(batch_sampler, EpochSampler):
             batch_sampler.set_epoch(epoch)
         return torch.utils.data.DataLoader(dataset, batch_sampler=batch_sampler, **common)
-    generator = torch.Generator().manual_seed(derive_seed(seed, "loader", epoch))
-    return torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last, generator=generator, **common
-    )
+    order = (rng or Rng(0)).child("shuffle", epoch) if shuffle else None
+    batches = index_batches(len(dataset), batch_size=batch_size, rng=order, drop_last=drop_last)
+    return torch.utils.data.DataLoader(dataset, batch_sampler=batches, **common)
 
 
 # ------------------------------------------------------------------ torch datasets
@@ -367,14 +418,10 @@ def loader(
 
 @record
 class TorchDatasetAdapter:
-    """A torch Dataset returning tuples, seen as fusefn sample dicts (the seed's DatasetWrapper)."""
+    """A torch Dataset returning tuples, seen as fusefn sample dicts (FuseMedML's DatasetWrapper)."""
 
     dataset: Any = attrs.field(eq=False, repr=False)
-    keys: tuple = attrs.field(converter=tuple)
-
-    def __attrs_post_init__(self):
-        if not self.keys:
-            raise ConfigError("wrap_torch_dataset.keys is empty")
+    keys: tuple = attrs.field(converter=tuple, validator=v.and_(v.min_len(1), v.keys))
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -386,12 +433,12 @@ class TorchDatasetAdapter:
         if len(item) != len(self.keys):
             raise SampleError(f"the dataset returned {len(item)} values for keys {list(self.keys)}", sample_id=i)
         sample = {"data": {"sample_id": i}}
-        for k, v in zip(self.keys, item):
-            sample = nd.assoc(sample, k, v)
+        for k, x in zip(self.keys, item):
+            sample = nd.assoc(sample, k, x)
         return sample
 
 
-def wrap_torch_dataset(dataset, keys: Sequence[str] = ("data.input.img", "data.gt.label")) -> TorchDatasetAdapter:
+def wrap_torch_dataset(dataset, keys: Sequence[str] = (IMAGE, LABEL)) -> TorchDatasetAdapter:
     """Wrap a torch Dataset of tuples so item ``i`` is ``{"data": {"sample_id": i, <keys>: values}}``.
 
     >>> import torch

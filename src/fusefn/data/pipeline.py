@@ -15,8 +15,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
+from fusefn import nd
 from fusefn.core import Chain
 from fusefn.errors import SampleError
+from fusefn.keys import SAMPLE_ID
 
 __all__ = ["run_pipeline", "ops_of"]
 
@@ -45,7 +47,7 @@ def run_pipeline(pipeline: Callable | None, sample: Mapping) -> list[dict]:
             except SampleError:
                 raise
             except Exception as exc:
-                sid = s.get("data", {}).get("sample_id") if isinstance(s, Mapping) else None
+                sid = nd.get(s, SAMPLE_ID, None) if isinstance(s, Mapping) else None
                 raise SampleError(f"{type(exc).__name__}: {exc}", sample_id=sid, op=_name(op)) from exc
             if out is None:
                 continue
@@ -54,7 +56,7 @@ def run_pipeline(pipeline: Callable | None, sample: Mapping) -> list[dict]:
             elif isinstance(out, (list, tuple)):
                 nxt.extend(out)
             else:
-                sid = s.get("data", {}).get("sample_id")
+                sid = nd.get(s, SAMPLE_ID, None)
                 reason = f"returned a {type(out).__name__}, not a sample dict, None or a list"
                 raise SampleError(reason, sample_id=sid, op=_name(op))
         current = nxt

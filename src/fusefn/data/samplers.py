@@ -1,12 +1,13 @@
-"""Balanced batch sampler: batches balanced by a categorical value, seeded from ``(seed, epoch)``, DDP-aware.
+"""Balanced batch sampler: batches balanced by a categorical value, drawn from ``rng`` and the epoch, DDP-aware.
 
 Each class keeps its own stream of indices: a fresh permutation every time the
 class runs out (so small classes cycle and reshuffle, large ones are seen about
 once per epoch). A batch takes a fixed number of indices per class (``weights``)
 or draws each position's class from ``probs``.
 
+>>> from fusefn import Rng
 >>> labels = [0] * 8 + [1] * 2
->>> sampler = BalancedBatchSampler(labels=labels, batch_size=4, seed=0)
+>>> sampler = BalancedBatchSampler(labels=labels, batch_size=4, rng=Rng(0))
 >>> len(sampler), [sum(labels[i] for i in b) for b in sampler]
 (4, [2, 2, 2, 2])
 """
@@ -18,15 +19,17 @@ from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 
-from fusefn.core import derive_seed
+from fusefn._types import is_tensor
+from fusefn.core import Rng
 from fusefn.errors import ConfigError
 
 __all__ = ["BalancedBatchSampler"]
 
 
 def _hashable(v):
-    if hasattr(v, "item") and getattr(v, "ndim", 0) == 0:
-        return v.item()
+    # a 0-d array or tensor label (e.g. from a cache or a dataset) is its Python value
+    if isinstance(v, (np.generic, np.ndarray)) or is_tensor(v):
+        return v.item() if v.ndim == 0 else v
     return v
 
 
@@ -39,7 +42,7 @@ class BalancedBatchSampler:
 
     A torch ``batch_sampler``: ``DataLoader(ds, batch_sampler=sampler, collate_fn=collate)``.
     Not a frozen record on purpose: like ``DistributedSampler`` it carries the epoch,
-    set with :meth:`set_epoch`; :meth:`batches` is the pure function of ``(seed, epoch)``.
+    set with :meth:`set_epoch`; :meth:`batches` is the pure function of ``(rng, epoch)``.
 
     Args:
         labels: the class of each dataset index (any hashable values), e.g. ``dataset.values("data.gt.label")``;
@@ -52,7 +55,8 @@ class BalancedBatchSampler:
         probs: instead of ``weights``, the probability of each class at each batch position.
         num_batches: batches per epoch over all ranks; default: enough that the largest class is
             seen about once.
-        seed: with the epoch, the only source of randomness.
+        rng: with the epoch, the only source of randomness (epoch ``e`` draws from
+            ``rng.child("balanced-batch-sampler", e)``).
         rank, world_size: under DDP each rank takes every ``world_size``-th batch of one shared
             stream, so ranks get disjoint batches of the same epoch (default: from
             ``torch.distributed`` when it is initialized, else a single process).
@@ -67,7 +71,7 @@ class BalancedBatchSampler:
         weights: Sequence[int] | Mapping | None = None,
         probs: Sequence[float] | Mapping | None = None,
         num_batches: int | None = None,
-        seed: int = 0,
+        rng: Rng = Rng(0),
         epoch: int = 0,
         rank: int | None = None,
         world_size: int | None = None,
@@ -82,8 +86,8 @@ class BalancedBatchSampler:
             raise ConfigError("BalancedBatchSampler: give weights or probs, not both")
         if not isinstance(world_size, int) or world_size < 1 or not isinstance(rank, int) or not 0 <= rank < world_size:
             raise ConfigError(f"BalancedBatchSampler: rank {rank!r} must be in [0, world_size={world_size!r})")
-        if not isinstance(seed, int) or seed < 0:
-            raise ConfigError(f"BalancedBatchSampler.seed must be an int >= 0, got {seed!r}")
+        if not isinstance(rng, Rng):
+            raise ConfigError(f"BalancedBatchSampler.rng must be a fusefn.Rng, got {rng!r}")
         labels = [_hashable(v) for v in labels]
         if not labels:
             raise ConfigError("BalancedBatchSampler.labels is empty")
@@ -143,7 +147,7 @@ class BalancedBatchSampler:
         if not isinstance(num_batches, (int, np.integer)) or num_batches < 1:
             raise ConfigError(f"BalancedBatchSampler.num_batches must be a positive int, got {num_batches!r}")
         self.num_batches = -(-int(num_batches) // world_size) * world_size  # whole rounds over ranks
-        self.seed, self.epoch, self.rank, self.world_size = seed, epoch, rank, world_size
+        self.rng, self.epoch, self.rank, self.world_size = rng, epoch, rank, world_size
 
     def set_epoch(self, epoch: int) -> None:
         """Use the stream of ``epoch`` on the next iteration (call once per epoch, as with DistributedSampler)."""
@@ -165,7 +169,7 @@ class BalancedBatchSampler:
     def batches(self, epoch: int | None = None) -> list[list[int]]:
         """This rank's batches of ``epoch`` (default: the current one); a pure function of the config."""
         epoch = self.epoch if epoch is None else epoch
-        rng = np.random.default_rng(derive_seed(self.seed, "balanced-batch-sampler", int(epoch)))
+        rng = self.rng.child("balanced-batch-sampler", int(epoch)).numpy()
         streams = {c: _Cycle(idx, rng) for c, idx in self.indices.items()}
         out = []
         for b in range(self.num_batches):

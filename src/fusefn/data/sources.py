@@ -5,8 +5,9 @@ source): one row per sample, a unique id column, any other columns (paths,
 labels, patient ids, folds). Every method returns a new source; none mutates.
 
 >>> import polars as pl
+>>> from fusefn import Rng
 >>> frame = pl.DataFrame({"sample_id": ["a", "b", "c", "d"], "label": [0, 1, 0, 1]})
->>> src = DataSource.from_frame(split_folds(frame, n_folds=2, stratify="label", seed=0))
+>>> src = DataSource.from_frame(split_folds(frame, n_folds=2, stratify="label", rng=Rng(0)))
 >>> src.ids
 ['a', 'b', 'c', 'd']
 >>> sorted(src.fold(0).column("label"))
@@ -27,7 +28,8 @@ import attrs
 import numpy as np
 import polars as pl
 
-from fusefn.core import record
+from fusefn import validators as v
+from fusefn.core import Rng, record
 from fusefn.errors import ConfigError
 
 __all__ = ["DataSource", "split_folds"]
@@ -67,11 +69,6 @@ def _id_as_string(id_column: str, read_kwargs: dict) -> dict:
     return {**read_kwargs, "schema_overrides": {id_column: pl.String, **overrides}}
 
 
-def _check_frame(instance, attribute, frame) -> None:
-    if not isinstance(frame, pl.DataFrame):
-        raise ConfigError(f"DataSource.frame must be a polars DataFrame, got {type(frame).__name__}")
-
-
 @record
 class DataSource:
     """A table of samples with a unique id column.
@@ -82,7 +79,7 @@ class DataSource:
         name: where the table came from (used in error messages only).
     """
 
-    frame: pl.DataFrame = attrs.field(eq=False, validator=_check_frame, repr=False)
+    frame: pl.DataFrame = attrs.field(eq=False, validator=v.instance_of(pl.DataFrame), repr=False)
     id_column: str = "sample_id"
     name: str = "table"
 
@@ -262,10 +259,16 @@ class DataSource:
         return self._select(self.frame.head(n), f"head({n})")
 
     def with_folds(
-        self, n_folds: int, stratify: str | None = None, group: str | None = None, seed: int = 0, column: str = "fold"
+        self,
+        n_folds: int,
+        stratify: str | None = None,
+        group: str | None = None,
+        *,
+        rng: Rng = Rng(0),
+        column: str = "fold",
     ) -> DataSource:
         """This source with a fold column added by :func:`split_folds`."""
-        frame = split_folds(self.frame, n_folds, stratify=stratify, group=group, seed=seed, column=column)
+        frame = split_folds(self.frame, n_folds, stratify=stratify, group=group, rng=rng, column=column)
         return attrs.evolve(self, frame=frame)
 
 
@@ -292,7 +295,8 @@ def split_folds(
     n_folds: int,
     stratify: str | None = None,
     group: str | None = None,
-    seed: int = 0,
+    *,
+    rng: Rng = Rng(0),
     column: str = "fold",
 ) -> pl.DataFrame:
     """``frame`` with an integer ``column`` in ``[0, n_folds)``: seeded, stratified and/or grouped.
@@ -300,7 +304,8 @@ def split_folds(
     Args:
         stratify: column whose class proportions each fold keeps (about).
         group: column (e.g. patient id) whose rows always land in one fold together.
-        seed: the same seed and table give the same folds.
+        rng: the same ``rng`` and table give the same folds (``Rng(s)`` gives the folds
+            the former ``seed=s`` gave).
 
     Returns:
         A new frame (the input is untouched).
@@ -309,8 +314,8 @@ def split_folds(
         frame = frame.frame
     if not isinstance(n_folds, (int, np.integer)) or isinstance(n_folds, bool) or n_folds < 2:
         raise ConfigError(f"split_folds.n_folds must be an int >= 2, got {n_folds!r}")
-    if not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ConfigError(f"split_folds.seed must be an int >= 0, got {seed!r}")
+    if not isinstance(rng, Rng):
+        raise ConfigError(f"split_folds.rng must be a fusefn.Rng, got {rng!r}")
     if frame.height == 0:
         raise ConfigError("split_folds: the table is empty")
     for name, what in ((stratify, "stratify"), (group, "group")):
@@ -319,7 +324,7 @@ def split_folds(
             if frame.get_column(name).null_count():
                 raise ConfigError(f"split_folds.{what}: column {name!r} has missing values")
     n = frame.height
-    seed32 = int(seed) % (2**32)
+    seed32 = rng.seed % (2**32)  # what sklearn's random_state takes
     from sklearn import model_selection as ms
 
     idx = np.zeros(n)

@@ -21,7 +21,9 @@ import numpy as np
 
 from fusefn import nd
 from fusefn._atomic import atomic_path
+from fusefn._types import is_tensor
 from fusefn.errors import SampleError
+from fusefn.keys import IMAGE, LABEL, MASK, SAMPLE_ID
 
 __all__ = ["save_figure", "show_batch", "show_before_after", "show_histogram", "show_sample", "show_volume"]
 
@@ -44,7 +46,7 @@ def save_figure(fig, path, **savefig_kwargs) -> pathlib.Path:
 
 
 def _np(x) -> np.ndarray:
-    if hasattr(x, "detach"):
+    if is_tensor(x):
         x = x.detach().cpu().numpy()
     return np.asarray(x)
 
@@ -81,7 +83,7 @@ def _scalar_text(v) -> str:
 
 def _required(sample: Mapping, key: str, op: str):
     if not nd.contains(sample, key):
-        sid = nd.get(sample, "data.sample_id", None)
+        sid = nd.get(sample, SAMPLE_ID, None)
         raise SampleError(
             f"no {key!r} to show; the sample has {sorted(nd.keys(sample))}", sample_id=sid, key=key, op=op
         )
@@ -100,7 +102,7 @@ def _check_mask(mask_shape: tuple, image_shape: tuple, sid, key: str, op: str) -
 
 
 def _draw(ax, sample: Mapping, image_key, mask_key, label_key, pred_key, title_prefix=""):
-    sid = nd.get(sample, "data.sample_id", None)
+    sid = nd.get(sample, SAMPLE_ID, None)
     img = _rgb_scale(_image2d(_required(sample, image_key, "visualize"), sid, image_key))
     ax.imshow(img, cmap="gray" if img.ndim == 2 else None, interpolation="nearest")
     if mask_key is not None and nd.contains(sample, mask_key):
@@ -119,9 +121,9 @@ def _draw(ax, sample: Mapping, image_key, mask_key, label_key, pred_key, title_p
 def show_sample(
     sample: Mapping,
     path,
-    image_key: str = "data.input.img",
-    mask_key: str | None = "data.gt.mask",
-    label_key: str | None = "data.gt.label",
+    image_key: str = IMAGE,
+    mask_key: str | None = MASK,
+    label_key: str | None = LABEL,
     pred_key: str | None = None,
 ) -> pathlib.Path:
     """One sample: its image, the mask overlaid (when present), label and prediction in the title."""
@@ -134,9 +136,9 @@ def show_sample(
 def show_batch(
     batch: Mapping,
     path,
-    image_key: str = "data.input.img",
-    mask_key: str | None = "data.gt.mask",
-    label_key: str | None = "data.gt.label",
+    image_key: str = IMAGE,
+    mask_key: str | None = MASK,
+    label_key: str | None = LABEL,
     pred_key: str | None = None,
     max_items: int = 16,
 ) -> pathlib.Path:
@@ -155,7 +157,7 @@ def show_batch(
 
 
 def show_before_after(
-    before: Mapping, after: Mapping, path, image_key: str = "data.input.img", mask_key: str | None = "data.gt.mask"
+    before: Mapping, after: Mapping, path, image_key: str = IMAGE, mask_key: str | None = MASK
 ) -> pathlib.Path:
     """The same sample before and after a pipeline (e.g. the dynamic ops or an augmentation), side by side."""
     fig = _figure(8, 4.3)
@@ -165,16 +167,14 @@ def show_before_after(
     return save_figure(fig, path)
 
 
-def show_volume(
-    volume, path, n_slices: int = 6, mask=None, title: str | None = None, key: str = "data.input.img"
-) -> pathlib.Path:
+def show_volume(volume, path, n_slices: int = 6, mask=None, title: str | None = None, key: str = IMAGE) -> pathlib.Path:
     """A 3D volume (``D×H×W``, ``C×D×H×W``, or a sample dict) as axial/coronal/sagittal slice montages."""
     sid = None
     if isinstance(volume, Mapping):
-        sid = nd.get(volume, "data.sample_id", None)
+        sid = nd.get(volume, SAMPLE_ID, None)
         title = title or str(sid if sid is not None else "")
-        if mask is None and nd.contains(volume, "data.gt.mask"):
-            mask = nd.get(volume, "data.gt.mask")
+        if mask is None and nd.contains(volume, MASK):
+            mask = nd.get(volume, MASK)
         volume = _required(volume, key, "show_volume")
     v = _np(volume).astype(np.float32)
     if v.ndim == 4:
@@ -187,7 +187,7 @@ def show_volume(
     if mask is not None:
         m = _np(mask)
         m = m[0] if m.ndim == 4 else m
-        _check_mask(m.shape, v.shape, sid, "data.gt.mask", "show_volume")
+        _check_mask(m.shape, v.shape, sid, MASK, "show_volume")
     lo, hi = float(v.min()), float(v.max())
     fig = _figure(2 * n_slices, 6.4)
     for r, (axis, name) in enumerate(((0, "axial"), (1, "coronal"), (2, "sagittal"))):
@@ -206,9 +206,9 @@ def show_volume(
     return save_figure(fig, path)
 
 
-def show_histogram(sample: Mapping, path, image_key: str = "data.input.img", bins: int = 64) -> pathlib.Path:
+def show_histogram(sample: Mapping, path, image_key: str = IMAGE, bins: int = 64) -> pathlib.Path:
     """The image next to the histogram of its values (checks normalization and windowing)."""
-    sid = nd.get(sample, "data.sample_id", None)
+    sid = nd.get(sample, SAMPLE_ID, None)
     values = _np(_required(sample, image_key, "show_histogram")).astype(np.float64).ravel()
     fig = _figure(8, 3.6)
     _draw(fig.add_subplot(1, 2, 1), sample, image_key, None, None, None)

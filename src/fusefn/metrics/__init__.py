@@ -2,7 +2,9 @@
 
 Every metric is a frozen record built with ``pred=`` and ``target=`` keys; its state
 lives outside it: ``init() -> state``, ``update(state, batch) -> state``,
-``merge(a, b) -> state`` (shards, DDP ranks: see :func:`gather`), ``compute(state)``.
+``merge(a, b) -> state`` (shards, DDP ranks: see :func:`gather`), ``compute(state)`` —
+the :class:`fusefn.protocols.Reducer` protocol. :class:`Metric` adds what
+:class:`Bootstrap` and :class:`GroupBy` call on the metric they wrap.
 
 >>> import numpy as np
 >>> batch = {"score": np.array([0.1, 0.4, 0.35, 0.8]), "y": np.array([0, 0, 1, 1])}
@@ -10,7 +12,7 @@ lives outside it: ``init() -> state``, ``update(state, batch) -> state``,
 {'auc': 0.75}
 """
 
-from fusefn.metrics._base import UndefinedMetricWarning
+from fusefn.metrics._base import Metric, UndefinedMetricWarning
 from fusefn.metrics.bootstrap import Bootstrap
 from fusefn.metrics.calibration import ECE
 from fusefn.metrics.classification import (
@@ -46,6 +48,7 @@ __all__ = [
     "Hausdorff95",
     "IoU",
     "McNemar",
+    "Metric",
     "PartialAUC",
     "ROCCurve",
     "UndefinedMetricWarning",

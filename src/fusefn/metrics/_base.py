@@ -10,21 +10,23 @@ A metric is a frozen record holding configuration. Its state lives outside it:
   ``counts[b, i]`` being how often sample ``i`` appears in resample ``b``.
 
 so that :class:`~fusefn.metrics.Bootstrap` and :class:`~fusefn.metrics.GroupBy`
-can wrap any metric without knowing it.
+can wrap any metric without knowing it: :class:`Metric` is that protocol,
+:class:`MetricBase` the mixin the built-in metrics share.
 """
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from fusefn import nd
+from fusefn import keys, nd
+from fusefn import validators as v
+from fusefn._types import is_tensor
 from fusefn.errors import ConfigError, SampleError
-
-SAMPLE_ID_KEY = "data.sample_id"
+from fusefn.protocols import Reducer
 
 
 class UndefinedMetricWarning(UserWarning):
@@ -39,7 +41,7 @@ def undefined(reason: str, stacklevel: int = 3) -> float:
 
 def to_numpy(value: Any, key: str = "?") -> np.ndarray:
     """A NumPy array from a tensor (any device, detached), a Polars Series, a list or an array."""
-    if hasattr(value, "detach") and hasattr(value, "cpu"):
+    if is_tensor(value):
         t = value.detach().cpu()
         if not t.dtype.is_floating_point or t.dtype.itemsize >= 4:
             return t.numpy()
@@ -73,7 +75,7 @@ def key_name(key: str | Sequence[str]) -> str:
 
 
 def sample_ids(batch: Mapping, n: int) -> list | None:
-    ids = nd.get(batch, SAMPLE_ID_KEY, None)
+    ids = nd.get(batch, keys.SAMPLE_ID, None)
     if ids is None:
         return None
     ids = list(to_numpy(ids).tolist()) if not isinstance(ids, list) else ids
@@ -166,13 +168,12 @@ def key_field(value):
     return tuple(value)
 
 
+_KEYS = v.and_(v.min_len(1), v.keys)
+
+
 def validate_key(instance, attribute, value):
-    if isinstance(value, str):
-        if not value:
-            raise ConfigError(f"{type(instance).__name__}.{attribute.name} is empty")
-        return
-    if not value or not all(isinstance(v, str) and v for v in value):
-        raise ConfigError(f"{type(instance).__name__}.{attribute.name} must be a key or a tuple of keys, got {value!r}")
+    """A dotted batch_dict key, or a non-empty tuple of them (columns stacked)."""
+    (v.key if isinstance(value, str) else _KEYS)(instance, attribute, value)
 
 
 def cat(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -201,7 +202,23 @@ def num_samples(cols: Mapping[str, np.ndarray]) -> int:
     return next(iter(cols.values())).shape[0] if cols else 0
 
 
-class Reducer:
+@runtime_checkable
+class Metric(Reducer, Protocol):
+    """A :class:`~fusefn.protocols.Reducer` that also reads its per-sample columns and resamples them.
+
+    ``extract(batch) -> cols``, ``accumulate(state, cols) -> state`` and
+    ``resampled(cols, counts) -> values``: what :class:`~fusefn.metrics.Bootstrap` and
+    :class:`~fusefn.metrics.GroupBy` call on the metric they wrap.
+    """
+
+    def extract(self, batch: Mapping, /) -> Mapping: ...
+
+    def accumulate(self, state: Any, cols: Mapping, /) -> Any: ...
+
+    def resampled(self, cols: Mapping, counts: np.ndarray, /) -> Any: ...
+
+
+class MetricBase:
     """Mixin giving ``update`` from ``extract`` + ``accumulate`` and a generic ``resampled``."""
 
     __slots__ = ()
@@ -222,7 +239,7 @@ class Reducer:
         return stack_values(outs)
 
 
-class ColumnStore(Reducer):
+class ColumnStore(MetricBase):
     """A reducer whose state is its per-sample columns, concatenated (needed by rank statistics)."""
 
     __slots__ = ()

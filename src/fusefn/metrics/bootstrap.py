@@ -1,17 +1,18 @@
 """Bootstrap confidence intervals for any metric, vectorized over resamples.
 
 Resamples are drawn as a ``(n, N)`` matrix of sample multiplicities (within
-each stratum when ``stratify`` is set) from an explicit seeded generator, and
+each stratum when ``stratify`` is set) from the record's :class:`~fusefn.Rng`, and
 the wrapped metric evaluates all of them in one pass (``metric.resampled``):
 for ROC AUC a rank statistic over tie blocks, for decision metrics a batch of
 confusion matrices. No Python loop over resamples for the built-in metrics.
 
 >>> import numpy as np
+>>> from fusefn import Rng
 >>> from fusefn.metrics import AUCROC
 >>> rng = np.random.default_rng(0)
 >>> y = np.repeat([0, 1], 50)
 >>> batch = {"s": rng.normal(size=100) + y, "y": y}
->>> ci = Bootstrap(AUCROC(pred="s", target="y"), n=1000, seed=1, stratify="y")
+>>> ci = Bootstrap(AUCROC(pred="s", target="y"), n=1000, rng=Rng(1), stratify="y")
 >>> r = ci.compute(ci.update(ci.init(), batch))
 >>> sorted(r)
 ['lower', 'mean', 'std', 'upper', 'value']
@@ -28,10 +29,12 @@ import attrs
 import numpy as np
 from scipy import stats
 
-from fusefn.core import record
+from fusefn import validators as v
+from fusefn.core import Rng, record
 from fusefn.errors import ConfigError
-from fusefn.metrics._base import ColumnStore, UndefinedMetricWarning, num_samples, read, sample_ids, to_numpy
+from fusefn.metrics._base import ColumnStore, Metric, UndefinedMetricWarning, num_samples, read, sample_ids, to_numpy
 from fusefn.metrics._curves import row_chunks
+from fusefn.metrics.classification import ROCCurve
 
 __all__ = ["Bootstrap", "resample_counts", "summarize"]
 
@@ -39,14 +42,23 @@ _STRATA = "__strata__"
 _METHODS = ("percentile", "basic", "normal")
 
 
-def resample_counts(rng: np.random.Generator, n: int, strata: np.ndarray) -> np.ndarray:
-    """``(n, N)`` multiplicities: each row a bootstrap resample drawn within each stratum."""
+def resample_counts(n: int, strata: np.ndarray, *, rng: Rng) -> np.ndarray:
+    """``(n, N)`` multiplicities: each row a bootstrap resample drawn within each stratum.
+
+    >>> resample_counts(3, np.array([0, 0, 1]), rng=Rng(0)).sum(axis=1).tolist()
+    [3, 3, 3]
+    """
+    return _draw_counts(rng.numpy(), n, strata)
+
+
+def _draw_counts(gen: np.random.Generator, n: int, strata: np.ndarray) -> np.ndarray:
+    # one generator carried across the chunks of a long run: the chunks continue a single stream
     size = strata.shape[0]
     counts = np.zeros((n, size), dtype=np.int32)
     for s in np.unique(strata):
         members = np.flatnonzero(strata == s)
         k = members.size
-        draws = rng.integers(0, k, size=(n, k))
+        draws = gen.integers(0, k, size=(n, k))
         flat = (np.arange(n)[:, None] * k + draws).ravel()
         counts[:, members] = np.bincount(flat, minlength=n * k).reshape(n, k)
     return counts
@@ -99,26 +111,8 @@ def _concat(parts: list):
     return np.concatenate([np.asarray(p) for p in parts])
 
 
-def _positive(instance, attribute, value):
-    if value < 2:
-        raise ConfigError(f"Bootstrap.{attribute.name} must be >= 2, got {value}")
-
-
-def _level(instance, attribute, value):
-    if not 0 < value < 1:
-        raise ConfigError(f"Bootstrap.level must be in (0, 1), got {value}")
-
-
-def _method(instance, attribute, value):
-    if value not in _METHODS:
-        raise ConfigError(f"Bootstrap.method must be one of {_METHODS}, got {value!r}")
-
-
-def _wrappable(instance, attribute, value):
-    for name in ("extract", "accumulate", "resampled", "compute"):
-        if not hasattr(value, name):
-            raise ConfigError(f"Bootstrap.metric must be a fusefn metric (no {name}()), got {value!r}")
-    if type(value).__name__ == "ROCCurve":
+def _not_a_curve(instance, attribute, value):
+    if isinstance(value, ROCCurve):
         raise ConfigError("Bootstrap.metric: a ROC curve is not a number; use ROCCurve.resampled for a band")
 
 
@@ -129,7 +123,8 @@ class Bootstrap(ColumnStore):
     Args:
         metric: any fusefn metric record.
         n: number of resamples.
-        seed: seed of the resampling generator (results are reproducible from it).
+        rng: the resampling stream (results are reproducible from it; its NumPy generator is
+            ``numpy.random.default_rng(rng.seed)``).
         level: coverage of the interval.
         stratify: key of a per-sample stratum (usually the target): resample within each
             stratum, so every resample keeps the class counts (FuseMedML's ``stratum``).
@@ -139,12 +134,12 @@ class Bootstrap(ColumnStore):
     the same per leaf for a metric that returns a dict (e.g. per class).
     """
 
-    metric: object = attrs.field(validator=_wrappable)
-    n: int = attrs.field(default=10_000, validator=_positive, kw_only=True)
-    seed: int = attrs.field(default=0, kw_only=True)
-    level: float = attrs.field(default=0.95, validator=_level, kw_only=True)
-    stratify: str | None = attrs.field(default=None, kw_only=True)
-    method: str = attrs.field(default="percentile", validator=_method, kw_only=True)
+    metric: Metric = attrs.field(validator=v.and_(v.instance_of(Metric), _not_a_curve))
+    n: int = attrs.field(default=10_000, validator=v.ge(2), kw_only=True)
+    rng: Rng = attrs.field(factory=lambda: Rng(0), validator=v.instance_of(Rng), kw_only=True)
+    level: float = attrs.field(default=0.95, validator=v.and_(v.gt(0), v.lt(1)), kw_only=True)
+    stratify: str | None = attrs.field(default=None, validator=v.optional(v.key), kw_only=True)
+    method: str = attrs.field(default="percentile", validator=v.in_(_METHODS), kw_only=True)
 
     def extract(self, batch: Mapping) -> dict[str, np.ndarray]:
         cols = dict(self.metric.extract(batch))
@@ -170,15 +165,15 @@ class Bootstrap(ColumnStore):
             return summarize(float("nan"), np.array([np.nan] * 2), self.level, self.method)
         cols = {k: v for k, v in state.items() if k != _STRATA}
         value = self.metric.compute(self.metric.accumulate(self.metric.init(), cols))
-        rng = np.random.default_rng(self.seed)
+        gen = self.rng.numpy()
         size = num_samples(cols)
         _, strata = np.unique(state[_STRATA], return_inverse=True)
         parts = []
         # chunks keep the (n, N) count matrix small for large N; the draws are deterministic for a
-        # given seed and data, but the chunking (hence the stream) depends on N
+        # given rng and data, but the chunking (hence the stream) depends on N
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UndefinedMetricWarning)
             for rows in row_chunks(self.n, size * 4):
-                counts = resample_counts(rng, rows.stop - rows.start, strata.reshape(-1))
+                counts = _draw_counts(gen, rows.stop - rows.start, strata.reshape(-1))
                 parts.append(self.metric.resampled(cols, counts))
         return summarize(value, _concat(parts), self.level, self.method)

@@ -17,10 +17,11 @@ from collections.abc import Mapping
 import attrs
 import numpy as np
 
+from fusefn import validators as v
 from fusefn.core import record
-from fusefn.errors import ConfigError, SampleError
+from fusefn.errors import SampleError
 from fusefn.metrics._base import (
-    Reducer,
+    MetricBase,
     key_field,
     key_name,
     labels,
@@ -35,13 +36,8 @@ from fusefn.metrics._base import (
 __all__ = ["ECE"]
 
 
-def _bins(instance, attribute, value):
-    if value < 1:
-        raise ConfigError(f"ECE.n_bins must be >= 1, got {value}")
-
-
 @record
-class ECE(Reducer):
+class ECE(MetricBase):
     """Expected calibration error of the top-label confidence over ``n_bins`` equal-width bins.
 
     Binary scores (1-D positive-class probability) use ``max(p, 1 - p)`` as the
@@ -51,7 +47,7 @@ class ECE(Reducer):
 
     pred: str | tuple = attrs.field(converter=key_field, validator=validate_key)
     target: str | tuple = attrs.field(converter=key_field, validator=validate_key)
-    n_bins: int = attrs.field(default=15, validator=_bins)
+    n_bins: int = attrs.field(default=15, validator=v.positive_int)
 
     def init(self) -> np.ndarray:
         return np.zeros((self.n_bins, 3), dtype=np.float64)

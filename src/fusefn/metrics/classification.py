@@ -22,12 +22,13 @@ from collections.abc import Mapping
 import attrs
 import numpy as np
 
+from fusefn import validators as v
 from fusefn.core import record
 from fusefn.errors import ConfigError, SampleError
 from fusefn.metrics import _curves
 from fusefn.metrics._base import (
     ColumnStore,
-    Reducer,
+    MetricBase,
     class_names_for,
     key_field,
     key_name,
@@ -151,7 +152,7 @@ def _per_class(cm) -> dict[str, np.ndarray]:
 
 
 @record
-class _Decisions(Reducer):
+class _Decisions(MetricBase):
     """Reducer over a confusion matrix (rows: target, columns: decision); state = (C, C) int64 array."""
 
     pred: str | tuple = attrs.field(converter=key_field, validator=validate_key)
@@ -334,13 +335,13 @@ class _Ranking(ColumnStore):
         pred, target = state["pred"], state["target"]
         num = 2 if pred.ndim == 1 else pred.shape[1]
         values = {}
-        for c, v in self._per_class(state, None):
-            v = float(v[0])
-            if np.isnan(v):
+        for c, stat in self._per_class(state, None):
+            value = float(stat[0])
+            if np.isnan(value):
                 has = int((target == c).sum())
                 why = "no positive samples" if has == 0 else "no negative samples"
-                v = undefined(f"{self._what} of class {self._name(c, num)!r} is undefined: {why} in the target")
-            values[self._name(c, num)] = v
+                value = undefined(f"{self._what} of class {self._name(c, num)!r} is undefined: {why} in the target")
+            values[self._name(c, num)] = value
         if num == 2:
             return next(iter(values.values()))
         defined = [v for v in values.values() if not np.isnan(v)]
@@ -381,11 +382,6 @@ class AUCROC(_Ranking):
         return _curves.auc_pairwise(s[pos], s[~pos], counts[:, pos], counts[:, ~pos])
 
 
-def _check_partial(instance, attribute, value):
-    if value is not None and not 0 < value <= 1:
-        raise ConfigError(f"PartialAUC.{attribute.name} must be in (0, 1], got {value}")
-
-
 @record
 class PartialAUC(_Ranking):
     """Partial ROC AUC: ``max_fpr`` (McClish-standardized, as scikit-learn) or ``min_tpr`` (area above a TPR floor).
@@ -395,8 +391,8 @@ class PartialAUC(_Ranking):
     operating region.
     """
 
-    max_fpr: float | None = attrs.field(default=None, validator=_check_partial)
-    min_tpr: float | None = attrs.field(default=None, validator=_check_partial)
+    max_fpr: float | None = attrs.field(default=None, validator=v.optional(v.and_(v.gt(0), v.le(1))))
+    min_tpr: float | None = attrs.field(default=None, validator=v.optional(v.and_(v.gt(0), v.le(1))))
     _what = "partial AUC"
 
     def __attrs_post_init__(self):

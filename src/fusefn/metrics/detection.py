@@ -22,9 +22,10 @@ import attrs
 import numpy as np
 
 from fusefn import nd
+from fusefn import validators as v
 from fusefn.core import record
 from fusefn.errors import ConfigError, SampleError
-from fusefn.metrics._base import Reducer, to_numpy, undefined, validate_key
+from fusefn.metrics._base import MetricBase, to_numpy, undefined
 
 __all__ = ["BoxDetection", "box_iou"]
 
@@ -57,13 +58,8 @@ def _match(boxes: np.ndarray, scores: np.ndarray, gt: np.ndarray, thr: float) ->
     return tp
 
 
-def _unit(instance, attribute, value):
-    if not 0 < value <= 1:
-        raise ConfigError(f"BoxDetection.{attribute.name} must be in (0, 1], got {value}")
-
-
 @record
-class BoxDetection(Reducer):
+class BoxDetection(MetricBase):
     """Detection precision / recall at ``score_threshold`` and average precision at ``iou_threshold``.
 
     Args:
@@ -72,10 +68,10 @@ class BoxDetection(Reducer):
         target: key of a per-image sequence of (K, 4) target boxes.
     """
 
-    pred: str = attrs.field(validator=validate_key)
-    target: str = attrs.field(validator=validate_key)
-    scores: str | None = None
-    iou_threshold: float = attrs.field(default=0.5, validator=_unit)
+    pred: str = attrs.field(validator=v.key)
+    target: str = attrs.field(validator=v.key)
+    scores: str | None = attrs.field(default=None, validator=v.optional(v.key))
+    iou_threshold: float = attrs.field(default=0.5, validator=v.and_(v.gt(0), v.le(1)))
     score_threshold: float = 0.5
 
     def init(self) -> dict:

@@ -1,8 +1,7 @@
 """Run metrics over a table, files or a stream of batch_dicts.
 
-Files are CSV or Parquet. Predictions and targets are joined on an id column;
-several prediction files (one per fold) are concatenated with a ``fold`` column.
-Every id problem (duplicates, ids on one side only) is an error naming the ids.
+Tables (a Polars frame, CSV / Parquet files, one per fold) are read and joined by
+:mod:`fusefn.data.tables`; the metrics see one batch_dict with a key per column.
 
 >>> import polars as pl
 >>> from fusefn.metrics import AUCROC, Accuracy
@@ -14,129 +13,16 @@ Every id problem (duplicates, ids on one side only) is an error naming the ids.
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Iterable, Mapping, Sequence
-from pathlib import Path
-from typing import Any
 
-import numpy as np
 import polars as pl
 
 from fusefn import nd
-from fusefn.errors import ConfigError, FusefnError, SampleError
-from fusefn.metrics._base import SAMPLE_ID_KEY
+from fusefn.errors import ConfigError
 
-__all__ = ["evaluate", "read_table", "load", "frame_to_batch"]
+__all__ = ["evaluate"]
 
 _PathLike = (str, os.PathLike)
-
-
-def read_table(path: str | os.PathLike) -> pl.DataFrame:
-    """A CSV (``.csv``, ``.tsv``) or Parquet (``.parquet``, ``.pq``) file as a Polars frame."""
-    p = Path(path)
-    if not p.is_file():
-        raise FusefnError(f"file not found: {p}")
-    suffix = p.suffix.lower()
-    try:
-        if suffix in (".parquet", ".pq"):
-            return pl.read_parquet(p)
-        if suffix in (".csv", ".tsv", ".txt"):
-            return pl.read_csv(p, separator="\t" if suffix == ".tsv" else ",")
-    except Exception as e:  # polars raises many kinds; the user needs the file name
-        raise FusefnError(f"cannot read {p}: {e}") from None
-    raise FusefnError(f"unknown table format {suffix!r} for {p} (use .csv or .parquet)")
-
-
-def _frame(obj) -> pl.DataFrame:
-    if isinstance(obj, pl.DataFrame):
-        return obj
-    if isinstance(obj, _PathLike):
-        return read_table(obj)
-    raise ConfigError(f"expected a Polars DataFrame or a file path, got {type(obj).__name__}")
-
-
-def _check_ids(df: pl.DataFrame, id: str, what: str) -> None:
-    if id not in df.columns:
-        raise FusefnError(f"{what} has no id column {id!r}; columns: {', '.join(df.columns)}")
-    if df[id].null_count():
-        raise SampleError(f"{what} has {df[id].null_count()} rows with an empty id", key=id)
-    dup = df.filter(pl.col(id).is_duplicated())[id].unique().sort()
-    if dup.len():
-        shown = ", ".join(map(repr, dup.head(5).to_list()))
-        raise SampleError(f"{what} has duplicate ids: {shown}{' …' if dup.len() > 5 else ''}", sample_id=dup[0], key=id)
-
-
-def load(
-    pred, target=None, *, id: str = "id", fold: str = "fold", strict: bool = True, check_ids: bool = True
-) -> pl.DataFrame:
-    """Predictions (one file/frame, or several concatenated with a ``fold`` column) joined with targets.
-
-    Args:
-        pred: a frame or path, or a sequence of them (one per fold; file ``i`` gets ``fold = i``
-            unless it already has a ``fold`` column).
-        target: a frame or path joined on ``id``; None when the targets are columns of ``pred``.
-        check_ids: with no ``target``, whether to check the id column (present, unique).
-        strict: when False, target ids absent from the predictions are dropped with a warning
-            instead of raising (ids in the predictions without a target always raise).
-    """
-    if isinstance(pred, Sequence) and not isinstance(pred, (*_PathLike, pl.DataFrame)):
-        frames = []
-        for i, p in enumerate(pred):
-            f = _frame(p)
-            frames.append(f if fold in f.columns else f.with_columns(pl.lit(i, dtype=pl.Int64).alias(fold)))
-        if not frames:
-            raise ConfigError("no prediction files given")
-        df = pl.concat(frames, how="diagonal_relaxed")
-    else:
-        df = _frame(pred)
-    if target is None:
-        if check_ids:
-            _check_ids(df, id, "predictions")
-        return df
-    _check_ids(df, id, "predictions")
-    tg = _frame(target)
-    _check_ids(tg, id, "targets")
-    if df[id].dtype != tg[id].dtype:
-        tg = tg.with_columns(pl.col(id).cast(df[id].dtype, strict=False))
-    missing = df.join(tg, on=id, how="anti")[id]
-    if missing.len():
-        shown = ", ".join(map(repr, missing.head(5).to_list()))
-        raise SampleError(
-            f"{missing.len()} prediction ids have no target: {shown}{' …' if missing.len() > 5 else ''}",
-            sample_id=missing[0],
-            key=id,
-        )
-    extra = tg.join(df, on=id, how="anti")[id]
-    if extra.len():
-        shown = ", ".join(map(repr, extra.head(5).to_list()))
-        msg = f"{extra.len()} target ids have no prediction: {shown}{' …' if extra.len() > 5 else ''}"
-        if strict:
-            raise SampleError(
-                msg + " (pass strict=False to evaluate the predicted ids only)", sample_id=extra[0], key=id
-            )
-        warnings.warn(msg + "; they are left out", stacklevel=2)
-    return df.join(tg, on=id, how="inner", suffix="_target", maintain_order="left")
-
-
-def _column(s: pl.Series) -> Any:
-    if isinstance(s.dtype, (pl.List, pl.Array)):
-        values = s.to_list()
-        try:
-            return np.asarray(values, dtype=np.float64)
-        except ValueError:
-            raise SampleError("list column has rows of different lengths", key=s.name) from None
-    if s.dtype in (pl.Utf8, pl.Categorical, pl.Object):
-        return s.to_list()
-    return s.to_numpy()
-
-
-def frame_to_batch(df: pl.DataFrame, id: str | None = None) -> dict:
-    """A batch_dict with one entry per column (dotted names nest) and ids at ``data.sample_id``."""
-    flat = {name: _column(df[name]) for name in df.columns}
-    batch = nd.unflatten(flat)
-    if id is not None and id in df.columns and not nd.contains(batch, SAMPLE_ID_KEY):
-        batch = nd.assoc(batch, SAMPLE_ID_KEY, df[id].to_list())
-    return batch
 
 
 def _is_tables(data) -> bool:
@@ -152,7 +38,12 @@ def _is_tables(data) -> bool:
 
 def _batches(data, target, id, fold, strict) -> Iterable[Mapping]:
     if _is_tables(data):
-        df = load(data, target, id=id or "id", fold=fold, strict=strict, check_ids=bool(id or target is not None))
+        # files are the data side's: metrics import it only when handed a table, and stay pure compute
+        from fusefn.data.tables import frame_to_batch, load_predictions
+
+        df = load_predictions(
+            data, target, id=id or "id", fold=fold, strict=strict, check_ids=bool(id or target is not None)
+        )
         return [frame_to_batch(df, id or ("id" if "id" in df.columns else None))]
     if target is not None:
         raise ConfigError("evaluate: target= is for file / frame data; batch_dicts carry their targets")

@@ -15,9 +15,10 @@ from collections.abc import Mapping
 import attrs
 import numpy as np
 
+from fusefn import validators as v
 from fusefn.core import record
 from fusefn.errors import ConfigError
-from fusefn.metrics._base import Reducer, num_samples, read, take, to_numpy, validate_key
+from fusefn.metrics._base import Metric, MetricBase, num_samples, read, take, to_numpy
 
 __all__ = ["GroupBy"]
 
@@ -44,22 +45,16 @@ def _spread(values: list):
     return float(arr.mean()), float(arr.std())
 
 
-def _wrappable(instance, attribute, value):
-    for name in ("extract", "accumulate", "merge", "compute", "init"):
-        if not hasattr(value, name):
-            raise ConfigError(f"GroupBy.metric must be a fusefn metric (no {name}()), got {value!r}")
-
-
 @record(kw_only=False)
-class GroupBy(Reducer):
+class GroupBy(MetricBase):
     """``metric`` computed separately for each value of the per-sample key ``by``.
 
     ``compute`` returns ``{"groups": {group: value}, "mean": …, "std": …}``; mean and
     std (population, ddof = 0) are taken across groups, per leaf when values are dicts.
     """
 
-    metric: object = attrs.field(validator=_wrappable)
-    by: str = attrs.field(kw_only=True, validator=validate_key)
+    metric: Metric = attrs.field(validator=v.instance_of(Metric))
+    by: str = attrs.field(kw_only=True, validator=v.key)
 
     def init(self) -> dict:
         return {}
@@ -78,15 +73,15 @@ class GroupBy(Reducer):
         rest = {k: v for k, v in cols.items() if k != _GROUP}
         out = dict(state)
         for g in np.unique(groups):
-            key = g.item() if hasattr(g, "item") else g
+            key = g.item() if isinstance(g, np.generic) else g
             sub = take(rest, np.flatnonzero(groups == g))
             out[key] = self.metric.accumulate(out.get(key, self.metric.init()), sub)
         return out
 
     def merge(self, a: Mapping, b: Mapping) -> dict:
         out = dict(a)
-        for k, v in b.items():
-            out[k] = self.metric.merge(out[k], v) if k in out else v
+        for k, state in b.items():
+            out[k] = self.metric.merge(out[k], state) if k in out else state
         return out
 
     def compute(self, state: Mapping) -> dict:

@@ -22,10 +22,11 @@ from collections.abc import Mapping
 import attrs
 import numpy as np
 
+from fusefn import validators as v
 from fusefn.core import record
 from fusefn.errors import ConfigError, SampleError
 from fusefn.metrics._base import (
-    Reducer,
+    MetricBase,
     check_finite,
     key_field,
     key_name,
@@ -66,20 +67,14 @@ def _classes(value):
     return tuple(v if isinstance(v, int) else tuple(int(x) for x in v) for v in value)
 
 
-def _check_classes(instance, attribute, value):
-    if value is None:
-        return
-    if not value:
-        raise ConfigError(f"{type(instance).__name__}.classes is empty")
-    for v in value:
-        group = (v,) if isinstance(v, int) else v
-        if not group or any(x < 0 for x in group):
-            raise ConfigError(f"{type(instance).__name__}.classes has a bad entry {v!r}")
+def _label_group(instance, attribute, value):
+    """One label (an int >= 0) or a non-empty tuple of them, scored as one mask."""
+    group = (value,) if isinstance(value, int) else value
+    if not group or any(x < 0 for x in group):
+        raise ConfigError(f"{type(instance).__name__}.{attribute.name} has a bad entry {value!r}")
 
 
-def _average(instance, attribute, value):
-    if value not in ("volume", "micro"):
-        raise ConfigError(f"{type(instance).__name__}.average must be 'volume' or 'micro', got {value!r}")
+_check_classes = v.and_(v.min_len(1), v.deep_iterable(_label_group))
 
 
 def _stack(hists: list, n: int) -> np.ndarray:
@@ -94,7 +89,7 @@ def _pad(h: np.ndarray, n: int) -> np.ndarray:
     return out
 
 
-class _Overlap(Reducer):
+class _Overlap(MetricBase):
     """Shared by Dice and IoU: per-volume joint histograms; state = (V, L, L) float64."""
 
     __slots__ = ()
@@ -137,10 +132,10 @@ class _Overlap(Reducer):
             hard = probs.argmax(axis=1) if c > 2 or pred.shape != target.shape else (pred >= self.threshold)
             return _stack([joint_histogram(t, p, n) for t, p in zip(target, hard.astype(np.int64))], n)
         out = np.zeros((target.shape[0], n, n))
-        for v in range(target.shape[0]):
-            flat_t = target[v].ravel()
+        for vol in range(target.shape[0]):
+            flat_t = target[vol].ravel()
             for ch in range(c):
-                out[v, :, ch] = np.bincount(flat_t, weights=probs[v, ch].ravel(), minlength=n)[:n]
+                out[vol, :, ch] = np.bincount(flat_t, weights=probs[vol, ch].ravel(), minlength=n)[:n]
         return out
 
     def extract(self, batch: Mapping) -> dict[str, np.ndarray]:
@@ -246,9 +241,9 @@ _FIELDS_DOC = """
 class _OverlapRecord(_Overlap):
     pred: str | tuple = attrs.field(converter=key_field, validator=validate_key)
     target: str | tuple = attrs.field(converter=key_field, validator=validate_key)
-    classes: tuple | None = attrs.field(default=None, converter=_classes, validator=_check_classes)
+    classes: tuple | None = attrs.field(default=None, converter=_classes, validator=v.optional(_check_classes))
     class_names: tuple | None = attrs.field(default=None, converter=attrs.converters.optional(tuple))
-    average: str = attrs.field(default="volume", validator=_average)
+    average: str = attrs.field(default="volume", validator=v.in_(("volume", "micro")))
     soft: bool = False
     threshold: float = 0.5
     num_labels: int | None = None
@@ -290,7 +285,7 @@ def hausdorff95(pred: np.ndarray, target: np.ndarray, spacing=None) -> float:
 
 
 @record
-class Hausdorff95(Reducer):
+class Hausdorff95(MetricBase):
     """95th-percentile Hausdorff distance per class or label group, per volume then averaged.
 
     State: the per-volume distances, (V, K). Volumes where a mask is empty are left out

@@ -21,7 +21,7 @@ from scipy import stats
 from fusefn.core import record
 from fusefn.metrics._base import (
     ColumnStore,
-    Reducer,
+    MetricBase,
     key_field,
     key_name,
     labels,
@@ -105,7 +105,7 @@ class DeLong(ColumnStore):
 
 
 @record
-class McNemar(Reducer):
+class McNemar(MetricBase):
     """McNemar's test: do two classifiers err on the same samples at the same rate?
 
     State: the 2×2 table ``[[both right, only 1 right], [only 2 right, both wrong]]``.

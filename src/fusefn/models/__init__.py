@@ -2,13 +2,16 @@
 
 A model record (:class:`Model`, :class:`Multistream`, :class:`Wrapper`, :class:`Ensemble`)
 holds configuration only and says which batch keys it reads and writes. Its parameters
-live outside it: ``params, buffers = init(model, seed)`` then
-``batch, buffers = apply(model, params, buffers, batch, train=...)``.
+live outside it: ``params, buffers = init(model, rng=Rng(0))`` then
+``batch, buffers = apply(model, params, buffers, batch, train=...)``; both call the
+model's own methods (:class:`fusefn.protocols.ModelSpec`). Backbones follow
+:class:`fusefn.protocols.Backbone`, heads :class:`fusefn.protocols.Head`.
 
 >>> import torch
+>>> from fusefn import Rng
 >>> model = Model(backbone=SmallCNN(in_channels=1, channels=(4, 8)),
 ...               heads=(ClassifierHead(name="head_0", num_classes=10),))
->>> params, buffers = init(model, seed=0)
+>>> params, buffers = init(model, rng=Rng(0))
 >>> out, _ = apply(model, params, buffers, {"data": {"input": {"img": torch.rand(2, 1, 8, 8)}}})
 >>> out["model"]["head_0"]["logits"].shape
 torch.Size([2, 10])

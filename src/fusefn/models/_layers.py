@@ -27,6 +27,7 @@ __all__ = [
     "SeededDropout",
     "init_tensors",
     "salt",
+    "traced_child",
 ]
 
 
@@ -90,12 +91,22 @@ def salt(path: str) -> int:
     return int.from_bytes(hashlib.blake2b(path.encode(), digest_size=4).digest(), "little") & 0x7FFFFFFF
 
 
+def traced_child(rng: torch.Tensor, site: int) -> torch.Tensor:
+    """The child stream ``site`` (a :func:`salt`) of the traced rng ``rng``, a 0-d int64 tensor.
+
+    What ``Rng.child`` is for an ``Rng``, computed on the tensor so a compiled step does not
+    specialise on the seed: a counter-based hash of ``(rng, site)``.
+    """
+    return _mix32((rng.to(torch.int64) & _MASK32) ^ site)
+
+
 class SeededDropout(nn.Module):
     """Dropout whose mask is a counter-based hash of ``(rng, site, element index)``.
 
     ``F.dropout`` draws from the global generator; this one draws from the int64
-    ``rng`` tensor that ``apply`` receives, so a training step is reproducible from
-    its seed and compiles without a graph break (the seed is a tensor, not a constant).
+    ``rng`` tensor that ``apply`` receives (an ``Rng``'s traced form), so a training step
+    is reproducible from its ``Rng`` and compiles without a graph break (the seed is a
+    tensor, not a constant).
     """
 
     def __init__(self, p: float, site: str):
@@ -108,8 +119,8 @@ class SeededDropout(nn.Module):
             return x
         if rng is None:
             raise FusefnError(
-                "this model has dropout: pass rng= (an int64 seed tensor) to models.apply when train=True, "
-                "or set dropout=0.0"
+                "this model has dropout: pass rng= (a fusefn.Rng, or its traced form Rng.tensor()) to "
+                "models.apply when train=True, or set dropout=0.0"
             )
         key = _mix32((rng.to(torch.int64) & _MASK32) ^ self.site)
         idx = torch.arange(x.numel(), device=x.device, dtype=torch.int64).view(x.shape)
@@ -126,7 +137,7 @@ def init_tensors(skeleton: nn.Module, generator: torch.Generator) -> tuple[dict,
 
     Convolutions: He-normal (fan-out); linear layers: uniform(±1/sqrt(fan_in)); norms:
     weight 1, bias 0, running mean 0 / var 1. Drawn in ``named_modules`` order from
-    ``generator`` only, so the result depends on the architecture and the seed alone.
+    ``generator`` only, so the result depends on the architecture and the generator's seed alone.
     """
     params: dict[str, torch.Tensor] = {}
     buffers: dict[str, torch.Tensor] = {}

@@ -28,24 +28,16 @@ def skeleton_field():
     return attrs.field(init=False, eq=False, repr=False, factory=Skeletons)
 
 
-def make_module(model) -> nn.Module:
-    """A fresh skeleton: built on ``meta`` (no memory) unless the record builds its own."""
-    if hasattr(model, "build_skeleton"):
-        return model.build_skeleton()
-    with torch.device("meta"):
-        return model.build()
-
-
 def prepare(model) -> None:
     """Build ``model``'s skeletons into its cache; called from the records' ``__attrs_post_init__``."""
     holder = model._skeletons
     # a record constructed inside torch.func.grad must not build its modules under the transform
     with torch._C._DisableFuncTorch():
-        module = make_module(model)
+        module = model.build_skeleton()
         holder.eval = copy.deepcopy(module).train(False)
         holder.train = module.train(True)
     holder.n_tensors = len(dict(module.named_parameters())) + len(dict(module.named_buffers()))
-    holder.tie_weights = bool(getattr(model, "ties_weights", False))
+    holder.tie_weights = bool(model.ties_weights)
     holder.train_slots = _slots(holder.train)
     holder.eval_slots = _slots(holder.eval)
 

@@ -24,9 +24,9 @@ import attrs
 import torch
 from torch import nn
 
+from fusefn import validators as v
 from fusefn.core import record
-from fusefn.errors import ConfigError
-from fusefn.models import _validate as v
+from fusefn.models._convert import as_tuple
 from fusefn.models._layers import ConvBNAct, SeededDropout, batch_norm, conv, conv_transpose, max_pool
 
 __all__ = [
@@ -42,15 +42,19 @@ __all__ = [
 ]
 
 
+_CHANNELS = v.and_(v.min_len(1), v.deep_iterable(v.positive_int))
+_SPATIAL_DIMS = v.in_((2, 3))
+
+
 def _path_or_none(value):
     return None if value is None else str(value)
 
 
 @record
 class _Backbone:
-    in_channels: int = attrs.field(default=1, validator=v.positive)
+    in_channels: int = attrs.field(default=1, validator=v.positive_int)
     weights: str | None = attrs.field(default=None, converter=_path_or_none)
-    weights_skip: tuple = attrs.field(default=(), converter=v.as_tuple)
+    weights_skip: tuple = attrs.field(default=(), converter=as_tuple)
 
     spatial_dims = 2
 
@@ -102,8 +106,8 @@ class SmallCNN(_Backbone):
     An 8×8 digit with the default ``channels=(16, 32)`` gives 32×4×4 features.
     """
 
-    channels: tuple = attrs.field(default=(16, 32), converter=tuple, validator=[v.non_empty, v.positive_ints])
-    spatial_dims: int = attrs.field(default=2, validator=v.spatial_dims)
+    channels: tuple = attrs.field(default=(16, 32), converter=tuple, validator=_CHANNELS)
+    spatial_dims: int = attrs.field(default=2, validator=_SPATIAL_DIMS)
 
     def outputs(self):
         return {"features": self.channels[-1]}
@@ -199,9 +203,9 @@ class _ResNetModule(nn.Module):
 class ResNet(_Backbone):
     """ResNet-18/34/50 in 2D or 3D; ``width`` scales every stage (64 is the standard net)."""
 
-    depth: int = attrs.field(default=18, validator=v.one_of(18, 34, 50))
-    spatial_dims: int = attrs.field(default=2, validator=v.spatial_dims)
-    width: int = attrs.field(default=64, validator=v.positive)
+    depth: int = attrs.field(default=18, validator=v.in_((18, 34, 50)))
+    spatial_dims: int = attrs.field(default=2, validator=_SPATIAL_DIMS)
+    width: int = attrs.field(default=64, validator=v.positive_int)
 
     def outputs(self):
         block, _ = _RESNET_LAYOUT[self.depth]
@@ -386,14 +390,9 @@ class InceptionResNetV2(_Backbone):
     43×43 once unit 11 is used, 75×75 from unit 32.
     """
 
-    in_channels: int = attrs.field(default=3, validator=v.positive)
-    logical_units_num: int = attrs.field(default=43)
-    intra_block_cut_level: int = attrs.field(default=384, validator=v.one_of(384, 1088))
-
-    @logical_units_num.validator
-    def _check_units(self, attribute, value):
-        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 43:
-            raise ConfigError(f"InceptionResNetV2.logical_units_num must be an int in [0, 43], got {value!r}")
+    in_channels: int = attrs.field(default=3, validator=v.positive_int)
+    logical_units_num: int = attrs.field(default=43, validator=v.and_(v.non_negative_int, v.le(43)))
+    intra_block_cut_level: int = attrs.field(default=384, validator=v.in_((384, 1088)))
 
     def outputs(self):
         u = self.logical_units_num
@@ -448,8 +447,8 @@ class _MLPModule(nn.Module):
 class MLP(_Backbone):
     """Linear-ReLU(-dropout) stack for tabular inputs ``N×in_channels``."""
 
-    layers: tuple = attrs.field(default=(64, 64), converter=tuple, validator=[v.non_empty, v.positive_ints])
-    dropout: float = attrs.field(default=0.0, validator=v.probability)
+    layers: tuple = attrs.field(default=(64, 64), converter=tuple, validator=_CHANNELS)
+    dropout: float = attrs.field(default=0.0, validator=v.and_(v.ge(0), v.lt(1)))
 
     @property
     def input_ndim(self) -> int:
@@ -507,8 +506,8 @@ class UNet(_Backbone):
     Every spatial size must be divisible by ``2 ** (len(channels) - 1)``.
     """
 
-    channels: tuple = attrs.field(default=(16, 32, 64, 128), converter=tuple, validator=[v.non_empty, v.positive_ints])
-    spatial_dims: int = attrs.field(default=2, validator=v.spatial_dims)
+    channels: tuple = attrs.field(default=(16, 32, 64, 128), converter=tuple, validator=_CHANNELS)
+    spatial_dims: int = attrs.field(default=2, validator=_SPATIAL_DIMS)
 
     def outputs(self):
         return {"features": self.channels[0], "encoder": self.channels[-1]}

@@ -1,10 +1,14 @@
 """Ensemble: several models on the same batch, probabilities averaged, majority vote reported.
 
+Trained members are put together with :meth:`Ensemble.stack` (or read from their model
+directories with ``fusefn.train.load_ensemble``).
+
 >>> import torch
+>>> from fusefn import Rng
 >>> from fusefn.models import Model, MLP, ClassifierHead, init, apply
 >>> m = Model(inputs="data.x", backbone=MLP(in_channels=3, layers=(4,)), heads=(ClassifierHead(name="cls", num_classes=2),))
 >>> ens = Ensemble(members=(m, m))
->>> params, buffers = init(ens, seed=0)
+>>> params, buffers = init(ens, rng=Rng(0))
 >>> out, _ = apply(ens, params, buffers, {"data": {"x": torch.ones(5, 3)}})
 >>> sorted(out["model"]["cls"]), out["model"]["cls"]["vote"].shape
 (['logits', 'probs', 'vote'], torch.Size([5]))
@@ -12,20 +16,21 @@
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import attrs
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fusefn import nd
-from fusefn.core import derive_seed, record
+from fusefn import keys, nd
+from fusefn import validators as v
+from fusefn.core import Rng, record
 from fusefn.errors import ConfigError
-from fusefn.models import _validate as v
-from fusefn.models import functional as fn
-from fusefn.models._skeleton import make_module, prepare, skeleton_field
+from fusefn.models._convert import as_tuple
+from fusefn.models._layers import salt, traced_child
+from fusefn.models._record import ModelRecord
+from fusefn.models._skeleton import prepare, skeleton_field
 
 __all__ = ["Ensemble", "majority_vote"]
 
@@ -48,54 +53,56 @@ class _EnsembleModule(nn.Module):
         super().__init__()
         self.members = nn.ModuleList(members)
         self.heads = cfg.head_names()
+        # member i's dropout stream is the child ("member", i) of the ensemble's, so
+        # identical members never share a mask
+        self.sites = tuple(salt(f"member.{i}") for i in range(len(members)))
 
     def forward(self, batch, rng=None):
-        outs = [m(batch, None if rng is None else rng + 7919 * i) for i, m in enumerate(self.members)]
+        outs = [m(batch, None if rng is None else traced_child(rng, site)) for m, site in zip(self.members, self.sites)]
         new = {}
         for h in self.heads:
-            probs = torch.stack([nd.get(o, f"model.{h}.probs") for o in outs])
-            logits = torch.stack([nd.get(o, f"model.{h}.logits") for o in outs])
-            new[f"model.{h}.probs"] = probs.mean(0)
-            new[f"model.{h}.logits"] = logits.mean(0)
+            probs = torch.stack([nd.get(o, keys.probs(h)) for o in outs])
+            logits = torch.stack([nd.get(o, keys.logits(h)) for o in outs])
+            new[keys.probs(h)] = probs.mean(0)
+            new[keys.logits(h)] = logits.mean(0)
             new[f"model.{h}.vote"] = majority_vote(probs)
         return nd.assoc_many(batch, new)
 
 
-def _models(instance, attribute, value):
-    for i, m in enumerate(value):
-        if not hasattr(m, "build"):
-            raise ConfigError(f"Ensemble.members[{i}] is not a model record: {m!r}")
+_MEMBERS = v.deep_iterable(
+    v.wrap(attrs.validators.instance_of(ModelRecord), "must hold model records (Model, Multistream, Wrapper, Ensemble)")
+)
 
 
 @record(cache_hash=True)
-class Ensemble:
+class Ensemble(ModelRecord):
     """Run every member on the batch; for each head in ``heads`` write the mean ``probs`` and
     ``logits`` over members and the majority ``vote`` (``model.<head>.vote``, int64).
 
     ``heads`` defaults to the head names of the first member. Parameters are named
-    ``members.<i>.<member's names>``; :meth:`from_checkpoints` builds one from saved runs.
+    ``members.<i>.<member's names>``; :meth:`stack` puts trained members together.
     """
 
-    members: tuple = attrs.field(converter=tuple, validator=[v.non_empty, _models])
-    heads: tuple = attrs.field(default=(), converter=v.as_tuple)
+    members: tuple = attrs.field(converter=tuple, validator=[v.min_len(1), _MEMBERS])
+    heads: tuple = attrs.field(default=(), converter=as_tuple)
     _skeletons = skeleton_field()
 
     def __attrs_post_init__(self):
-        if not self.heads and not getattr(self.members[0], "heads", None):
+        if not self.head_names():
             raise ConfigError("Ensemble.heads must name the heads to combine: the first member has no heads")
         for i, m in enumerate(self.members):
-            written = set(m.writes()) if hasattr(m, "writes") else None
+            written = set(m.writes())
             for h in self.head_names():
-                if written is not None and {f"model.{h}.probs", f"model.{h}.logits"} - written:
-                    raise ConfigError(f"Ensemble.members[{i}] does not write model.{h}.probs and model.{h}.logits")
+                if {keys.probs(h), keys.logits(h)} - written:
+                    raise ConfigError(f"Ensemble.members[{i}] does not write {keys.probs(h)} and {keys.logits(h)}")
         prepare(self)
 
     def head_names(self) -> tuple[str, ...]:
-        return self.heads or tuple(h.name for h in self.members[0].heads)
+        return self.heads or self.members[0].head_names()
 
     @property
     def ties_weights(self) -> bool:
-        return any(getattr(m, "ties_weights", False) for m in self.members)
+        return any(m.ties_weights for m in self.members)
 
     def writes(self) -> tuple[str, ...]:
         return tuple(f"model.{h}.{k}" for h in self.head_names() for k in ("logits", "probs", "vote"))
@@ -111,12 +118,12 @@ class Ensemble:
         return _EnsembleModule(self, [m.build() for m in self.members])
 
     def build_skeleton(self) -> nn.Module:
-        return _EnsembleModule(self, [make_module(m) for m in self.members])
+        return _EnsembleModule(self, [m.build_skeleton() for m in self.members])
 
-    def init_tensors(self, seed: int) -> tuple[dict, dict]:
+    def fresh_tensors(self, *, rng: Rng) -> tuple[dict, dict]:
         params, buffers = {}, {}
         for i, m in enumerate(self.members):
-            p, b = fn.init(m, derive_seed(seed, "member", i))
+            p, b = m.init(rng=rng.child("member", i))
             params.update({f"members.{i}.{k}": t for k, t in p.items()})
             buffers.update({f"members.{i}.{k}": t for k, t in b.items()})
         return params, buffers
@@ -128,24 +135,3 @@ class Ensemble:
         params = {f"members.{i}.{k}": t for i, (_, p, _) in enumerate(members) for k, t in p.items()}
         buffers = {f"members.{i}.{k}": t for i, (_, _, b) in enumerate(members) for k, t in b.items()}
         return ens, params, buffers
-
-    @staticmethod
-    def from_checkpoints(dirs: Sequence, load: Callable | None = None, which="best") -> tuple[Ensemble, dict, dict]:
-        """``(ensemble, params, buffers)`` from the model directories of trained runs.
-
-        ``load(dir) -> (model, params, buffers)`` reads one run; by default the
-        ``which`` checkpoint (``best``, ``last``, an epoch) of ``fusefn.train``, whose
-        model is rebuilt from the config saved with it.
-        """
-        if load is None:
-            load = functools.partial(_load_run, which=which)
-        return Ensemble.stack([load(d) for d in dirs])
-
-
-def _load_run(model_dir, which="best"):
-    # imported here: training code depends on models, never the other way round at import time
-    from fusefn.train.checkpoint import checkpoint_path, load_checkpoint, rebuild_model
-
-    payload = load_checkpoint(checkpoint_path(model_dir, which))
-    state = payload["state"]
-    return rebuild_model(payload), dict(state.params), dict(state.buffers)

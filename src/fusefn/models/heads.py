@@ -20,9 +20,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fusefn import keys
+from fusefn import validators as v
 from fusefn.core import record
 from fusefn.errors import ConfigError
-from fusefn.models import _validate as v
+from fusefn.models._convert import as_tuple
 from fusefn.models._layers import ConvBNAct, SeededDropout, conv
 
 __all__ = ["ClassifierHead", "RegressionHead", "SegmentationHead", "SegmentationHead3D"]
@@ -41,13 +43,14 @@ def _activate(logits: torch.Tensor, sigmoid: bool) -> torch.Tensor:
 class _Head:
     name: str = attrs.field(validator=_check_name)
     features: str = attrs.field(default="model.backbone_features", validator=v.key)
-    in_channels: int | None = attrs.field(default=None, validator=attrs.validators.optional(v.positive))
+    in_channels: int | None = attrs.field(default=None, validator=v.optional(v.positive_int))
 
     spatial_dims = None  # None: any number of spatial dims (pooled heads)
     tabular_inputs = ()
+    tabular_features = 0
 
     def writes(self) -> tuple[str, ...]:
-        return (f"model.{self.name}.logits", f"model.{self.name}.probs")
+        return (keys.logits(self.name), keys.probs(self.name))
 
     def describe(self) -> str:
         parts = [f"{f.name}={getattr(self, f.name)!r}" for f in attrs.fields(type(self)) if f.name != "name"]
@@ -95,16 +98,14 @@ class _RegressionModule(_PooledModule):
 
 @record
 class _PooledHead(_Head):
-    pooling: str = attrs.field(default="avg", validator=v.one_of("avg", "max"))
-    layers: tuple = attrs.field(default=(), converter=tuple, validator=v.positive_ints)
-    dropout: float = attrs.field(default=0.0, validator=v.probability)
-    tabular_inputs: tuple = attrs.field(default=(), converter=v.as_tuple, validator=v.keys)
-    tabular_features: int = attrs.field(default=0)
+    pooling: str = attrs.field(default="avg", validator=v.in_(("avg", "max")))
+    layers: tuple = attrs.field(default=(), converter=tuple, validator=v.deep_iterable(v.positive_int))
+    dropout: float = attrs.field(default=0.0, validator=v.and_(v.ge(0), v.lt(1)))
+    tabular_inputs: tuple = attrs.field(default=(), converter=as_tuple, validator=v.keys)
+    tabular_features: int = attrs.field(default=0, validator=v.non_negative_int)
 
     def __attrs_post_init__(self):
         cls = type(self).__name__
-        if isinstance(self.tabular_features, bool) or not isinstance(self.tabular_features, int):
-            raise ConfigError(f"{cls}.tabular_features must be an int, got {self.tabular_features!r}")
         if bool(self.tabular_inputs) != (self.tabular_features > 0):
             raise ConfigError(
                 f"{cls}.tabular_features must be > 0 exactly when tabular_inputs is given "
@@ -121,7 +122,7 @@ class ClassifierHead(_PooledHead):
     Works on ``N×C×…`` maps of any dimensionality and on ``N×C`` vectors (MLP features).
     """
 
-    num_classes: int = attrs.field(default=2, validator=v.positive)
+    num_classes: int = attrs.field(default=2, validator=v.positive_int)
     multi_label: bool = False
 
     def build(self, in_channels: int) -> nn.Module:
@@ -132,10 +133,10 @@ class ClassifierHead(_PooledHead):
 class RegressionHead(_PooledHead):
     """Like :class:`ClassifierHead` without an activation; writes ``model.<name>.pred`` (= logits)."""
 
-    num_outputs: int = attrs.field(default=1, validator=v.positive)
+    num_outputs: int = attrs.field(default=1, validator=v.positive_int)
 
     def writes(self):
-        return (f"model.{self.name}.logits", f"model.{self.name}.pred")
+        return (keys.logits(self.name), f"model.{self.name}.pred")
 
     def build(self, in_channels: int) -> nn.Module:
         return _RegressionModule(self, in_channels)
@@ -169,9 +170,9 @@ class SegmentationHead(_Head):
     Writes logits and probs of shape ``N×num_classes×H×W`` (``×D×H×W`` in 3D).
     """
 
-    num_classes: int = attrs.field(default=2, validator=v.positive)
-    layers: tuple = attrs.field(default=(), converter=tuple, validator=v.positive_ints)
-    spatial_dims: int = attrs.field(default=2, validator=v.spatial_dims)
+    num_classes: int = attrs.field(default=2, validator=v.positive_int)
+    layers: tuple = attrs.field(default=(), converter=tuple, validator=v.deep_iterable(v.positive_int))
+    spatial_dims: int = attrs.field(default=2, validator=v.in_((2, 3)))
     multi_label: bool = False
 
     def build(self, in_channels: int) -> nn.Module:
@@ -182,4 +183,4 @@ class SegmentationHead(_Head):
 class SegmentationHead3D(SegmentationHead):
     """:class:`SegmentationHead` for volumes."""
 
-    spatial_dims: int = attrs.field(default=3, validator=v.spatial_dims)
+    spatial_dims: int = attrs.field(default=3, validator=v.in_((2, 3)))

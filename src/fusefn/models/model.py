@@ -3,7 +3,9 @@
 A model record says which batch keys it reads (``inputs``) and writes
 (``model.backbone_*`` then each head's keys); its ``build()`` returns the
 ``nn.Module`` skeleton whose ``forward(batch, rng)`` returns the new batch.
-Parameters never live in the record: see :func:`fusefn.models.init` / ``apply``.
+Parameters never live in the record: see :meth:`init` / :meth:`apply` (the
+:class:`~fusefn.protocols.ModelSpec` protocol). The backbone is a
+:class:`~fusefn.protocols.Backbone`, every head a :class:`~fusefn.protocols.Head`.
 
 >>> from fusefn.models import SmallCNN, ClassifierHead
 >>> m = Model(backbone=SmallCNN(in_channels=1), heads=(ClassifierHead(name="head_0", num_classes=10),))
@@ -17,12 +19,15 @@ import attrs
 import torch
 from torch import nn
 
-from fusefn import nd
+from fusefn import keys, nd
+from fusefn import validators as v
 from fusefn.core import record
 from fusefn.errors import ConfigError, MissingKeyError
-from fusefn.models import _validate as v
+from fusefn.models._convert import as_tuple
 from fusefn.models._layers import ModelInputError
+from fusefn.models._record import ModelRecord
 from fusefn.models._skeleton import prepare, skeleton_field
+from fusefn.protocols import Backbone, Head
 
 __all__ = ["Model", "Multistream", "read_input"]
 
@@ -78,8 +83,6 @@ def _check_heads(owner: str, heads: tuple, produced: dict[str, int], spatial_ndi
     names = [h.name for h in heads]
     for i, h in enumerate(heads):
         where = f"{owner}.heads[{i}] ({h.name})"
-        if not hasattr(h, "build") or not hasattr(h, "features"):
-            raise ConfigError(f"{where} is not a head record: {h!r}")
         if names.count(h.name) > 1:
             raise ConfigError(f"{where}: head name {h.name!r} is used twice")
         found = produced.get(h.features)
@@ -107,9 +110,7 @@ class _HeadsModule(nn.Module):
         for h in heads:
             cin = h.in_channels if h.in_channels is not None else produced[h.features]
             self.heads[h.name] = h.build(cin)
-            self.head_specs.append(
-                (h.name, h.features, cin, tuple(h.tabular_inputs), getattr(h, "tabular_features", 0))
-            )
+            self.head_specs.append((h.name, h.features, cin, tuple(h.tabular_inputs), h.tabular_features))
 
     def run_heads(self, batch, size, rng):
         for name, key, cin, tab_keys, tab_features in self.head_specs:
@@ -150,13 +151,11 @@ class _ModelModule(_HeadsModule):
         return self.run_heads(batch, tuple(x.shape[2:]), rng)
 
 
-def _check_backbone(owner, field, b):
-    if not (hasattr(b, "build") and hasattr(b, "outputs") and hasattr(b, "in_channels")):
-        raise ConfigError(f"{owner}.{field} is not a backbone record: {b!r}")
+_HEADS = v.deep_iterable(v.instance_of(Head))
 
 
 @record(cache_hash=True)
-class Model:
+class Model(ModelRecord):
     """One backbone over ``inputs`` (concatenated on channels) followed by ``heads``.
 
     Writes ``model.backbone_features`` (and ``model.backbone_encoder`` for a U-Net), then
@@ -164,13 +163,12 @@ class Model:
     read an earlier head's output (give it ``in_channels``).
     """
 
-    inputs: tuple = attrs.field(default=("data.input.img",), converter=v.as_tuple, validator=[v.non_empty, v.keys])
-    backbone: object = attrs.field()
-    heads: tuple = attrs.field(default=(), converter=tuple)
+    inputs: tuple = attrs.field(default=(keys.IMAGE,), converter=as_tuple, validator=[v.min_len(1), v.keys])
+    backbone: Backbone = attrs.field(validator=v.instance_of(Backbone))
+    heads: tuple = attrs.field(default=(), converter=tuple, validator=_HEADS)
     _skeletons = skeleton_field()
 
     def __attrs_post_init__(self):
-        _check_backbone("Model", "backbone", self.backbone)
         _check_heads("Model", self.heads, self.produced(), self.backbone.input_ndim - 2)
         prepare(self)
 
@@ -182,15 +180,13 @@ class Model:
         return (*self.produced(), *(k for h in self.heads for k in h.writes()))
 
     def blocks(self):
-        """``(block, parameter prefix, description, keys written)`` per block, for summaries."""
         out = [("backbone", "backbone.", self.backbone.describe(), tuple(self.produced()))]
         out += [(f"head {h.name!r}", f"heads.{h.name}.", h.describe(), h.writes()) for h in self.heads]
         return out
 
     def weight_files(self):
-        """``(block, prefix, path, skip)`` for every block with a local weights file."""
         b = self.backbone
-        return [("backbone", "backbone.", b.weights, b.weights_skip)] if getattr(b, "weights", None) else []
+        return [("backbone", "backbone.", b.weights, b.weights_skip)] if b.weights else []
 
     def build(self) -> nn.Module:
         return _ModelModule(self)
@@ -222,7 +218,7 @@ class _MultistreamModule(_HeadsModule):
 
 
 @record(cache_hash=True)
-class Multistream:
+class Multistream(ModelRecord):
     """One backbone per input stream (or one shared backbone), features joined on channels, then heads.
 
     ``backbones`` holds one record per entry of ``inputs``, or a single record whose
@@ -230,14 +226,14 @@ class Multistream:
     ``model.backbone_features``; the streams' feature maps must have the same spatial size.
     """
 
-    inputs: tuple = attrs.field(converter=v.as_tuple, validator=[v.non_empty, v.keys])
-    backbones: tuple = attrs.field(converter=v.as_tuple, validator=v.non_empty)
-    heads: tuple = attrs.field(default=(), converter=tuple)
+    inputs: tuple = attrs.field(converter=as_tuple, validator=[v.min_len(1), v.keys])
+    backbones: tuple = attrs.field(
+        converter=as_tuple, validator=[v.min_len(1), v.deep_iterable(v.instance_of(Backbone))]
+    )
+    heads: tuple = attrs.field(default=(), converter=tuple, validator=_HEADS)
     _skeletons = skeleton_field()
 
     def __attrs_post_init__(self):
-        for i, b in enumerate(self.backbones):
-            _check_backbone("Multistream", f"backbones[{i}]", b)
         if len(self.backbones) not in (1, len(self.inputs)):
             raise ConfigError(
                 f"Multistream.backbones has {len(self.backbones)} entries for {len(self.inputs)} inputs: "
@@ -272,7 +268,7 @@ class Multistream:
         return [
             (f"stream {i}", f"streams.{i}.", b.weights, b.weights_skip)
             for i, b in enumerate(self.backbones)
-            if getattr(b, "weights", None)
+            if b.weights
         ]
 
     def build(self) -> nn.Module:

@@ -6,10 +6,11 @@ module instance, so it saves as config. The module receives the tensors at
 written to ``outputs`` in order.
 
 >>> import torch
+>>> from fusefn import Rng
 >>> from fusefn.models import init, apply
 >>> w = Wrapper(module=torch.nn.Linear, kwargs={"in_features": 3, "out_features": 2},
 ...             inputs=("data.x",), outputs=("model.head_0.logits",), activation="softmax")
->>> params, buffers = init(w, seed=0)
+>>> params, buffers = init(w, rng=Rng(0))
 >>> out, _ = apply(w, params, buffers, {"data": {"x": torch.ones(4, 3)}})
 >>> sorted(out["model"]["head_0"])
 ['logits', 'probs']
@@ -23,10 +24,12 @@ import attrs
 import torch
 from torch import nn
 
-from fusefn import nd
-from fusefn.core import derive_seed, record
+from fusefn import keys, nd
+from fusefn import validators as v
+from fusefn.core import Rng, record
 from fusefn.errors import ConfigError
-from fusefn.models import _validate as v
+from fusefn.models._convert import as_tuple
+from fusefn.models._record import ModelRecord
 from fusefn.models._skeleton import prepare, skeleton_field
 from fusefn.models.model import read_input
 
@@ -46,11 +49,6 @@ def _kwargs(value) -> tuple:
     if isinstance(value, Mapping):
         return tuple((str(k), _freeze(x)) for k, x in value.items())
     return tuple((k, _freeze(x)) for k, x in value)
-
-
-def _callable(instance, attribute, value):
-    if not callable(value):
-        raise ConfigError(f"Wrapper.module must be an nn.Module class or factory function, got {value!r}")
 
 
 class _WrapperModule(nn.Module):
@@ -77,30 +75,35 @@ class _WrapperModule(nn.Module):
 
 
 @record(cache_hash=True)
-class Wrapper:
+class Wrapper(ModelRecord):
     """An ``nn.Module`` built by ``module(**kwargs)``, reading ``inputs`` and writing ``outputs``.
 
     ``activation`` ("softmax" or "sigmoid") also writes ``….probs`` next to every output
     key ending in ``.logits``. Parameters are named ``net.<module's own names>``;
     ``weights`` is a local state-dict file of the module (keys without ``net.``), loaded by
     ``init`` (keys starting with a prefix in ``weights_skip`` are ignored). The
-    module's own initialisation runs under a generator state forked from ``seed``, so
-    ``init`` stays deterministic and the global generator is left as it was.
+    module's own initialisation runs under a global-generator state forked from ``init``'s
+    ``rng``, so ``init`` stays deterministic and the global generator is left as it was.
     """
 
-    module: object = attrs.field(validator=_callable)
+    module: object = attrs.field(
+        validator=v.wrap(attrs.validators.is_callable(), "must be an nn.Module class or factory function")
+    )
     kwargs: tuple = attrs.field(default=(), converter=_kwargs)
-    inputs: tuple = attrs.field(default=("data.input.img",), converter=v.as_tuple, validator=[v.non_empty, v.keys])
-    outputs: tuple = attrs.field(default=("model.output",), converter=v.as_tuple, validator=[v.non_empty, v.keys])
-    activation: str | None = attrs.field(default=None, validator=v.one_of(None, "softmax", "sigmoid"))
+    inputs: tuple = attrs.field(default=(keys.IMAGE,), converter=as_tuple, validator=[v.min_len(1), v.keys])
+    outputs: tuple = attrs.field(default=("model.output",), converter=as_tuple, validator=[v.min_len(1), v.keys])
+    activation: str | None = attrs.field(default=None, validator=v.in_((None, "softmax", "sigmoid")))
     weights: str | None = attrs.field(default=None, converter=attrs.converters.optional(str))
-    weights_skip: tuple = attrs.field(default=(), converter=v.as_tuple)
+    weights_skip: tuple = attrs.field(default=(), converter=as_tuple)
     _skeletons = skeleton_field()
 
     ties_weights = True  # an arbitrary module may share one parameter between two names
 
     def __attrs_post_init__(self):
         prepare(self)
+
+    def head_names(self) -> tuple[str, ...]:
+        return ()
 
     def writes(self) -> tuple[str, ...]:
         extra = tuple(k[: -len("logits")] + "probs" for k in self.outputs if k.endswith(".logits"))
@@ -114,11 +117,11 @@ class Wrapper:
         args = ", ".join(f"{k}={x!r}" for k, x in self.kwargs)
         return [("wrapped module", "net.", f"{name}({args})", self.writes())]
 
-    def _real(self, seed: int) -> nn.Module:
+    def _real(self, rng: Rng) -> nn.Module:
         # arbitrary modules initialise from the global generator; fork it so the
-        # caller's stream is untouched and the result depends on seed alone
+        # caller's stream is untouched and the result depends on rng alone
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+            torch.manual_seed(rng.seed)
             return _WrapperModule(self)
 
     def build(self) -> nn.Module:
@@ -126,10 +129,10 @@ class Wrapper:
 
     def build_skeleton(self) -> nn.Module:
         # not on meta: a wrapped module may keep plain tensors that its forward needs
-        return self._real(0)
+        return self._real(Rng(0))
 
-    def init_tensors(self, seed: int) -> tuple[dict, dict]:
-        m = self._real(derive_seed(seed, "models.init"))
+    def fresh_tensors(self, *, rng: Rng) -> tuple[dict, dict]:
+        m = self._real(rng.child("models.init"))
         params = {k: p.detach() for k, p in m.named_parameters()}
         buffers = {k: b.detach() for k, b in m.named_buffers()}
         return params, buffers

@@ -22,9 +22,9 @@ from typing import Any
 
 import attrs
 
-from fusefn import nd
+from fusefn import keys, nd
+from fusefn import validators as v
 from fusefn.core import record
-from fusefn.errors import ConfigError
 from fusefn.train.checkpoint import _atomic_write
 
 __all__ = [
@@ -69,9 +69,9 @@ def flat_results(results: dict, mode: str) -> dict[str, float]:
     """``{"losses.total_loss": …, "metrics.auc.macro": …}`` for one mode of epoch results (numbers only)."""
     sub = results.get(mode) or {}
     out = {}
-    for k, v in nd.flatten(sub).items():
-        if isinstance(v, (int, float)) and not isinstance(v, bool):
-            out[k] = float(v)
+    for k, value in nd.flatten(sub).items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[k] = float(value)
     return out
 
 
@@ -90,9 +90,9 @@ class TensorBoard(Callback):
     def on_epoch_end(self, run: RunContext, epoch: int, results: dict) -> None:
         writers = run.resources.get(id(self), {})
         for mode, w in writers.items():
-            for k, v in flat_results(results, mode).items():
-                if math.isfinite(v):  # an undefined metric (NaN) has no point on a curve
-                    w.add_scalar(k, v, epoch)
+            for k, value in flat_results(results, mode).items():
+                if math.isfinite(value):  # an undefined metric (NaN) has no point on a curve
+                    w.add_scalar(k, value, epoch)
             if mode == "train" and results.get("learning_rate") is not None:
                 w.add_scalar("learning_rate", float(results["learning_rate"]), epoch)
             w.flush()
@@ -164,14 +164,10 @@ class TimeStats(Callback):
 class EarlyStopping(Callback):
     """Stop when ``source`` has not improved by ``min_delta`` for ``patience`` epochs (decided from the history)."""
 
-    source: str = "validation.losses.total_loss"
-    optimization: str = attrs.field(default="min", validator=attrs.validators.in_(("min", "max")))
-    patience: int = 5
+    source: str = attrs.field(default=f"validation.{keys.TOTAL_LOSS}", validator=v.key)
+    optimization: str = attrs.field(default="min", validator=v.in_(("min", "max")))
+    patience: int = attrs.field(default=5, validator=v.positive_int)
     min_delta: float = 0.0
-
-    def __attrs_post_init__(self):
-        if self.patience < 1:
-            raise ConfigError(f"EarlyStopping.patience must be >= 1, got {self.patience}")
 
     def should_stop(self, history) -> bool:
         """Whether training should stop after the last entry of ``history``."""

@@ -25,19 +25,22 @@ import attrs
 import torch
 
 from fusefn import nd
+from fusefn import validators as v
 from fusefn._atomic import atomic_path
-from fusefn.core import fingerprint, from_config, record, to_config
+from fusefn.core import Rng, fingerprint, record, to_config
 from fusefn.errors import ConfigError, FusefnError
 from fusefn.train.state import TrainState, tree_to
 
 __all__ = [
     "BestEpochSource",
+    "BestEpochs",
     "CheckpointError",
     "save_checkpoint",
     "load_checkpoint",
     "checkpoint_path",
     "best_name",
     "is_better",
+    "epoch_value",
     "should_save_epoch",
     "write_json_atomic",
     "config_diff",
@@ -59,13 +62,9 @@ class BestEpochSource:
     ``max`` or ``min``; ``on_equal_values`` ``better`` (a tie replaces the best) or ``worse``.
     """
 
-    source: str
-    optimization: str = attrs.field(default="max", validator=attrs.validators.in_(("max", "min")))
-    on_equal_values: str = attrs.field(default="better", validator=attrs.validators.in_(("better", "worse")))
-
-    def __attrs_post_init__(self):
-        if not isinstance(self.source, str) or not self.source:
-            raise ConfigError(f"BestEpochSource.source must be a dotted key, got {self.source!r}")
+    source: str = attrs.field(validator=v.key)
+    optimization: str = attrs.field(default="max", validator=v.in_(("max", "min")))
+    on_equal_values: str = attrs.field(default="better", validator=v.in_(("better", "worse")))
 
 
 def best_name(source: BestEpochSource | str) -> str:
@@ -88,6 +87,74 @@ def is_better(value: float, best: float | None, src: BestEpochSource) -> bool:
     if value == best:
         return src.on_equal_values == "better"
     return value > best if src.optimization == "max" else value < best
+
+
+def epoch_value(results: Mapping, key: str) -> float:
+    """The number at dotted ``key`` of one epoch's results; a ConfigError listing the keys there when it is not one.
+
+    >>> epoch_value({"epoch": 1, "validation": {"metrics": {"auc": 0.75}}}, "validation.metrics.auc")
+    0.75
+    """
+    value = nd.get(results, key, default=None)
+    if value is None or isinstance(value, Mapping):
+        flat = [k for k, x in nd.flatten(results).items() if isinstance(x, (int, float))]
+        what = "is not a number" if isinstance(value, Mapping) else "is not in the epoch results"
+        raise ConfigError(f"best epoch source {key!r} {what}; available: {', '.join(sorted(flat))}")
+    return float(value)
+
+
+def _as_sources(value) -> tuple:
+    return (value,) if isinstance(value, BestEpochSource) else tuple(value)
+
+
+@record
+class BestEpochs:
+    """Best-epoch tracking as a reducer over epoch results (:class:`fusefn.Reducer`).
+
+    Its state is ``TrainState.best``: ``{source: {"value": float, "epoch": int}}``.
+    ``update(best, epoch_results)`` folds in one epoch (its ``"epoch"`` entry names it);
+    ``compute(best)`` is ``{source: best epoch}``; ``improved(before, after)`` the sources
+    whose best the last update replaced (the ``best_<source>.pt`` files to write).
+
+    >>> best = BestEpochs(sources=BestEpochSource(source="validation.metrics.auc"))
+    >>> s1 = best.update(best.init(), {"epoch": 1, "validation": {"metrics": {"auc": 0.7}}})
+    >>> s2 = best.update(s1, {"epoch": 2, "validation": {"metrics": {"auc": 0.6}}})
+    >>> best.compute(s2), best.improved(s1, s2), [s.source for s in best.improved({}, s1)]
+    ({'validation.metrics.auc': 1}, (), ['validation.metrics.auc'])
+    """
+
+    sources: tuple = attrs.field(
+        converter=_as_sources, validator=v.and_(v.min_len(1), v.deep_iterable(v.instance_of(BestEpochSource)))
+    )
+
+    def init(self) -> dict:
+        return {}
+
+    def update(self, best: Mapping, results: Mapping) -> dict:
+        """``best`` with the epoch of ``results`` where it is better (``is_better``) for a source."""
+        out = dict(best)
+        for src in self.sources:
+            value = epoch_value(results, src.source)
+            prev = out.get(src.source)
+            if is_better(value, None if prev is None else prev["value"], src):
+                out[src.source] = {"value": value, "epoch": results["epoch"]}
+        return out
+
+    def merge(self, a: Mapping, b: Mapping) -> dict:
+        """The bests of two runs of epochs, ``b``'s after ``a``'s (as if ``b``'s epochs were folded in after)."""
+        out = dict(a)
+        for src in self.sources:
+            later = b.get(src.source)
+            if later is not None and is_better(later["value"], out.get(src.source, {}).get("value"), src):
+                out[src.source] = later
+        return out
+
+    def compute(self, best: Mapping) -> dict:
+        return {k: entry["epoch"] for k, entry in best.items()}
+
+    def improved(self, before: Mapping, after: Mapping) -> tuple[BestEpochSource, ...]:
+        """The sources whose best changed from ``before`` to ``after``."""
+        return tuple(src for src in self.sources if after.get(src.source) != before.get(src.source))
 
 
 def should_save_epoch(n: int, start_saving_epochs: int | None, gap_between_saving_epochs: int) -> bool:
@@ -132,7 +199,10 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
 
 
 def _state_dict(state: TrainState) -> dict:
-    return {f.name: getattr(state, f.name) for f in attrs.fields(TrainState)}
+    # the run's Rng is stored as its seed int (the "seed" entry): the file needs no fusefn class to read
+    out = {f.name: getattr(state, f.name) for f in attrs.fields(TrainState) if f.name != "rng"}
+    out["seed"] = state.rng.seed
+    return out
 
 
 def save_checkpoint(
@@ -185,18 +255,12 @@ def load_checkpoint(path: str | os.PathLike, *, device="cpu") -> dict:
     if not isinstance(payload, Mapping) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a fusefn checkpoint")
     fields = {f.name for f in attrs.fields(TrainState)}
-    raw = {k: v for k, v in payload["state"].items() if k in fields}
+    raw = {k: val for k, val in payload["state"].items() if k in fields}
     raw = tree_to(raw, device)
+    raw["rng"] = Rng(int(payload["state"].get("seed", 0)))
     out = dict(payload)
     out["state"] = TrainState(**raw)
     return out
-
-
-def rebuild_model(payload: Mapping):
-    """The model record stored in a checkpoint payload."""
-    if payload.get("model_config") is None:
-        raise CheckpointError("the checkpoint holds no model config; it was saved without model=")
-    return from_config(payload["model_config"])
 
 
 def config_diff(a: Any, b: Any) -> list[str]:
@@ -212,7 +276,7 @@ def _plain(cfg: Any) -> Any:
     if isinstance(cfg, dict):
         if "__tuple__" in cfg and len(cfg) == 1:
             return _plain(cfg["__tuple__"])
-        return {str(k).replace(".", "_"): _plain(v) for k, v in cfg.items()}
+        return {str(k).replace(".", "_"): _plain(val) for k, val in cfg.items()}
     if isinstance(cfg, list):
-        return {str(i): _plain(v) for i, v in enumerate(cfg)} or {"_": "[]"}
+        return {str(i): _plain(val) for i, val in enumerate(cfg)} or {"_": "[]"}
     return cfg

@@ -1,15 +1,34 @@
-"""Helpers for DDP runs (``torchrun``): rank/world, process group set-up, metric-state merging."""
+"""Helpers for DDP runs (``torchrun``): rank/world, joining and leaving the process group, metric-state merging.
+
+Joining is explicit: :func:`process_group` joins the group torchrun describes for the
+duration of a ``with`` block and leaves it at the end (``fit`` runs inside one). Nothing
+is registered to run at interpreter exit.
+
+>>> with process_group() as active:  # not launched by torchrun: nothing to join
+...     active, rank(), world_size()
+(False, 0, 1)
+"""
 
 from __future__ import annotations
 
-import atexit
+import contextlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 
-__all__ = ["rank", "world_size", "is_main", "init_process_group", "merge_across_ranks", "barrier", "broadcast_object"]
+__all__ = [
+    "rank",
+    "world_size",
+    "is_main",
+    "process_group",
+    "init_process_group",
+    "destroy_process_group",
+    "merge_across_ranks",
+    "barrier",
+    "broadcast_object",
+]
 
 
 def _active() -> bool:
@@ -34,7 +53,10 @@ def is_main() -> bool:
 def init_process_group(backend: str | None = None) -> bool:
     """Join the process group torchrun describes (``WORLD_SIZE`` > 1); gloo on CPU, NCCL on GPU.
 
-    Returns whether a group is active. Does nothing when not launched by torchrun.
+    Returns whether a group is active. Does nothing when not launched by torchrun. The caller
+    leaves the group with :func:`destroy_process_group` (a group left alive at interpreter exit
+    can abort the process while its communication threads are torn down); :func:`process_group`
+    does both.
     """
     if _active():
         return True
@@ -43,15 +65,29 @@ def init_process_group(backend: str | None = None) -> bool:
     if backend is None:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
     torch.distributed.init_process_group(backend=backend)
-    # a group left alive at interpreter exit can abort the process ("terminate called without an
-    # active exception") while its communication threads are torn down: close it first
-    atexit.register(_destroy)
     return True
 
 
-def _destroy() -> None:
+def destroy_process_group() -> None:
+    """Leave the active process group (no-op without one)."""
     if _active():
         torch.distributed.destroy_process_group()
+
+
+@contextlib.contextmanager
+def process_group(backend: str | None = None) -> Iterator[bool]:
+    """Join torchrun's process group for a ``with`` block; leave it at the end if this block joined it.
+
+    Yields whether a group is active. A group the caller joined already is used and left
+    alone, so blocks nest: a recipe may hold one around several ``fit`` calls (and the work
+    between them, such as rank 0 building a cache while the others wait at a barrier).
+    """
+    joined = not _active() and init_process_group(backend)
+    try:
+        yield _active()
+    finally:
+        if joined:
+            destroy_process_group()
 
 
 def barrier() -> None:

@@ -1,4 +1,4 @@
-"""fit: the epoch loop around the pure step (data, device, metrics, checkpoints, callbacks, resume).
+"""fit: the epoch loop glued from the public pieces (epoch_batches, train_epoch, eval_epoch, BestEpochs, checkpoints).
 
 The loop is the I/O shell; the math lives in :mod:`fusefn.train.step`. Every
 random stream derives from ``(seed, purpose, epoch|step)``: the shuffling of
@@ -9,262 +9,45 @@ goes on exactly as if it had never stopped.
 
 from __future__ import annotations
 
-import itertools
+import contextlib
+import functools
 import logging
-import math
 import os
 import pathlib
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from fusefn import nd, optim
-from fusefn.core import Rng, to_config
+from fusefn import keys, optim
+from fusefn.core import Rng, fingerprint, to_config
 from fusefn.errors import ConfigError
 from fusefn.train import distributed as dist_
+from fusefn.train.batches import epoch_batches
 from fusefn.train.callbacks import Callback, EarlyStopping, RunContext
 from fusefn.train.checkpoint import (
+    BestEpochs,
     BestEpochSource,
     CheckpointError,
-    best_name,
     checkpoint_path,
     config_diff,
-    is_better,
+    epoch_value,
     load_checkpoint,
     save_checkpoint,
-    should_save_epoch,
     write_json_atomic,
 )
 from fusefn.train.device import select_device
-from fusefn.train.state import TrainState, init_state, tree_to
+from fusefn.train.loop import eval_epoch, summary_table, train_epoch
+from fusefn.train.settings import CheckpointRule, LoaderSettings, StepSettings
+from fusefn.train.state import TrainState, init_state
 from fusefn.train.step import NonFiniteLossError, make_eval_step, make_train_step
 
-__all__ = ["fit", "epoch_batches", "default_collate", "run_eval_epoch", "summary_table"]
+__all__ = ["fit"]
 
 _log = logging.getLogger("fusefn.train")
-
-
-# ------------------------------------------------------------------------------ data
-
-
-def default_collate(samples: Sequence[Mapping]) -> dict:
-    """``fusefn.data.collate`` when present, else torch's default collate."""
-    try:
-        from fusefn.data import collate
-    except ImportError:
-        collate = None
-    if collate is not None:
-        return collate(samples)
-    return torch.utils.data.default_collate(list(samples))
-
-
-def _is_map_dataset(data) -> bool:
-    return hasattr(data, "__getitem__") and hasattr(data, "__len__") and not isinstance(data, (list, tuple))
-
-
-def _index_batches(
-    n: int, epoch: int, seed: int, batch_size: int, shuffle: bool, drop_last: bool, rank: int, world: int
-) -> list[list[int]]:
-    if shuffle:
-        g = Rng(seed).child("shuffle", epoch).generator()
-        order = torch.randperm(n, generator=g).tolist()
-    else:
-        order = list(range(n))
-    if world > 1:
-        # every rank sees the same number of samples: the tail that does not divide is dropped
-        order = order[: n // world * world][rank::world]
-    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-    if drop_last and batches and len(batches[-1]) < batch_size:
-        batches.pop()
-    return batches
-
-
-def epoch_batches(
-    data,
-    epoch: int,
-    *,
-    seed: int = 0,
-    batch_size: int = 32,
-    shuffle: bool = True,
-    drop_last: bool = False,
-    collate_fn: Callable | None = None,
-    num_workers: int = 0,
-    skip: int = 0,
-    rank: int = 0,
-    world: int = 1,
-    batch_sampler=None,
-) -> tuple[Iterable, int]:
-    """``(batches, count)`` of one epoch, the first ``skip`` batches left out.
-
-    ``data`` is a map-style dataset (indexed ``0..len-1``; shuffled by a generator
-    derived from ``(seed, epoch)``, split by rank) or an iterable of ready batch_dicts
-    (used as is; its order is its own). A ``batch_sampler`` (e.g. ``fusefn.data.BalancedBatchSampler``,
-    which splits by rank itself) replaces the seeded shuffling; its ``set_epoch`` is called first.
-    """
-    if _is_map_dataset(data):
-        if hasattr(data, "set_epoch"):
-            data.set_epoch(epoch)
-        if batch_sampler is not None:
-            if hasattr(batch_sampler, "set_epoch"):
-                batch_sampler.set_epoch(epoch)
-            batches = [list(b) for b in batch_sampler][skip:]
-        else:
-            batches = _index_batches(len(data), epoch, seed, batch_size, shuffle, drop_last, rank, world)[skip:]
-        loader = torch.utils.data.DataLoader(
-            data,
-            batch_sampler=batches,
-            collate_fn=collate_fn or default_collate,
-            num_workers=num_workers,
-        )
-        return loader, len(batches)
-    if callable(data) and not hasattr(data, "__iter__"):
-        data = data(epoch)
-    try:
-        count = len(data)
-    except TypeError:
-        count = None
-    it = itertools.islice(iter(data), skip, None)
-    return it, (None if count is None else max(count - skip, 0))
-
-
-# --------------------------------------------------------------------------- helpers
-
-
-def _py(value: Any) -> Any:
-    """Metric/loss values as plain Python (floats, dicts of floats)."""
-    if isinstance(value, torch.Tensor):
-        return value.item() if value.numel() == 1 else value.detach().cpu().tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.item() if value.size == 1 else value.tolist()
-    if isinstance(value, Mapping):
-        return {str(k): _py(v) for k, v in value.items()}
-    return value
-
-
-def _accumulators(metrics: Mapping) -> dict:
-    return {"loss_sums": {}, "batches": 0, "metrics": {k: m.init() for k, m in metrics.items()}}
-
-
-def _loss_values(out: Mapping) -> dict:
-    """``{flat loss key: float}`` of one step's output (one host read per loss)."""
-    return {k: float(v) for k, v in nd.flatten(out.get("losses", {})).items()}
-
-
-def _accumulate(acc: dict, out: Mapping, metrics: Mapping, values: Mapping | None = None) -> dict:
-    """``acc`` plus one batch: loss sums (``values`` when already read, else from ``out``) and metric states."""
-    sums = dict(acc["loss_sums"])
-    for k, v in (_loss_values(out) if values is None else values).items():
-        sums[k] = sums.get(k, 0.0) + v
-    mstates = {k: metrics[k].update(acc["metrics"][k], out) for k in metrics} if metrics else acc["metrics"]
-    return {"loss_sums": sums, "batches": acc["batches"] + 1, "metrics": mstates}
-
-
-def _reduce(acc: dict, metrics: Mapping) -> dict:
-    if dist_.world_size() > 1:
-
-        def add(a, b):
-            return {
-                "loss_sums": {k: a["loss_sums"].get(k, 0.0) + b["loss_sums"].get(k, 0.0) for k in a["loss_sums"]},
-                "batches": a["batches"] + b["batches"],
-            }
-
-        merged = dist_.merge_across_ranks({"loss_sums": acc["loss_sums"], "batches": acc["batches"]}, add)
-        mstates = {k: dist_.merge_across_ranks(acc["metrics"][k], metrics[k].merge) for k in metrics}
-        acc = {**merged, "metrics": mstates}
-    n = max(acc["batches"], 1)
-    losses = nd.unflatten({k: v / n for k, v in acc["loss_sums"].items()})
-    values = {}
-    for k, m in metrics.items():
-        values[k] = _py(m.compute(acc["metrics"][k]))
-    return {"losses": losses, "metrics": values}
-
-
-def summary_table(results: Mapping) -> str:
-    """One text table of an epoch's results: a row per key, a column per mode."""
-    modes = [m for m in ("train", "validation") if m in results]
-    flat = {m: {k: v for k, v in nd.flatten(results[m]).items() if isinstance(v, (int, float))} for m in modes}
-    keys = sorted(set().union(*[set(f) for f in flat.values()])) if flat else []
-    width = max([len(k) for k in keys] + [10])
-    lines = [f"{'':{width}}  " + "  ".join(f"{m:>12}" for m in modes)]
-    for k in keys:
-        cells = []
-        for m in modes:
-            v = flat[m].get(k)
-            cells.append(f"{v:12.4f}" if isinstance(v, (int, float)) else f"{'-':>12}")
-        lines.append(f"{k:{width}}  " + "  ".join(cells))
-    if results.get("learning_rate") is not None:
-        lines.append(f"{'learning_rate':{width}}  {results['learning_rate']:12.3g}")
-    return "\n".join(lines)
-
-
-def _check_sources(sources: Sequence[BestEpochSource], losses: Mapping, metrics_by_mode: Mapping) -> None:
-    available = ["learning_rate"]
-    for mode, ms in metrics_by_mode.items():
-        available += [f"{mode}.losses.total_loss"] + [f"{mode}.losses.{k}" for k in losses]
-        available += [f"{mode}.metrics.{k}" for k in ms]
-    for src in sources:
-        if not any(src.source == a or src.source.startswith(a + ".") for a in available):
-            raise ConfigError(
-                f"best epoch source {src.source!r} will not exist in the epoch results; available: "
-                + ", ".join(available)
-            )
-
-
-def _source_value(results: Mapping, key: str):
-    value = nd.get(results, key, default=None)
-    if value is None or isinstance(value, Mapping):
-        flat = [k for k, v in nd.flatten(results).items() if isinstance(v, (int, float))]
-        what = "is not a number" if isinstance(value, Mapping) else "is not in the epoch results"
-        raise ConfigError(f"best epoch source {key!r} {what}; available: {', '.join(sorted(flat))}")
-    return float(value)
-
-
-class _InterruptFlag:
-    """Defers Ctrl-C to the next batch boundary, so a checkpoint is never taken mid-update."""
-
-    def __init__(self):
-        self.raised = False
-        self._old = None
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            self._old = signal.getsignal(signal.SIGINT)
-
-            def handler(signum, frame):
-                if self.raised:  # a second Ctrl-C stops at once
-                    raise KeyboardInterrupt
-                self.raised = True
-
-            signal.signal(signal.SIGINT, handler)
-        return self
-
-    def __exit__(self, *exc):
-        if self._old is not None:
-            signal.signal(signal.SIGINT, self._old)
-        return False
-
-
-# -------------------------------------------------------------------------------- fit
-
-
-def run_eval_epoch(eval_step, state, data, metrics: Mapping, *, device, batch_kwargs: Mapping, desc: str, progress):
-    """One pass of ``eval_step`` over ``data``: ``{"losses": …, "metrics": …}``."""
-    batches, count = epoch_batches(data, 0, shuffle=False, **batch_kwargs)
-    acc = _accumulators(metrics)
-    with tqdm(total=count, desc=desc, disable=not progress, leave=False, unit="batch") as bar:
-        for batch in batches:
-            out = eval_step(state, tree_to(batch, device))
-            acc = _accumulate(acc, out, metrics)
-            bar.update(1)
-    return _reduce(acc, metrics)
 
 
 def fit(
@@ -279,21 +62,12 @@ def fit(
     metrics: Mapping | None = None,
     train_metrics: Mapping | None = None,
     validation_metrics: Mapping | None = None,
-    batch_size: int = 32,
-    collate_fn: Callable | None = None,
-    num_workers: int = 0,
-    shuffle: bool = True,
-    drop_last: bool = False,
-    batch_sampler=None,
+    loader: LoaderSettings = LoaderSettings(),
+    step: StepSettings = StepSettings(),
+    checkpoints: CheckpointRule = CheckpointRule(),
     augment: Callable | None = None,
     seed: int = 0,
     device: str | torch.device = "auto",
-    compile: bool = False,
-    precision: str = "fp32",
-    accumulate: int = 1,
-    best_epoch_sources: Sequence[BestEpochSource] | BestEpochSource | None = None,
-    start_saving_epochs: int | None = None,
-    gap_between_saving_epochs: int = 1,
     validate_first: bool = False,
     callbacks: Sequence[Callback] = (),
     resume: str | int | os.PathLike | None = None,
@@ -301,247 +75,171 @@ def fit(
     progress: bool = True,
     apply: Callable | None = None,
     init: Callable | None = None,
-    durable_checkpoints: bool = False,
 ) -> TrainState:
     """Train ``model`` for ``epochs`` epochs and write checkpoints under ``model_dir``.
 
     Args:
         losses: ``{name: loss}``; their sum is ``losses.total_loss``.
-        train_data, validation_data: map-style datasets of sample dicts (batched here,
-            ``batch_size``/``collate_fn``/``num_workers``) or iterables of ready batch_dicts.
-        batch_sampler: yields the index batches of the training epochs instead of the seeded
-            shuffle (e.g. ``fusefn.data.BalancedBatchSampler``).
-        metrics: reducers (``init/update/compute``) used in both modes, unless
-            ``train_metrics``/``validation_metrics`` are given.
-        augment: ``augment(batch, generator) -> batch``, applied on the device after the move,
-            with a generator derived from ``(seed, step)``.
-        best_epoch_sources: which epochs are "best" (``best_<source>.pt``); default the
-            validation (else train) total loss, minimised.
-        start_saving_epochs, gap_between_saving_epochs: the ``epoch_<n>.pt`` rule.
+        train_data, validation_data: map-style datasets of sample dicts (batched as ``loader`` says)
+            or iterables of ready batch_dicts (see :func:`~fusefn.train.epoch_batches`).
+        metrics: reducers used in both modes, unless ``train_metrics``/``validation_metrics`` are given.
+        loader, step, checkpoints: :class:`LoaderSettings`, :class:`StepSettings`, :class:`CheckpointRule`.
+        augment: ``augment(batch, rng=Rng) -> batch`` on the device (see :func:`~fusefn.train.train_epoch`).
+        seed: the run's ``Rng(seed)``: parameters, shuffling, augmentation and dropout derive from it.
         validate_first: a validation pass before training (epoch 0 of the history).
         resume: ``"last"`` (start fresh when there is none), ``"best"``, an epoch number or a path.
         plateau: a ReduceLROnPlateau reducer whose scale multiplies the learning rate.
-        durable_checkpoints: fsync every checkpoint (survives a power loss; checkpoints are
-            atomic either way, so a killed process never leaves half a file).
+        apply, init: the model's functions (default ``fusefn.models.apply`` / ``init``).
 
-    ``epoch_results`` (one per epoch, kept in ``state.history``) is
-    ``{"epoch": n, "learning_rate": lr at the start of the epoch, "train": {"losses": {…}, "metrics": {…}},
-    "validation": {…}}``; losses are means over the epoch's batches.
+    Under torchrun, fit runs inside :func:`~fusefn.train.distributed.process_group` (joined
+    here and left on return unless the caller holds one). ``epoch_results`` (one per epoch,
+    in ``state.history``) is ``{"epoch", "learning_rate", "train": {"losses", "metrics"}, "validation"}``.
 
     Returns:
-        the final TrainState (its ``history`` holds every epoch's results).
+        the final TrainState.
     """
-    if not isinstance(epochs, int) or epochs < 0:
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
         raise ConfigError(f"fit: epochs must be an int >= 0, got {epochs!r}")
     model_dir = pathlib.Path(model_dir)
-    dist_.init_process_group()  # joins torchrun's group when launched by it; no-op otherwise
-    rank, world = dist_.rank(), dist_.world_size()
-    main = rank == 0
-    if main:
-        if model_dir.exists() and not model_dir.is_dir():
-            raise ConfigError(f"model_dir {model_dir} is a file; pass a directory")
-        try:
-            (model_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise CheckpointError(f"cannot create model_dir {model_dir}: {e.strerror or e}") from e
-        if not os.access(model_dir, os.W_OK):
-            raise CheckpointError(f"model_dir {model_dir} is not writable; choose another directory")
-    dev = select_device(device)
-    train_metrics = dict(train_metrics if train_metrics is not None else (metrics or {}))
-    validation_metrics = dict(validation_metrics if validation_metrics is not None else (metrics or {}))
-    by_mode = {"train": train_metrics}
-    if validation_data is not None:
-        by_mode["validation"] = validation_metrics
-    if best_epoch_sources is None:
-        mode = "validation" if validation_data is not None else "train"
-        best_epoch_sources = (BestEpochSource(source=f"{mode}.losses.total_loss", optimization="min"),)
-    elif isinstance(best_epoch_sources, BestEpochSource):
-        best_epoch_sources = (best_epoch_sources,)
-    best_epoch_sources = tuple(best_epoch_sources)
-    _check_sources(best_epoch_sources, losses, by_mode)
-    if plateau is not None:
-        _check_sources((BestEpochSource(source=plateau.source),), losses, by_mode)
-
-    # ---- state: fresh or resumed
-    state = None
-    if resume is not None:
-        path = checkpoint_path(model_dir, resume)
-        if path.is_file():
-            payload = load_checkpoint(path, device=dev)
-            _check_same_config(payload, model, optimizer, path)
-            state = payload["state"]
-            _log.info("resuming from %s (epoch %d, step %d)", path, state.epoch, state.step)
-        elif resume != "last":
-            raise CheckpointError(f"cannot resume: checkpoint {path} not found")
-    if state is None:
-        state = init_state(model, optimizer, seed, init=init, device=dev)
-    if main:
-        write_json_atomic(model_dir / "model.json", to_config(model))
-
-    train_step = make_train_step(
-        model, losses, optimizer, apply=apply, compile=compile, precision=precision, accumulate=accumulate
-    )
-    eval_step = make_eval_step(model, losses, apply=apply, precision=precision, compile=compile)
-    batch_kw = {
-        "batch_size": batch_size,
-        "collate_fn": collate_fn,
-        "num_workers": num_workers,
-        "rank": rank,
-        "world": world,
-    }
-    show = progress and main
-    run = RunContext(model_dir=model_dir, epochs=epochs, state=state)
-    cbs = tuple(callbacks) if main else ()
-    for cb in cbs:
-        cb.on_fit_start(run)
-
-    def save(names: Sequence[str], st: TrainState) -> None:
+    with contextlib.ExitStack() as scope:
+        scope.enter_context(dist_.process_group())
+        main, dev, show = dist_.is_main(), select_device(device), progress and dist_.is_main()
         if main:
-            paths = [model_dir / "checkpoints" / f"{n}.pt" for n in names]
-            save_checkpoint(paths, st, model=model, optimizer=optimizer, durable=durable_checkpoints)
+            _prepare(model_dir)
+        modes = _metrics_by_mode(metrics, train_metrics, validation_metrics, validation_data is not None)
+        best = BestEpochs(sources=checkpoints.sources(validation_data is not None))
+        _check_sources([*best.sources, *_plateau_sources(plateau)], losses, modes)
+        state = _resumed(model_dir, resume, model, optimizer, dev)
+        if state is None:
+            state = init_state(model, optimizer, rng=Rng(seed), init=init, device=dev)
+        if main:
+            write_json_atomic(model_dir / "model.json", to_config(model))
+        train_step = make_train_step(model, losses, optimizer, apply=apply, **_step_kw(step))
+        eval_step = make_eval_step(model, losses, apply=apply, precision=step.precision, compile=step.compile)
+        epoch_kw = {"metrics": modes["train"], "augment": augment, "accumulate": step.accumulate, "device": dev}
+        save = functools.partial(_save, model_dir, main=main, model=model, optimizer=optimizer, rule=checkpoints)
 
-    try:
+        def validate(st: TrainState, epoch: int) -> dict:
+            batches, count = epoch_batches(validation_data, **_batch_kw(loader))
+            with _bar(count, f"epoch {epoch} validation", show) as bar:
+                return eval_epoch(eval_step, st, batches, metrics=modes["validation"], device=dev, progress=bar)
+
+        run = RunContext(model_dir=model_dir, epochs=epochs, state=state)
+        cbs = tuple(callbacks) if main else ()
+        scope.enter_context(_callbacks(cbs, run))
+        scope.enter_context(_naming_last_checkpoint(model_dir))
         if validate_first and validation_data is not None and not state.history and state.epoch == 0:
-            res = {"epoch": 0, "learning_rate": optim.learning_rate(optimizer, state.opt_state, state.lr_scale)}
-            res["validation"] = run_eval_epoch(
-                eval_step, state, validation_data, validation_metrics, device=dev, batch_kwargs=batch_kw,
-                desc="epoch 0 validation", progress=show,
-            )  # fmt: skip
-            state = state.replace(history=(*state.history, res))
+            res = {"epoch": 0, "learning_rate": _lr(optimizer, state), "validation": validate(state, 0)}
+            state = run.state = state.replace(history=(res,))
             _log.info("epoch 0 (before training)\n%s", summary_table(res))
         if any(isinstance(cb, EarlyStopping) and cb.should_stop(state.history) for cb in callbacks):
             _log.info("early stopping already reached in the resumed history; nothing to train")
             return state
-
-        with _InterruptFlag() as flag:
-            for epoch in range(state.epoch + 1, epochs + 1):
-                t0 = time.perf_counter()
-                lr = optim.learning_rate(optimizer, state.opt_state, state.lr_scale)
-                skip = state.batch_in_epoch
-                acc = state.partial if (skip and state.partial is not None) else _accumulators(train_metrics)
-                batches, count = epoch_batches(
-                    train_data, epoch, seed=state.seed, shuffle=shuffle, drop_last=drop_last, skip=skip,
-                    batch_sampler=batch_sampler, **batch_kw,
-                )  # fmt: skip
-                wait = 0.0
-                samples = 0
-                shown_at = -1.0
-                with tqdm(
-                    total=None if count is None else count + skip, initial=skip, desc=f"epoch {epoch} train",
-                    disable=not show, leave=False, unit="batch",
-                ) as bar:  # fmt: skip
-                    it = iter(batches)
-                    pos = skip
-                    while True:
-                        tw = time.perf_counter()
-                        group = list(itertools.islice(it, accumulate))
-                        wait += time.perf_counter() - tw
-                        if not group:
-                            break
-                        if dev.type != "cpu":  # loaders yield CPU tensors: nothing to move on the CPU
-                            group = [tree_to(b, dev) for b in group]
-                        if augment is not None:
-                            group = [
-                                augment(b, Rng(state.seed).child("augment", state.step, i).generator(dev))
-                                for i, b in enumerate(group)
-                            ]
-                        state, out = train_step(state, group[0] if accumulate == 1 else group)
-                        outs = [out] if accumulate == 1 else out
-                        values = [_loss_values(o) for o in outs]
-                        step_losses = [v["total_loss"] for v in values]
-                        loss = sum(step_losses) / len(step_losses)
-                        if not all(math.isfinite(v) for v in step_losses):
-                            ids = [nd.get(b, "data.sample_id", default=None) for b in group]
-                            last = model_dir / "checkpoints" / "last.pt"
-                            raise NonFiniteLossError(
-                                f"loss is {loss} at step {state.step} (epoch {epoch}, batch {pos}); "
-                                f"sample ids {ids}; last good checkpoint: {last if last.exists() else 'none'}"
-                            )
-                        for o, v in zip(outs, values):
-                            acc = _accumulate(acc, o, train_metrics, v)
-                        pos += len(group)
-                        state = state.replace(batch_in_epoch=pos)
-                        if show:
-                            for o in outs:
-                                n = o.get("data", {}).get("sample_id")
-                                samples += len(n) if n is not None else 0
-                            bar.update(len(group))
-                            el = time.perf_counter() - t0
-                            if el - shown_at >= 0.25:  # formatting the postfix every step costs more than the bar
-                                shown_at = el
-                                bar.set_postfix(loss=f"{loss:.4f}", samples_s=f"{samples / max(el, 1e-9):.0f}")
-                        if flag.raised:
-                            state = state.replace(partial=acc)
-                            save(["last"], state)
-                            _log.warning("interrupted at epoch %d batch %d; wrote the last checkpoint", epoch, pos)
-                            raise KeyboardInterrupt
-                res = {"epoch": epoch, "learning_rate": lr, "train": _reduce(acc, train_metrics)}
-                if validation_data is not None:
-                    res["validation"] = run_eval_epoch(
-                        eval_step, state, validation_data, validation_metrics, device=dev, batch_kwargs=batch_kw,
-                        desc=f"epoch {epoch} validation", progress=show,
-                    )  # fmt: skip
-                best = dict(state.best)
-                improved = []
-                for src in best_epoch_sources:
-                    v = _source_value(res, src.source)
-                    prev = best.get(src.source)
-                    if is_better(v, None if prev is None else prev["value"], src):
-                        best[src.source] = {"value": v, "epoch": epoch}
-                        improved.append(src)
-                sched = state.scheduler_state
-                lr_scale = state.lr_scale
-                if plateau is not None:
-                    sched = plateau.update(sched if sched is not None else plateau.init(), res_value(res, plateau))
-                    lr_scale = sched["scale"]
-                state = state.replace(
-                    epoch=epoch,
-                    batch_in_epoch=0,
-                    partial=None,
-                    best=best,
-                    history=(*state.history, res),
-                    scheduler_state=sched,
-                    lr_scale=lr_scale,
-                )
-                names = [best_name(src) for src in improved]
-                if should_save_epoch(epoch, start_saving_epochs, gap_between_saving_epochs):
-                    names.append(f"epoch_{epoch}")
-                save([*names, "last"], state)  # "last" after the others: a resume never skips a best
-                dist_.barrier()
-                epoch_s = time.perf_counter() - t0
-                run.state = state
-                run.timings = {
-                    "epoch_s": epoch_s,
-                    "data_wait_s": wait,
-                    "history_s": [*run.timings.get("history_s", []), epoch_s],
-                }
-                if main:
-                    marks = ", ".join(f"best {s.source}" for s in improved)
-                    _log.info(
-                        "epoch %d/%d (%.1f s%s)\n%s", epoch, epochs, epoch_s, f"; {marks}" if marks else "",
-                        summary_table(res),
-                    )  # fmt: skip
-                stop = False
-                for cb in cbs:
-                    stop = bool(cb.on_epoch_end(run, epoch, res)) or stop
-                stop = dist_.broadcast_object(stop)
-                if stop:
-                    break
-    finally:
-        run.state = state
-        for cb in cbs:
-            cb.on_fit_end(run)
+        flag = scope.enter_context(_InterruptFlag())
+        for epoch in range(state.epoch + 1, epochs + 1):
+            t0, lr, skip = time.perf_counter(), _lr(optimizer, state), state.batch_in_epoch
+            batches = _Timed(*epoch_batches(train_data, epoch, skip=skip, **_batch_kw(loader, state.rng)))
+            with _bar(batches.count, f"epoch {epoch} train", show, initial=skip) as bar:
+                state, train_res = train_epoch(train_step, state, batches, progress=bar, stop=flag.is_set, **epoch_kw)
+            run.state = state
+            if train_res is None:
+                _interrupted(save, state, epoch)
+            res = {"epoch": epoch, "learning_rate": lr, "train": train_res}
+            if validation_data is not None:
+                res["validation"] = validate(state, epoch)
+            new_best = best.update(state.best, res)
+            improved = best.improved(state.best, new_best)
+            state = run.state = state.replace(
+                best=new_best, history=(*state.history, res), **_plateau(plateau, state, res)
+            )
+            save(checkpoints.names(epoch, improved), state)
+            dist_.barrier()
+            if _end_epoch(run, cbs, res, improved, time.perf_counter() - t0, batches.wait_s):
+                break
     return state
 
 
-def res_value(results: Mapping, plateau: optim.ReduceLROnPlateau) -> float:
-    """The value a plateau reducer watches in one epoch's results."""
-    return _source_value(results, plateau.source)
+# ------------------------------------------------------------------------------------- the glue's helpers
 
 
-def _check_same_config(payload: Mapping, model, optimizer, path) -> None:
-    from fusefn.core import fingerprint
+def _batch_kw(loader: LoaderSettings, train_rng: Rng | None = None) -> dict:
+    """``epoch_batches``' arguments: this rank's share; for training (``train_rng``) its order and sampler too."""
+    kw = {"batch_size": loader.batch_size, "collate": loader.collate, "workers": loader.workers}
+    kw.update(rank=dist_.rank(), world=dist_.world_size())
+    if train_rng is not None:
+        rng = train_rng if loader.shuffle else None
+        kw.update(rng=rng, drop_last=loader.drop_last, batch_sampler=loader.batch_sampler)
+    return kw
 
+
+def _save(
+    model_dir: pathlib.Path, names: Sequence[str], state: TrainState, *, main: bool, model, optimizer, rule
+) -> None:
+    """Checkpoints ``names`` of ``state`` (rank 0 writes them)."""
+    if main:
+        paths = [model_dir / "checkpoints" / f"{n}.pt" for n in names]
+        save_checkpoint(paths, state, model=model, optimizer=optimizer, durable=rule.durable)
+
+
+def _interrupted(save: Callable, state: TrainState, epoch: int) -> None:
+    save(["last"], state)
+    _log.warning("interrupted at epoch %d batch %d; wrote the last checkpoint", epoch, state.batch_in_epoch)
+    raise KeyboardInterrupt
+
+
+def _step_kw(step: StepSettings) -> dict:
+    return {"compile": step.compile, "precision": step.precision, "accumulate": step.accumulate}
+
+
+def _lr(optimizer, state: TrainState):
+    return optim.learning_rate(optimizer, state.opt_state, state.lr_scale)
+
+
+def _prepare(model_dir: pathlib.Path) -> None:
+    if model_dir.exists() and not model_dir.is_dir():
+        raise ConfigError(f"model_dir {model_dir} is a file; pass a directory")
+    try:
+        (model_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CheckpointError(f"cannot create model_dir {model_dir}: {e.strerror or e}") from e
+    if not os.access(model_dir, os.W_OK):
+        raise CheckpointError(f"model_dir {model_dir} is not writable; choose another directory")
+
+
+def _metrics_by_mode(metrics, train_metrics, validation_metrics, validation: bool) -> dict:
+    modes = {"train": dict(train_metrics if train_metrics is not None else (metrics or {}))}
+    if validation:
+        modes["validation"] = dict(validation_metrics if validation_metrics is not None else (metrics or {}))
+    return modes
+
+
+def _plateau_sources(plateau) -> tuple:
+    return () if plateau is None else (BestEpochSource(source=plateau.source),)
+
+
+def _check_sources(sources: Sequence[BestEpochSource], losses: Mapping, metrics_by_mode: Mapping) -> None:
+    available = ["learning_rate"]
+    for mode, ms in metrics_by_mode.items():
+        available += [f"{mode}.{keys.TOTAL_LOSS}"] + [f"{mode}.losses.{k}" for k in losses]
+        available += [f"{mode}.metrics.{k}" for k in ms]
+    for src in sources:
+        if not any(src.source == a or src.source.startswith(a + ".") for a in available):
+            raise ConfigError(
+                f"best epoch source {src.source!r} will not exist in the epoch results; available: "
+                + ", ".join(available)
+            )
+
+
+def _resumed(model_dir: pathlib.Path, resume, model, optimizer, device) -> TrainState | None:
+    """The state to resume from (``None``: start fresh)."""
+    if resume is None:
+        return None
+    path = checkpoint_path(model_dir, resume)
+    if not path.is_file():
+        if resume == "last":
+            return None
+        raise CheckpointError(f"cannot resume: checkpoint {path} not found")
+    payload = load_checkpoint(path, device=device)
     for what, obj in (("model", model), ("optimizer", optimizer)):
         saved = payload.get(f"{what}_fingerprint")
         if saved is not None and saved != fingerprint(obj):
@@ -550,3 +248,102 @@ def _check_same_config(payload: Mapping, model, optimizer, path) -> None:
                 f"cannot resume from {path}: it was saved with another {what} config; differing fields: "
                 + "; ".join(diff[:8])
             )
+    state = payload["state"]
+    _log.info("resuming from %s (epoch %d, step %d)", path, state.epoch, state.step)
+    return state
+
+
+def _plateau(plateau, state: TrainState, results: Mapping) -> dict:
+    """The plateau reducer's state and learning-rate scale after one epoch."""
+    if plateau is None:
+        return {}
+    sched = state.scheduler_state if state.scheduler_state is not None else plateau.init()
+    sched = plateau.update(sched, epoch_value(results, plateau.source))
+    return {"scheduler_state": sched, "lr_scale": sched["scale"]}
+
+
+def _end_epoch(run: RunContext, cbs: Sequence[Callback], res: Mapping, improved, epoch_s: float, wait_s: float) -> bool:
+    """Timings, the epoch's log and the callbacks; whether one asked to stop (the same answer on every rank)."""
+    epoch = res["epoch"]
+    run.timings = {"epoch_s": epoch_s, "data_wait_s": wait_s, "history_s": [*run.timings.get("history_s", []), epoch_s]}
+    if dist_.is_main():
+        marks = ", ".join(f"best {s.source}" for s in improved)
+        tail = f"; {marks}" if marks else ""
+        _log.info("epoch %d/%d (%.1f s%s)\n%s", epoch, run.epochs, epoch_s, tail, summary_table(res))
+    stop = False
+    for cb in cbs:
+        stop = bool(cb.on_epoch_end(run, epoch, res)) or stop
+    return dist_.broadcast_object(stop)
+
+
+@contextlib.contextmanager
+def _callbacks(cbs: Sequence[Callback], run: RunContext) -> Iterator[None]:
+    for cb in cbs:
+        cb.on_fit_start(run)
+    try:
+        yield
+    finally:
+        for cb in cbs:
+            cb.on_fit_end(run)
+
+
+@contextlib.contextmanager
+def _naming_last_checkpoint(model_dir: pathlib.Path) -> Iterator[None]:
+    """A non-finite loss error that also names the last good checkpoint."""
+    try:
+        yield
+    except NonFiniteLossError as e:
+        last = model_dir / "checkpoints" / "last.pt"
+        raise NonFiniteLossError(f"{e}; last good checkpoint: {last if last.exists() else 'none'}") from None
+
+
+def _bar(total, desc: str, show: bool, initial: int = 0):
+    """A tqdm bar when ``show`` (else a context that gives ``None``)."""
+    if not show:
+        return contextlib.nullcontext()
+    total = None if total is None else total + initial
+    return tqdm(total=total, initial=initial, desc=desc, leave=False, unit="batch")
+
+
+class _Timed:
+    """``batches`` (``count`` of them) counting the time spent waiting for the next one (``wait_s``)."""
+
+    def __init__(self, batches: Iterable, count: int | None):
+        self.it, self.count, self.wait_s = iter(batches), count, 0.0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        t = time.perf_counter()
+        try:
+            return next(self.it)
+        finally:
+            self.wait_s += time.perf_counter() - t
+
+
+class _InterruptFlag:
+    """Defers Ctrl-C to the next batch boundary, so a checkpoint is never taken mid-update."""
+
+    def __init__(self):
+        self.raised = False
+        self._old = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.getsignal(signal.SIGINT)
+            signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def is_set(self) -> bool:
+        return self.raised
+
+    def _handler(self, signum, frame):
+        if self.raised:  # a second Ctrl-C stops at once
+            raise KeyboardInterrupt
+        self.raised = True
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+        return False

@@ -1,4 +1,4 @@
-"""infer: rebuild a trained model from its saved config, run eval steps, write a Parquet file.
+"""infer: load a trained model (:func:`~fusefn.train.load_model`), run eval steps, write a Parquet file.
 
 The Parquet file holds ``sample_id`` plus one column per requested key (vectors
 as list columns). Per-sample arrays larger than ``max_inline`` values (e.g.
@@ -24,34 +24,19 @@ import numpy as np
 import polars as pl
 import torch
 
-from fusefn import nd
+from fusefn import keys, nd
 from fusefn._atomic import atomic_path
-from fusefn.core import from_config
 from fusefn.errors import ConfigError, SampleError
-from fusefn.train.checkpoint import CheckpointError, checkpoint_path, load_checkpoint
+from fusefn.train.batches import default_collate, epoch_batches, is_map_dataset
+from fusefn.train.checkpoint import CheckpointError, checkpoint_path
 from fusefn.train.device import select_device
-from fusefn.train.fit import _is_map_dataset, default_collate, epoch_batches
+from fusefn.train.loading import load_model
 from fusefn.train.state import tree_to
 from fusefn.train.step import make_eval_step
 
-__all__ = ["infer", "load_model"]
+__all__ = ["infer"]
 
 _log = logging.getLogger("fusefn.train")
-
-
-def load_model(model_dir: str | os.PathLike, checkpoint="best", *, device="cpu"):
-    """``(model, state)`` from ``model_dir``: the record rebuilt from its config, the checkpoint's TrainState."""
-    path = checkpoint_path(model_dir, checkpoint)
-    payload = load_checkpoint(path, device=device)
-    cfg = payload.get("model_config")
-    if cfg is None:
-        cfg_file = pathlib.Path(model_dir) / "model.json"
-        if not cfg_file.is_file():
-            raise CheckpointError(f"{path} holds no model config and {cfg_file} is missing; cannot rebuild the model")
-        import json
-
-        cfg = json.loads(cfg_file.read_text())
-    return from_config(cfg), payload["state"]
 
 
 def _columns(output_columns) -> dict[str, str]:
@@ -110,25 +95,25 @@ def _tolerant_collate(collate_fn):
     return collate
 
 
-def _run_one(model_dir, data, cols, checkpoint, batch_kw, device) -> tuple[list, dict[str, list], list]:
+def _run_one(model_dir, data, cols, checkpoint, batch_kw: dict, device) -> tuple[list, dict[str, list], list]:
     model, state = load_model(model_dir, checkpoint, device=device)
     eval_step = make_eval_step(model)
     ids: list = []
     failed: list = []
     out_cols: dict[str, list] = {c: [] for c in cols}
-    tolerant = _is_map_dataset(data)
+    tolerant = is_map_dataset(data)
     if tolerant:
-        kw = {**batch_kw, "collate_fn": _tolerant_collate(batch_kw.get("collate_fn"))}
-        batches, _ = epoch_batches(_Tolerant(data), 0, shuffle=False, **kw)
+        kw = {**batch_kw, "collate": _tolerant_collate(batch_kw["collate"])}
+        batches, _ = epoch_batches(_Tolerant(data), 0, **kw)
     else:
-        batches, _ = epoch_batches(data, 0, shuffle=False, **batch_kw)
+        batches, _ = epoch_batches(data, 0, **batch_kw)
     for item in batches:
         batch, errors = item if tolerant else (item, [])
         failed.extend(errors)
         if batch is None:
             continue
         out = eval_step(state, tree_to(batch, device))
-        bid = nd.get(out, "data.sample_id")
+        bid = nd.get(out, keys.SAMPLE_ID)
         n = len(bid)
         ids.extend(bid)
         for c, key in cols.items():
@@ -156,7 +141,7 @@ def infer(
     data,
     *,
     output_file: str | os.PathLike,
-    output_columns: Sequence[str] | Mapping[str, str] = ("model.head_0.probs",),
+    output_columns: Sequence[str] | Mapping[str, str] = (keys.probs(),),
     checkpoint: str | int | os.PathLike = "best",
     batch_size: int = 64,
     collate_fn=None,
@@ -188,7 +173,7 @@ def infer(
         if not p.is_file():
             raise CheckpointError(f"checkpoint not found: {p}; train first (or pass another checkpoint)")
     dev = select_device(device)
-    batch_kw = {"batch_size": batch_size, "collate_fn": collate_fn, "num_workers": num_workers}
+    batch_kw = {"batch_size": batch_size, "collate": collate_fn, "workers": num_workers}
     runs = [_run_one(d, data, cols, checkpoint, batch_kw, dev) for d in dirs]
     ids, failed = runs[0][0], runs[0][2]
     if not ids:

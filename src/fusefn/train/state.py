@@ -8,6 +8,9 @@ from typing import Any
 import attrs
 import torch
 
+from fusefn import validators as v
+from fusefn.core import Rng
+
 __all__ = ["TrainState", "init_state", "tree_to", "tree_clone"]
 
 
@@ -20,7 +23,7 @@ class TrainState:
         opt_state: the optimizer's state (``fusefn.optim``).
         step: optimizer steps taken so far.
         epoch: epochs completed.
-        seed: the run's seed; every stream (shuffling, dropout, augmentation) derives from it.
+        rng: the run's :class:`fusefn.Rng`; every stream (shuffling, dropout, augmentation) derives from it.
         batch_in_epoch: batches of epoch ``epoch`` already consumed (the sampler position; 0 between epochs).
         lr_scale: learning-rate multiplier from a plateau reducer.
         scheduler_state: state of the plateau reducer, if any.
@@ -35,7 +38,7 @@ class TrainState:
     opt_state: dict = attrs.field(eq=False, factory=dict)
     step: int = 0
     epoch: int = 0
-    seed: int = 0
+    rng: Rng = attrs.field(factory=lambda: Rng(0), validator=v.instance_of(Rng))
     batch_in_epoch: int = 0
     lr_scale: float = 1.0
     scheduler_state: dict | None = None
@@ -71,21 +74,21 @@ def tree_clone(tree: Any) -> Any:
     return tree
 
 
-def init_state(model, optimizer, seed: int = 0, *, init=None, device="cpu") -> TrainState:
-    """A fresh :class:`TrainState`: parameters from ``init(model, seed)`` (default ``fusefn.models.init``).
+def init_state(model, optimizer, *, rng: Rng = Rng(0), init=None, device="cpu") -> TrainState:
+    """A fresh :class:`TrainState`: parameters from ``init(model, rng=rng)`` (default ``fusefn.models.init``).
 
-    >>> from fusefn import optim
-    >>> def init(model, seed):
+    >>> from fusefn import Rng, optim
+    >>> def init(model, *, rng):
     ...     return {"w": torch.zeros(2)}, {}
-    >>> s = init_state("toy", optim.sgd(lr=0.1), seed=3, init=init)
-    >>> s.step, s.seed, sorted(s.opt_state)
-    (0, 3, ['count'])
+    >>> s = init_state("toy", optim.sgd(lr=0.1), rng=Rng(3), init=init)
+    >>> s.step, s.rng, sorted(s.opt_state)
+    (0, Rng(seed=3), ['count'])
     """
     if init is None:
         from fusefn import models
 
         init = models.init
-    params, buffers = init(model, seed)
+    params, buffers = init(model, rng=rng)
     params = tree_to(params, device)
     buffers = tree_to(buffers, device)
-    return TrainState(params=params, buffers=buffers, opt_state=optimizer.init(params), seed=seed)
+    return TrainState(params=params, buffers=buffers, opt_state=optimizer.init(params), rng=rng)

@@ -20,15 +20,13 @@ are means over the batch), unlike FuseMedML, which summed them.
 from __future__ import annotations
 
 import contextlib
-import functools
-import inspect
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 
-from fusefn import nd
-from fusefn.core import derive_seed
+from fusefn import keys, nd
+from fusefn.core import Rng
 from fusefn.errors import ConfigError, FusefnError
 from fusefn.train.state import TrainState
 
@@ -55,16 +53,9 @@ def _default_apply():
     return models.apply
 
 
-def _accepts_rng(apply) -> bool:
-    try:
-        return "rng" in inspect.signature(apply).parameters
-    except (TypeError, ValueError):
-        return False
-
-
 def _with_losses(out: dict, total: torch.Tensor, parts: Mapping) -> dict:
     items = {f"losses.{k}": _detached(v) for k, v in parts.items()}
-    items["losses.total_loss"] = _detached(total)
+    items[keys.TOTAL_LOSS] = _detached(total)
     return nd.assoc_many(out, items)
 
 
@@ -103,15 +94,23 @@ def _device_of(params: Mapping) -> torch.device:
     return torch.device("cpu")
 
 
-@functools.lru_cache(maxsize=64)
-def _dropout_base(seed: int) -> int:
-    return derive_seed(seed, "dropout")
+def _dropout_bases():
+    """``rng -> rng.child("dropout").seed``, remembering the last run's (deriving costs more than a step's bookkeeping)."""
+    last: dict = {}
+
+    def base(rng: Rng) -> int:
+        if rng not in last:
+            last.clear()
+            last[rng] = rng.child("dropout").seed
+        return last[rng]
+
+    return base
 
 
-def _step_rng(seed: int, step: int, micro: int, accumulate: int) -> torch.Tensor:
+def _step_rng(base: int, step: int, micro: int, accumulate: int) -> torch.Tensor:
     # a distinct counter per mini-batch; the models hash it with the site and element index
     # (counter-based), so consecutive counters give independent masks
-    return torch.tensor((_dropout_base(seed) + step * accumulate + micro) & _MASK63, dtype=torch.int64)
+    return torch.tensor((base + step * accumulate + micro) & _MASK63, dtype=torch.int64)
 
 
 def make_train_step(
@@ -128,8 +127,10 @@ def make_train_step(
     """Build ``train_step(state, batch) -> (state, batch_out)``.
 
     Args:
-        model: the model record; ``apply(model, params, buffers, batch, train=True[, rng=])``
-            gives ``(batch_out, new_buffers)`` (default ``fusefn.models.apply``).
+        model: the model record; ``apply(model, params, buffers, batch, train=True, rng=)``
+            gives ``(batch_out, new_buffers)`` (default ``fusefn.models.apply``). ``rng`` is the
+            dropout stream of the mini-batch, a 0-d int64 tensor (the traced form of an ``Rng``):
+            a custom ``apply`` must accept it.
         losses: ``{name: loss}``, each ``loss(batch) -> scalar``; their sum is ``losses.total_loss``.
         optimizer: a ``fusefn.optim`` transform.
         compile: ``torch.compile`` the whole step (gradients and update) once.
@@ -146,7 +147,7 @@ def make_train_step(
     if not isinstance(accumulate, int) or accumulate < 1:
         raise ConfigError(f"make_train_step: accumulate must be an int >= 1, got {accumulate!r}")
     apply = apply or _default_apply()
-    pass_rng = _accepts_rng(apply)
+    dropout_base = _dropout_bases()
     from fusefn.losses import total as loss_total
 
     if distributed is None:
@@ -157,8 +158,7 @@ def make_train_step(
 
         def objective(p):
             with _autocast(precision, device_type):
-                kw = {"rng": rng} if pass_rng else {}
-                out, new_buffers = apply(model, p, buffers, batch, train=True, **kw)
+                out, new_buffers = apply(model, p, buffers, batch, train=True, rng=rng)
                 tot, parts = loss_total(losses, out)
             tot = tot.float()
             return tot * scale if scale is not None else tot, (tot, out, new_buffers, parts)
@@ -204,7 +204,8 @@ def make_train_step(
             batches, extras = zip(*(_split_tensors(b) for b in batches))
         else:
             extras = [None] * len(batches)
-        rngs = [_step_rng(state.seed, state.step, i, accumulate) for i in range(len(batches))]
+        base = dropout_base(state.rng)
+        rngs = [_step_rng(base, state.step, i, accumulate) for i in range(len(batches))]
         lr_scale = _lr_scale_value(state, compile or _device_of(state.params).type != "cpu")
         if precision != "fp16" and not distributed:
             params, buffers, opt_state, outs = full_c(
@@ -242,9 +243,9 @@ def make_train_step(
 def _autograd_grads(objective, params: Mapping, batch: Mapping | None = None):
     """What ``torch.func.grad_and_value(objective, has_aux=True)(params)`` gives, by reverse-mode autograd.
 
-    The eager step uses this: functorch wraps every op of the forward pass, which
-    costs about 0.7 ms per step on a small CNN (+45 % on the digits model), while the
-    gradients are the same backward kernels either way. Parameters enter as detached
+    The eager step uses this: functorch wraps every op of the forward pass, an overhead
+    per op that weighs on small models (bench/RESULTS.md), while the gradients are the
+    same backward kernels either way. Parameters enter as detached
     leaves sharing their storage (no copy); the inputs are not modified.
     """
     leaves = {k: v.detach().requires_grad_(True) for k, v in params.items()}

@@ -3,6 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from fusefn import Rng
 from fusefn.data import ops
 from fusefn.errors import ConfigError, SampleError
 
@@ -33,8 +34,8 @@ def test_crops_align_image_and_mask():
     sample = s(img=x, mask=x.copy())
     c = ops.CenterCrop(keys=("data.input.img", "data.input.mask"), shape=(4, 6))(sample)
     np.testing.assert_array_equal(c["data"]["input"]["img"], x[:, 3:7, 2:8])
-    r1 = ops.RandomCrop(keys=("data.input.img", "data.input.mask"), shape=(4, 4), seed=3)(sample)
-    r2 = ops.RandomCrop(keys=("data.input.img", "data.input.mask"), shape=(4, 4), seed=3)(sample)
+    r1 = ops.RandomCrop(keys=("data.input.img", "data.input.mask"), shape=(4, 4), rng=Rng(3))(sample)
+    r2 = ops.RandomCrop(keys=("data.input.img", "data.input.mask"), shape=(4, 4), rng=Rng(3))(sample)
     np.testing.assert_array_equal(r1["data"]["input"]["img"], r2["data"]["input"]["img"])  # seeded by sample id
     np.testing.assert_array_equal(r1["data"]["input"]["img"], r1["data"]["input"]["mask"])
     with pytest.raises(SampleError, match="smaller than the crop"):
@@ -62,7 +63,7 @@ def test_patches_split_one_sample_into_many():
 def test_bad_shapes_rejected():
     with pytest.raises(ConfigError, match="Resize.shape"):
         ops.Resize(keys="data.input.img", shape=(0, 3))
-    with pytest.raises(ConfigError, match="Resize.keys is empty"):
+    with pytest.raises(ConfigError, match="Resize.keys.*empty"):
         ops.Resize(keys=(), shape=(3, 3))
     with pytest.raises(SampleError, match="fewer than 3 spatial axes"):
         ops.Resize(keys="data.input.img", shape=(2, 2, 2))(s(img=np.zeros((4, 4))))
@@ -75,7 +76,7 @@ def test_3d_crops_and_pad_match_slicing():
     c = ops.CenterCrop(keys=keys, shape=(2, 4, 6))(sample)["data"]["input"]
     np.testing.assert_array_equal(c["img"], x[:, 2:4, 2:6, 2:8])
     np.testing.assert_array_equal(c["mask"].numpy(), c["img"])
-    r = ops.RandomCrop(keys=keys, shape=(3, 3, 3), seed=1)(sample)["data"]["input"]
+    r = ops.RandomCrop(keys=keys, shape=(3, 3, 3), rng=Rng(1))(sample)["data"]["input"]
     assert r["img"].shape == (1, 3, 3, 3)
     np.testing.assert_array_equal(r["mask"].numpy(), r["img"])  # one window for every key
     (z, y, w) = np.argwhere(x[0] == r["img"][0, 0, 0, 0])[0]

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from fusefn import Rng
 from fusefn.core import fingerprint, from_config, to_config
 from fusefn.data import ops
 from fusefn.errors import ConfigError, SampleError
@@ -20,9 +21,14 @@ def test_to_label_accepts_whole_numbers(value):
 
 @pytest.mark.parametrize(
     ("value", "message"),
-    [(math.nan, "label is NaN"), (3, r"out of range \[0, 3\)"), (-1, "out of range"), (1.5, "not a whole number"),
-     ("x", "must be a number")],
-)  # fmt: skip
+    [
+        (math.nan, "label is NaN"),
+        (3, r"out of range \[0, 3\)"),
+        (-1, "out of range"),
+        (1.5, "not a whole number"),
+        ("x", "must be a number"),
+    ],
+)
 def test_bad_labels_name_sample_op_key(value, message):
     with pytest.raises(SampleError, match=rf"sample 'p7', op ToLabel, key 'data.gt.label': .*{message}"):
         ops.ToLabel(num_classes=3)(s(value, sid="p7"))
@@ -41,14 +47,16 @@ def test_one_hot_and_map_values():
 
 
 def test_random_label_is_seeded_by_sample_id():
-    op = ops.RandomLabel(num_classes=5, seed=3)
+    op = ops.RandomLabel(num_classes=5, rng=Rng(3))
     labels = [op({"data": {"sample_id": f"s{i}"}})["data"]["gt"]["label"] for i in range(50)]
     again = [op({"data": {"sample_id": f"s{i}"}})["data"]["gt"]["label"] for i in range(50)]
     assert labels == again and set(labels) == set(range(5))
-    other = [ops.RandomLabel(num_classes=5, seed=4)({"data": {"sample_id": f"s{i}"}})["data"]["gt"]["label"]
-             for i in range(50)]  # fmt: skip
+    other = [
+        ops.RandomLabel(num_classes=5, rng=Rng(4))({"data": {"sample_id": f"s{i}"}})["data"]["gt"]["label"]
+        for i in range(50)
+    ]
     assert other != labels
-    assert fingerprint(op) != fingerprint(ops.RandomLabel(num_classes=5, seed=4))
+    assert fingerprint(op) != fingerprint(ops.RandomLabel(num_classes=5, rng=Rng(4)))
     with pytest.raises(ConfigError, match="num_classes"):
         ops.RandomLabel(num_classes=0)
 
@@ -83,9 +91,14 @@ def test_map_values_maps_torch_masks_element_wise():
 
 @pytest.mark.parametrize(
     ("dtype", "mapping", "expected"),
-    [(np.uint8, {0: -1, 1: 1}, np.int16), (np.uint8, {0: 0.5, 1: 1}, np.float32), (np.bool_, {False: 0, True: 2}, np.uint8),
-     (np.int16, {0: 1, 1: 0}, np.int16), (np.float32, {0: 0.1, 1: 1}, np.float32)],
-)  # fmt: skip
+    [
+        (np.uint8, {0: -1, 1: 1}, np.int16),
+        (np.uint8, {0: 0.5, 1: 1}, np.float32),
+        (np.bool_, {False: 0, True: 2}, np.uint8),
+        (np.int16, {0: 1, 1: 0}, np.int16),
+        (np.float32, {0: 0.1, 1: 1}, np.float32),
+    ],
+)
 def test_map_values_widens_the_dtype_only_when_a_value_does_not_fit(dtype, mapping, expected):
     out = mapped_mask(np.array([0, 1], dtype), mapping)
     assert out.dtype == expected

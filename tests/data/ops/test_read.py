@@ -199,14 +199,25 @@ def test_dicom_unsupported_colour_space_is_named(tmp_path):
 
 @pytest.mark.parametrize(
     ("bits", "signed", "stored", "expected"),
-    [(8, False, [0, 255, 10], [255, 0, 245]), (12, False, [0, 4095, 10], [4095, 0, 4085]),
-     (12, True, [-2048, 2047, 10], [2047, -2048, -11])],
-)  # fmt: skip
+    [
+        (8, False, [0, 255, 10], [255, 0, 245]),
+        (12, False, [0, 4095, 10], [4095, 0, 4085]),
+        (12, True, [-2048, 2047, 10], [2047, -2048, -11]),
+    ],
+)
 def test_dicom_monochrome1_is_inverted_over_the_stored_range(tmp_path, bits, signed, stored, expected):
     write_pixels(tmp_path / "m1.dcm", [stored], (1, 3), "MONOCHROME1", bits=bits, signed=signed)
     np.testing.assert_array_equal(read_dicom(tmp_path / "m1.dcm"), [[expected]])
-    write_pixels(tmp_path / "m1r.dcm", [stored], (1, 3), "MONOCHROME1", bits=bits, signed=signed,
-                 RescaleSlope=2, RescaleIntercept=-100)  # fmt: skip
+    write_pixels(
+        tmp_path / "m1r.dcm",
+        [stored],
+        (1, 3),
+        "MONOCHROME1",
+        bits=bits,
+        signed=signed,
+        RescaleSlope=2,
+        RescaleIntercept=-100,
+    )
     np.testing.assert_array_equal(read_dicom(tmp_path / "m1r.dcm"), [[np.array(expected) * 2 - 100]])
     np.testing.assert_array_equal(read_dicom(tmp_path / "m1r.dcm", rescale=False), [[expected]])
 
@@ -259,3 +270,29 @@ def test_readers_compose_with_chain(tmp_path):
     assert prep(sample("a"))["data"]["input"]["img"].dtype == np.float32
     frame = pl.DataFrame({"sample_id": ["a"], "path": [str(tmp_path / "a.npy")]})
     assert DataSource.from_frame(frame).ids == ["a"]
+
+
+def test_npz_members_are_kept_per_op_outside_its_configuration(tmp_path):
+    import os
+    import pickle
+
+    from fusefn.core import fingerprint
+    from fusefn.data.ops import read
+
+    path = tmp_path / "a.npz"
+    np.savez(path, images=np.zeros((2, 3, 3), np.float32))
+    op = ops.ReadNpz(array="images", path=str(path), index_key="data.source.index")
+    before = fingerprint(op)
+    assert op(sample("a", index=1))["data"]["input"]["img"].sum() == 0
+    assert fingerprint(op) == before
+    np.savez(path, images=np.ones((2, 3, 3), np.float32))
+    os.utime(path, ns=(1, 1))
+    assert op(sample("a", index=1))["data"]["input"]["img"].sum() == 9  # a changed file is read again
+    again = pickle.loads(pickle.dumps(op))
+    assert again == op and again(sample("a", index=0))["data"]["input"]["img"].sum() == 9
+    for i in range(read._NPZ_KEPT + 3):
+        np.savez(tmp_path / f"m{i}.npz", images=np.full((1, 2, 2), i, np.float32))
+    many = ops.ReadNpz(array="images", path=str(tmp_path / "{sample_id}.npz"), index_key="data.source.index")
+    for i in range(read._NPZ_KEPT + 3):
+        assert many(sample(f"m{i}", index=0))["data"]["input"]["img"][0, 0] == i
+    assert len(many._memo) == read._NPZ_KEPT

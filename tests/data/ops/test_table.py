@@ -89,3 +89,16 @@ def test_null_id_and_csv_ids_as_text(tmp_path):
     assert op(s("001"))["data"]["gt"] == {"label": 0}
     with pytest.raises(SampleError, match="sample '002'.*column 'label' is missing"):
         op(s("002"))
+
+
+def test_a_path_table_is_loaded_once_per_op_outside_its_configuration(tmp_path):
+    import pickle
+
+    FRAME.write_csv(tmp_path / "t.csv")
+    op = ops.TableRow(table=tmp_path / "t.csv", columns={}, gt_columns=("label",))
+    before = fingerprint(op)
+    assert op(s("a"))["data"]["gt"]["label"] == 1
+    assert op._table() is op._table()  # read once
+    assert fingerprint(op) == before and op == ops.TableRow(table=tmp_path / "t.csv", columns={}, gt_columns=("label",))
+    again = pickle.loads(pickle.dumps(op))
+    assert again == op and again(s("b"))["data"]["gt"]["label"] == 0

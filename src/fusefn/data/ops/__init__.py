@@ -1,14 +1,14 @@
 """Per-sample pure ops: ``sample_dict -> sample_dict`` (static ops may also return ``None`` or a list).
 
-Each op is a frozen record whose fields name the keys it reads and writes; an
+Every op is a :class:`fusefn.protocols.Transform`. Each op is a frozen record whose fields name the keys it reads and writes; an
 error names the sample id, the op and the key. Compose them with
 :func:`fusefn.chain`; ops that read files belong in the *static* (cached)
 pipeline, cheap per-epoch ops in the *dynamic* one.
 
 >>> import numpy as np
->>> from fusefn import chain
+>>> from fusefn import Rng, chain
 >>> from fusefn.data import ops
->>> prep = chain(ops.RandomLabel(num_classes=3, seed=1), ops.Normalize(keys="data.input.img"))
+>>> prep = chain(ops.RandomLabel(num_classes=3, rng=Rng(1)), ops.Normalize(keys="data.input.img"))
 >>> s = prep({"data": {"sample_id": "x", "input": {"img": np.arange(4.0)}}})
 >>> s["data"]["input"]["img"].tolist(), 0 <= s["data"]["gt"]["label"] < 3
 ([0.0, 0.3333333333333333, 0.6666666666666666, 1.0], True)

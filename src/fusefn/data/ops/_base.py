@@ -8,10 +8,10 @@ from typing import Any
 
 import numpy as np
 
-from fusefn import nd
-from fusefn.errors import ConfigError, FusefnError, MissingKeyError, SampleError
-
-SAMPLE_ID = "data.sample_id"
+from fusefn import keys, nd
+from fusefn import validators as v
+from fusefn._types import is_tensor
+from fusefn.errors import FusefnError, MissingKeyError, SampleError
 
 
 def keys_tuple(value) -> tuple:
@@ -21,13 +21,12 @@ def keys_tuple(value) -> tuple:
     return tuple(value)
 
 
-def nonempty(instance, attribute, value) -> None:
-    if not value:
-        raise ConfigError(f"{type(instance).__name__}.{attribute.name} is empty")
+KEYS = dict(converter=keys_tuple, validator=v.and_(v.min_len(1), v.keys))
+"""attrs.field arguments of an op's ``keys``: one key or several, at least one."""
 
 
 def sample_id(sample: Mapping) -> Any:
-    return nd.get(sample, SAMPLE_ID, None)
+    return nd.get(sample, keys.SAMPLE_ID, None)
 
 
 def op_name(op) -> str:
@@ -67,10 +66,6 @@ def require(module: str, extra: str, op: str):
         return importlib.import_module(module)
     except ImportError as exc:
         raise FusefnError(f"{op} needs the optional package {module!r}: pip install 'fusefn[{extra}]'") from exc
-
-
-def is_tensor(x) -> bool:
-    return type(x).__module__.startswith("torch") and hasattr(x, "detach")
 
 
 def to_torch(x):

@@ -13,16 +13,16 @@ from collections.abc import Mapping
 import attrs
 import numpy as np
 
+from fusefn._types import is_tensor
 from fusefn.core import record
-from fusefn.data.ops._base import is_tensor, keys_tuple, map_keys, nonempty
+from fusefn.data.ops._base import KEYS, map_keys
 from fusefn.errors import ConfigError
 
 __all__ = ["ToTensor", "ToNumpy", "AsType"]
 
-_KEYS = dict(converter=keys_tuple, validator=nonempty)
-
 
 def _dtype_ok(instance, attribute, value) -> None:
+    # numpy decides which names are dtypes; no fusefn.validators combination can ask it
     if value is None:
         return
     try:
@@ -41,7 +41,7 @@ def _torch_dtype(name: str):
 class ToTensor:
     """Arrays/scalars/lists to ``torch.Tensor`` (optionally of ``dtype``); shares memory when it can."""
 
-    keys: tuple = attrs.field(**_KEYS)
+    keys: tuple = attrs.field(**KEYS)
     dtype: str | None = attrs.field(default=None, validator=_dtype_ok)
 
     def _kernel(self, x, key):
@@ -58,7 +58,7 @@ class ToTensor:
 class ToNumpy:
     """Tensors (on any device) and lists to numpy arrays."""
 
-    keys: tuple = attrs.field(**_KEYS)
+    keys: tuple = attrs.field(**KEYS)
     dtype: str | None = attrs.field(default=None, validator=_dtype_ok)
 
     def _kernel(self, x, key):
@@ -73,7 +73,7 @@ class ToNumpy:
 class AsType:
     """Cast arrays or tensors to ``dtype`` (``"float32"``, ``"int64"``, …), keeping their kind."""
 
-    keys: tuple = attrs.field(**_KEYS)
+    keys: tuple = attrs.field(**KEYS)
     dtype: str = attrs.field(validator=_dtype_ok)
 
     def _kernel(self, x, key):

@@ -22,28 +22,18 @@ from collections.abc import Mapping
 import attrs
 import numpy as np
 
-from fusefn import nd
-from fusefn.core import derive_seed, record
-from fusefn.data.ops._base import (
-    SAMPLE_ID,
-    back,
-    fail,
-    get,
-    is_tensor,
-    keys_tuple,
-    map_keys,
-    nonempty,
-    sample_id,
-    to_torch,
-)
+from fusefn import keys, nd
+from fusefn import validators as v
+from fusefn._types import is_tensor
+from fusefn.core import Rng, record
+from fusefn.data.ops._base import KEYS, back, fail, get, map_keys, sample_id, to_torch
 from fusefn.errors import ConfigError
 
 __all__ = ["Resize", "CenterCrop", "RandomCrop", "PadTo", "Patches"]
 
-_KEYS = dict(converter=keys_tuple, validator=nonempty)
-
 
 def _shape(instance, attribute, value) -> None:
+    # 1 to 3 axes: fusefn.validators has no upper bound on a length
     if not (isinstance(value, tuple) and len(value) in (1, 2, 3) and all(isinstance(v, int) and v > 0 for v in value)):
         raise ConfigError(f"{type(instance).__name__}.{attribute.name} must be 1 to 3 positive ints, got {value!r}")
 
@@ -64,9 +54,9 @@ _MODES = {"linear": {1: "linear", 2: "bilinear", 3: "trilinear"}, "nearest": "ne
 class Resize:
     """Resample the spatial axes to ``shape``; ``mode="nearest"`` keeps label values (masks)."""
 
-    keys: tuple = attrs.field(**_KEYS)
+    keys: tuple = attrs.field(**KEYS)
     shape: tuple = attrs.field(**_SHAPE)
-    mode: str = attrs.field(default="linear", validator=attrs.validators.in_(tuple(_MODES)))
+    mode: str = attrs.field(default="linear", validator=v.in_(tuple(_MODES)))
 
     def _kernel(self, x, key):
         import torch.nn.functional as F
@@ -110,7 +100,7 @@ def _common_spatial(op, sample, n: int) -> tuple:
 class CenterCrop:
     """Crop the central ``shape`` window (same window for every key)."""
 
-    keys: tuple = attrs.field(**_KEYS)
+    keys: tuple = attrs.field(**KEYS)
     shape: tuple = attrs.field(**_SHAPE)
 
     def __call__(self, sample: Mapping) -> dict:
@@ -121,21 +111,20 @@ class CenterCrop:
 
 @record
 class RandomCrop:
-    """Crop a ``shape`` window at an offset drawn from ``derive_seed(seed, sample_id)``.
+    """Crop a ``shape`` window at an offset drawn from ``rng.child(sample_id)``.
 
     Deterministic per sample, so it is a valid *static* op (cached); the same
     window is used for every key (image and mask stay aligned).
     """
 
-    keys: tuple = attrs.field(**_KEYS)
+    keys: tuple = attrs.field(**KEYS)
     shape: tuple = attrs.field(**_SHAPE)
-    seed: int = 0
+    rng: Rng = attrs.field(factory=lambda: Rng(0), validator=v.instance_of(Rng))
 
     def __call__(self, sample: Mapping) -> dict:
         size = _common_spatial(self, sample, len(self.shape))
-        sid = sample_id(sample)
-        rng = np.random.default_rng(derive_seed(self.seed, str(sid)))
-        start = [int(rng.integers(0, s - w + 1)) for s, w in zip(size, self.shape)]
+        draw = self.rng.child(str(sample_id(sample))).numpy()
+        start = [int(draw.integers(0, s - w + 1)) for s, w in zip(size, self.shape)]
         return map_keys(self, sample, self.keys, lambda x, k: _crop(x, start, self.shape))
 
 
@@ -143,7 +132,7 @@ class RandomCrop:
 class PadTo:
     """Pad the spatial axes up to at least ``shape`` with ``value`` (centered, or at the end)."""
 
-    keys: tuple = attrs.field(**_KEYS)
+    keys: tuple = attrs.field(**KEYS)
     shape: tuple = attrs.field(**_SHAPE)
     value: float = 0.0
     center: bool = True
@@ -173,7 +162,7 @@ class Patches:
     more samples than its source has rows.
     """
 
-    keys: tuple = attrs.field(**_KEYS)
+    keys: tuple = attrs.field(**KEYS)
     shape: tuple = attrs.field(**_SHAPE)
     stride: tuple | None = None
 
@@ -189,5 +178,5 @@ class Patches:
         out = []
         for k, start in enumerate(itertools.product(*starts)):
             patch = map_keys(self, sample, self.keys, lambda x, key, start=start: _crop(x, start, self.shape))
-            out.append(nd.assoc_many(patch, {SAMPLE_ID: f"{sid}#{k}", "data.patch.origin": tuple(start)}))
+            out.append(nd.assoc_many(patch, {keys.SAMPLE_ID: f"{sid}#{k}", keys.PATCH_ORIGIN: tuple(start)}))
         return out

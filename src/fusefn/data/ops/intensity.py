@@ -14,13 +14,13 @@ from collections.abc import Mapping
 
 import attrs
 
+from fusefn import validators as v
+from fusefn._types import is_tensor
 from fusefn.core import record
-from fusefn.data.ops._base import as_float, is_tensor, keys_tuple, map_keys, nonempty
+from fusefn.data.ops._base import KEYS, as_float, map_keys
 from fusefn.errors import ConfigError
 
 __all__ = ["Normalize", "ZScore", "Clip", "Window"]
-
-_KEYS = dict(converter=keys_tuple, validator=nonempty)
 
 
 def _clip(x, lo, hi):
@@ -35,7 +35,7 @@ def _clip(x, lo, hi):
 class Normalize:
     """Map each array's [min, max] (or the fixed ``source`` range) linearly onto [low, high]."""
 
-    keys: tuple = attrs.field(**_KEYS)
+    keys: tuple = attrs.field(**KEYS)
     low: float = 0.0
     high: float = 1.0
     source: tuple | None = None
@@ -62,14 +62,10 @@ class Normalize:
 class ZScore:
     """``(x - mean) / std`` with fixed statistics, or each array's own when ``mean``/``std`` are None."""
 
-    keys: tuple = attrs.field(**_KEYS)
+    keys: tuple = attrs.field(**KEYS)
     mean: float | None = None
-    std: float | None = None
+    std: float | None = attrs.field(default=None, validator=v.optional(v.gt(0)))
     eps: float = 1e-8
-
-    def __attrs_post_init__(self):
-        if self.std is not None and not self.std > 0:
-            raise ConfigError(f"ZScore.std must be > 0, got {self.std}")
 
     def _kernel(self, x, key):
         x = as_float(x)
@@ -85,7 +81,7 @@ class ZScore:
 class Clip:
     """Clip values to [low, high]."""
 
-    keys: tuple = attrs.field(**_KEYS)
+    keys: tuple = attrs.field(**KEYS)
     low: float
     high: float
 
@@ -101,13 +97,9 @@ class Clip:
 class Window:
     """A radiology window: clip to ``center ± width/2`` and map onto [0, 1] (float32)."""
 
-    keys: tuple = attrs.field(**_KEYS)
+    keys: tuple = attrs.field(**KEYS)
     center: float
-    width: float
-
-    def __attrs_post_init__(self):
-        if not self.width > 0:
-            raise ConfigError(f"Window.width must be > 0, got {self.width}")
+    width: float = attrs.field(validator=v.gt(0))
 
     def _kernel(self, x, key):
         lo = self.center - self.width / 2

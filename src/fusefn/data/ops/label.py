@@ -1,4 +1,4 @@
-"""Label ops: check/convert a class label, one-hot, map values, and a seeded random label for tests.
+"""Label ops: check/convert a class label, one-hot, map values, and a random label (per sample id) for tests.
 
 >>> s = {"data": {"sample_id": "a", "gt": {"label": 2.0}}}
 >>> ToLabel(key="data.gt.label", num_classes=3)(s)["data"]["gt"]["label"]
@@ -17,17 +17,13 @@ from collections.abc import Mapping
 import attrs
 import numpy as np
 
-from fusefn import nd
-from fusefn.core import derive_seed, record
-from fusefn.data.ops._base import fail, get, is_tensor, sample_id
-from fusefn.errors import ConfigError
+from fusefn import keys, nd
+from fusefn import validators as v
+from fusefn._types import is_tensor
+from fusefn.core import Rng, record
+from fusefn.data.ops._base import fail, get, sample_id
 
 __all__ = ["ToLabel", "OneHot", "MapValues", "RandomLabel"]
-
-
-def _positive_or_none(instance, attribute, value) -> None:
-    if value is not None and (not isinstance(value, int) or value < 1):
-        raise ConfigError(f"{type(instance).__name__}.{attribute.name} must be a positive int, got {value!r}")
 
 
 def _class_index(op, sample, key: str, value, num_classes: int | None) -> int:
@@ -58,8 +54,8 @@ def _class_index(op, sample, key: str, value, num_classes: int | None) -> int:
 class ToLabel:
     """Check that ``key`` holds a class index in ``[0, num_classes)`` and store it as an ``int``."""
 
-    key: str = "data.gt.label"
-    num_classes: int | None = attrs.field(default=None, validator=_positive_or_none)
+    key: str = keys.LABEL
+    num_classes: int | None = attrs.field(default=None, validator=v.optional(v.positive_int))
 
     def __call__(self, sample: Mapping) -> dict:
         v = _class_index(self, sample, self.key, get(sample, self, self.key), self.num_classes)
@@ -70,8 +66,8 @@ class ToLabel:
 class OneHot:
     """A float32 one-hot vector of length ``num_classes`` from the class index at ``key``."""
 
-    key: str = "data.gt.label"
-    num_classes: int = attrs.field(default=2, validator=_positive_or_none)
+    key: str = keys.LABEL
+    num_classes: int = attrs.field(default=2, validator=v.positive_int)
     out_key: str | None = None
 
     def __call__(self, sample: Mapping) -> dict:
@@ -155,7 +151,7 @@ class MapValues:
     Zero-dimensional values and numpy scalars are single values and may map to anything.
     """
 
-    key: str = "data.gt.label"
+    key: str = keys.LABEL
     mapping: tuple = attrs.field(default=(), converter=_pairs)
     out_key: str | None = None
     default: object = _NO_DEFAULT
@@ -185,15 +181,15 @@ class MapValues:
 
 @record
 class RandomLabel:
-    """A random class index in ``[0, num_classes)`` drawn from ``derive_seed(seed, sample_id)``.
+    """A random class index in ``[0, num_classes)`` drawn from ``rng.child(sample_id)``.
 
-    The seed's ProcessorRand, for tests and smoke runs: same sample id, same label, in any process.
+    The FuseMedML guide's ProcessorRand, for tests and smoke runs: same sample id, same label, in any process.
     """
 
-    key: str = "data.gt.label"
-    num_classes: int = attrs.field(default=2, validator=_positive_or_none)
-    seed: int = 0
+    key: str = keys.LABEL
+    num_classes: int = attrs.field(default=2, validator=v.positive_int)
+    rng: Rng = attrs.field(factory=lambda: Rng(0), validator=v.instance_of(Rng))
 
     def __call__(self, sample: Mapping) -> dict:
-        rng = np.random.default_rng(derive_seed(self.seed, str(sample_id(sample))))
-        return nd.assoc(sample, self.key, int(rng.integers(0, self.num_classes)))
+        draw = self.rng.child(str(sample_id(sample))).numpy()
+        return nd.assoc(sample, self.key, int(draw.integers(0, self.num_classes)))

@@ -22,18 +22,20 @@ from collections.abc import Mapping
 import attrs
 import numpy as np
 
-from fusefn import nd
+from fusefn import keys, nd
 from fusefn.core import record
 from fusefn.data.ops._base import fail, get, require, sample_id
 from fusefn.errors import ConfigError, SampleError
 
 __all__ = ["ReadNpy", "ReadNpz", "ReadImage", "ReadDicom", "ReadNifti", "resolve_path"]
 
+_PATH = f"{keys.SOURCE}.path"
+
 
 def resolve_path(op, sample: Mapping) -> str:
     """The file ``op`` reads for ``sample``; an error naming the sample if it does not exist."""
     if op.path is not None:
-        fields = {"sample_id": sample_id(sample), **nd.flatten(nd.get(sample, "data.source", {}))}
+        fields = {"sample_id": sample_id(sample), **nd.flatten(nd.get(sample, keys.SOURCE, {}))}
         try:
             path = op.path.format(**fields)
         except (KeyError, IndexError) as exc:
@@ -65,9 +67,9 @@ class ReadNpy:
         channels_last: move the last axis to the front (``H×W×C -> C×H×W``).
     """
 
-    key: str = "data.input.img"
+    key: str = keys.IMAGE
     path: str | None = None
-    path_key: str = "data.source.path"
+    path_key: str = _PATH
     add_channel: bool = False
     channels_last: bool = False
 
@@ -82,9 +84,11 @@ class ReadNpy:
         return nd.assoc(sample, self.key, _layout(arr, self.add_channel, self.channels_last))
 
 
-@functools.lru_cache(maxsize=8)
-def _npz_member(path: str, mtime_ns: int, size: int, member: str) -> np.ndarray:
-    # an .npz member is decompressed whole on every access: keep the last few per process
+_NPZ_KEPT = 8
+"""How many decompressed ``.npz`` members a ReadNpz keeps (one per file version it read last)."""
+
+
+def _npz_member(path: str, member: str) -> np.ndarray:
     with np.load(path, allow_pickle=False) as z:
         if member not in z.files:
             raise KeyError(f"no array {member!r} in {path}; arrays: {', '.join(z.files)}")
@@ -97,13 +101,15 @@ class ReadNpz:
 
     The MedMNIST layout (``train_images``, ``train_labels``, ``val_*``, ``test_*``) is read with
     ``ReadNpz(array="train_images", index_key="data.source.index", add_channel=True)`` over
-    :meth:`DataSource.from_medmnist`. Arrays are kept in memory per process after the first read.
+    :meth:`DataSource.from_medmnist`. Each op keeps the arrays it read last in memory (an ``.npz``
+    member is decompressed whole on every access); the memo is not part of the configuration, is
+    not pickled, so every process (DataLoader worker) fills its own, and a changed file is read again.
     """
 
     array: str
-    key: str = "data.input.img"
+    key: str = keys.IMAGE
     path: str | None = None
-    path_key: str = "data.source.path"
+    path_key: str = _PATH
     index_key: str | None = None
     add_channel: bool = False
     channels_last: bool = False
@@ -111,8 +117,7 @@ class ReadNpz:
     def __call__(self, sample: Mapping) -> dict:
         path = resolve_path(self, sample)
         try:
-            st = os.stat(path)
-            arr = _npz_member(path, st.st_mtime_ns, st.st_size, self.array)
+            arr = self._member(path)
         except Exception as exc:
             raise fail(sample, self, self.key, f"cannot read {path}: {exc}") from exc
         if self.index_key is not None:
@@ -121,6 +126,21 @@ class ReadNpz:
                 raise fail(sample, self, self.index_key, f"index {index!r} outside [0, {len(arr)}) of {self.array!r}")
             arr = arr[int(index)]
         return nd.assoc(sample, self.key, _layout(np.array(arr), self.add_channel, self.channels_last))
+
+    @functools.cached_property
+    def _memo(self) -> dict:
+        return {}
+
+    def _member(self, path: str) -> np.ndarray:
+        st = os.stat(path)
+        key = (path, st.st_mtime_ns, st.st_size)
+        memo = self._memo
+        arr = memo.get(key)
+        if arr is None:
+            arr = memo[key] = _npz_member(path, self.array)
+            while len(memo) > _NPZ_KEPT:
+                memo.pop(next(iter(memo)))
+        return arr
 
 
 @record
@@ -131,9 +151,9 @@ class ReadImage:
         mode: Pillow mode to convert to (``"L"`` gray, ``"RGB"``); ``None`` keeps the file's.
     """
 
-    key: str = "data.input.img"
+    key: str = keys.IMAGE
     path: str | None = None
-    path_key: str = "data.source.path"
+    path_key: str = _PATH
     mode: str | None = None
 
     def __call__(self, sample: Mapping) -> dict:
@@ -153,6 +173,7 @@ class ReadImage:
 
 
 def _window_ok(instance, attribute, value) -> None:
+    # one of three forms (None, "file", a pair): no fusefn.validators combination says "one of"
     if value is None or value == "file":
         return
     if not (isinstance(value, tuple) and len(value) == 2 and value[1] > 0):
@@ -216,9 +237,9 @@ class ReadDicom:
         spacing_key: where to put ``(row, column)`` PixelSpacing when present (``None``: nowhere).
     """
 
-    key: str = "data.input.img"
+    key: str = keys.IMAGE
     path: str | None = None
-    path_key: str = "data.source.path"
+    path_key: str = _PATH
     rescale: bool = True
     window: tuple | str | None = attrs.field(default=None, validator=_window_ok)
     spacing_key: str | None = None
@@ -283,10 +304,10 @@ class ReadNifti:
         spacing_key: where to put the voxel size in mm (``None``: nowhere).
     """
 
-    key: str = "data.input.img"
+    key: str = keys.IMAGE
     path: str | None = None
-    path_key: str = "data.source.path"
-    spacing_key: str | None = "data.input.spacing"
+    path_key: str = _PATH
+    spacing_key: str | None = keys.SPACING
     add_channel: bool = True
 
     def __call__(self, sample: Mapping) -> dict:

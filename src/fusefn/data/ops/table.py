@@ -1,6 +1,6 @@
 """A row of a CSV/Parquet table (or in-memory frame) into ``data.*`` fields, looked up by sample id.
 
-The seed's ProcessorCSV / ProcessorDataFrame / "with ground truth" processors:
+The FuseMedML guide's ProcessorCSV / ProcessorDataFrame / "with ground truth" processors:
 plain columns go to ``data.input.<col>`` and ground-truth columns to
 ``data.gt.<col>``, or each column to the key named in ``columns``.
 
@@ -14,6 +14,7 @@ plain columns go to ``data.input.<col>`` and ground-truth columns to
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import pathlib
 from collections.abc import Mapping
@@ -107,7 +108,8 @@ class TableRow:
     """Write the columns of the table row whose ``id_column`` equals the sample id.
 
     Args:
-        table: CSV/Parquet path, a frame, or a :class:`Table`. A path is read once per process.
+        table: CSV/Parquet path, a frame, or a :class:`Table`. A path is read on the first call, once per
+            op and process (the loaded table is not part of the configuration and is not pickled).
         columns: ``{column: key}``; ``None`` means every other column to ``data.input.<col>``.
         gt_columns: columns that go to ``data.gt.<col>`` instead (ground truth).
         allow_missing_values: when False a null/NaN cell raises, naming the sample and column;
@@ -137,10 +139,14 @@ class TableRow:
             if missing:
                 raise ConfigError(f"TableRow: columns {missing} not in the table ({sorted(names)})")
 
+    @functools.cached_property
+    def _loaded(self) -> Table:
+        return _load(self.table, self.id_column)
+
     def _table(self) -> Table:
         if isinstance(self.table, Table):
             return self.table
-        return _load(self.table, self.id_column)
+        return self._loaded
 
     def _targets(self, row: dict) -> dict:
         if self.columns is not None:
@@ -170,19 +176,11 @@ class TableRow:
         return nd.assoc_many(sample, updates)
 
 
-_LOADED: dict = {}
-
-
 def _load(path: str, id_column: str) -> Table:
-    st = os.stat(path)
-    key = (path, st.st_mtime_ns, st.st_size, id_column)
-    table = _LOADED.get(key)
-    if table is None:
-        p = pathlib.Path(path)
-        if p.suffix in (".parquet", ".pq"):
-            frame = pl.read_parquet(p)
-        else:
-            # ids as text, as DataSource.from_csv reads them: ``001`` must stay ``001``
-            frame = pl.read_csv(p, schema_overrides={id_column: pl.String})
-        table = _LOADED[key] = Table.from_frame(frame, id_column)
-    return table
+    p = pathlib.Path(path)
+    if p.suffix in (".parquet", ".pq"):
+        frame = pl.read_parquet(p)
+    else:
+        # ids as text, as DataSource.from_csv reads them: ``001`` must stay ``001``
+        frame = pl.read_csv(p, schema_overrides={id_column: pl.String})
+    return Table.from_frame(frame, id_column)

@@ -1,7 +1,7 @@
 """Deterministic synthetic data for the recipes: 2D lesion phantoms and 3D blob volumes.
 
-Every sample is a pure function of ``(seed, index)``: its random stream is
-``derive_seed(seed, kind, index)``, so sample 17 is the same whether 20 or 2,000
+Every sample is a pure function of ``(rng, index)``: its random stream is
+``rng.child(kind, index)``, so sample 17 is the same whether 20 or 2,000
 samples are generated, in any order or process. Nothing touches a global RNG.
 
 * :func:`lesion_phantom` — a textured 2D background with 0–3 elliptical lesions of
@@ -11,12 +11,13 @@ samples are generated, in any order or process. Nothing touches a global RNG.
   (spheres or ellipsoids), 0 when it holds none; ``task="shape"`` asks instead whether one
   of several blobs is an elongated ellipsoid rather than a sphere (harder).
 
->>> s = lesion_phantom(seed=0, index=3, size=32)
+>>> from fusefn import Rng
+>>> s = lesion_phantom(3, rng=Rng(0), size=32)
 >>> s["image"].shape, s["mask"].shape, s["label"] in (0, 1)
 ((1, 32, 32), (1, 32, 32), True)
->>> bool((lesion_phantom(seed=0, index=3, size=32)["image"] == s["image"]).all())
+>>> bool((lesion_phantom(3, rng=Rng(0), size=32)["image"] == s["image"]).all())
 True
->>> volume_phantom(seed=0, index=1, size=16)["image"].shape
+>>> volume_phantom(1, rng=Rng(0), size=16)["image"].shape
 (1, 16, 16, 16)
 """
 
@@ -24,7 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fusefn.core import derive_seed
+from fusefn import Rng
 
 __all__ = [
     "lesion_count",
@@ -37,25 +38,25 @@ __all__ = [
 ]
 
 
-def _rng(seed: int, kind: str, index: int) -> np.random.Generator:
-    return np.random.default_rng(derive_seed(seed, kind, index))
+def _stream(rng: Rng, kind: str, index: int) -> np.random.Generator:
+    return rng.child(kind, index).numpy()
 
 
-def lesion_count(seed: int, index: int, p_lesion: float = 0.4, max_lesions: int = 3) -> int:
+def lesion_count(index: int, *, rng: Rng, p_lesion: float = 0.4, max_lesions: int = 3) -> int:
     """How many lesions phantom ``index`` holds (0 = label 0), without drawing the image."""
-    rng = _rng(seed, "lesion2d/count", index)
-    has, n = rng.random() < p_lesion, int(rng.integers(1, max_lesions + 1))
+    g = _stream(rng, "lesion2d/count", index)
+    has, n = g.random() < p_lesion, int(g.integers(1, max_lesions + 1))
     return n if has else 0
 
 
-def volume_label(seed: int, index: int, p_positive: float = 0.5) -> int:
+def volume_label(index: int, *, rng: Rng, p_positive: float = 0.5) -> int:
     """The label of volume ``index`` (1 = an elongated blob), without drawing the volume."""
-    return int(_rng(seed, "volume3d/label", index).random() < p_positive)
+    return int(_stream(rng, "volume3d/label", index).random() < p_positive)
 
 
-def _smooth_noise(rng: np.random.Generator, shape: tuple, cutoff: float) -> np.ndarray:
+def _smooth_noise(g: np.random.Generator, shape: tuple, cutoff: float) -> np.ndarray:
     """Gaussian-filtered white noise (done in Fourier space), scaled to unit std."""
-    white = rng.standard_normal(shape)
+    white = g.standard_normal(shape)
     freqs = np.meshgrid(*[np.fft.fftfreq(n) for n in shape], indexing="ij")
     radius2 = sum(f**2 for f in freqs)
     smooth = np.real(np.fft.ifftn(np.fft.fftn(white) * np.exp(-radius2 / (2 * cutoff**2))))
@@ -63,8 +64,9 @@ def _smooth_noise(rng: np.random.Generator, shape: tuple, cutoff: float) -> np.n
 
 
 def lesion_phantom(
-    seed: int,
     index: int,
+    *,
+    rng: Rng,
     size: int = 64,
     p_lesion: float = 0.4,
     max_lesions: int = 3,
@@ -76,7 +78,7 @@ def lesion_phantom(
     """One 2D phantom: textured background plus 0..``max_lesions`` bright ellipses.
 
     Args:
-        seed, index: the sample is a pure function of these two.
+        index, rng: the sample is a pure function of these two.
         size: image side in pixels.
         p_lesion: probability that the image holds at least one lesion (label 1).
         max_lesions: a positive image holds 1..max_lesions lesions, uniformly.
@@ -88,20 +90,20 @@ def lesion_phantom(
         ``{"image": float32 (1, size, size) in [0, 1], "mask": int64 (1, size, size),
         "label": int, "n_lesions": int, "contrast": float (max over lesions, 0 if none)}``.
     """
-    rng = _rng(seed, "lesion2d", index)
-    img = 0.35 + texture * _smooth_noise(rng, (size, size), cutoff=0.04)
+    g = _stream(rng, "lesion2d", index)
+    img = 0.35 + texture * _smooth_noise(g, (size, size), cutoff=0.04)
     # a coarse tissue gradient so intensity alone does not give lesions away
     yy, xx = np.meshgrid(np.linspace(-1, 1, size), np.linspace(-1, 1, size), indexing="ij")
-    g = rng.uniform(-0.08, 0.08, size=2)
-    img += g[0] * yy + g[1] * xx
+    tilt = g.uniform(-0.08, 0.08, size=2)
+    img += tilt[0] * yy + tilt[1] * xx
     mask = np.zeros((size, size), dtype=bool)
-    n = lesion_count(seed, index, p_lesion, max_lesions)
+    n = lesion_count(index, rng=rng, p_lesion=p_lesion, max_lesions=max_lesions)
     top = 0.0
     for _ in range(n):
-        cy, cx = rng.uniform(0.2, 0.8, size=2) * (size - 1)
-        a, b = rng.uniform(*radius, size=2) * size
-        theta = rng.uniform(0, np.pi)
-        c = float(rng.uniform(*contrast))
+        cy, cx = g.uniform(0.2, 0.8, size=2) * (size - 1)
+        a, b = g.uniform(*radius, size=2) * size
+        theta = g.uniform(0, np.pi)
+        c = float(g.uniform(*contrast))
         dy = np.arange(size)[:, None] - cy
         dx = np.arange(size)[None, :] - cx
         u = dx * np.cos(theta) + dy * np.sin(theta)
@@ -112,7 +114,7 @@ def lesion_phantom(
         img = img + c * np.clip(1.25 - r2, 0, 1) ** 0.5 * (r2 <= 1.25)
         mask |= inside
         top = max(top, c)
-    img = img + noise * rng.standard_normal((size, size))
+    img = img + noise * g.standard_normal((size, size))
     img = np.clip(img, 0.0, 1.0).astype(np.float32)
     return {
         "image": img[None],
@@ -123,15 +125,16 @@ def lesion_phantom(
     }
 
 
-def lesion_phantoms(n: int, seed: int, start: int = 0, **kwargs) -> dict:
+def lesion_phantoms(n: int, *, rng: Rng, start: int = 0, **kwargs) -> dict:
     """Samples ``start .. start+n-1`` stacked: images (N,1,H,W), masks (N,1,H,W), labels (N,), ids."""
-    samples = [lesion_phantom(seed, start + i, **kwargs) for i in range(n)]
+    samples = [lesion_phantom(start + i, rng=rng, **kwargs) for i in range(n)]
     return _stack(samples, start, "lesion")
 
 
 def volume_phantom(
-    seed: int,
     index: int,
+    *,
+    rng: Rng,
     size: int = 32,
     task: str = "detect",
     p_positive: float = 0.5,
@@ -156,47 +159,47 @@ def volume_phantom(
         raise ValueError(f"volume_phantom.task must be 'detect' or 'shape', got {task!r}")
     if contrast is None:
         contrast = (0.1, 0.3) if task == "detect" else (0.3, 0.5)
-    rng = _rng(seed, "volume3d", index)
+    g = _stream(rng, "volume3d", index)
     shape = (size, size, size)
-    img = 0.25 + noise * rng.standard_normal(shape) + 0.05 * _smooth_noise(rng, shape, cutoff=0.06)
-    label = volume_label(seed, index, p_positive)
-    n = int(rng.integers(1, max_blobs + 1)) if (label or task == "shape") else 0
+    img = 0.25 + noise * g.standard_normal(shape) + 0.05 * _smooth_noise(g, shape, cutoff=0.06)
+    label = volume_label(index, rng=rng, p_positive=p_positive)
+    n = int(g.integers(1, max_blobs + 1)) if (label or task == "shape") else 0
     grid = np.stack(np.meshgrid(*[np.arange(size)] * 3, indexing="ij"), axis=-1).astype(np.float64)
     mask = np.zeros(shape, dtype=bool)
     for k in range(n):
-        center = rng.uniform(0.3, 0.7, size=3) * (size - 1)
-        r = rng.uniform(*radius) * size
+        center = g.uniform(0.3, 0.7, size=3) * (size - 1)
+        r = g.uniform(*radius) * size
         if task == "shape":
-            e = rng.uniform(*elongation) if (label == 1 and k == 0) else 1.0
+            e = g.uniform(*elongation) if (label == 1 and k == 0) else 1.0
         else:
-            e = rng.uniform(1.0, elongation[0])
+            e = g.uniform(1.0, elongation[0])
         # same volume as a sphere of radius r: long axis r*e^(2/3), short axes r*e^(-1/3)
         axes = np.array([r * e ** (2 / 3), r * e ** (-1 / 3), r * e ** (-1 / 3)])
-        q, _ = np.linalg.qr(rng.standard_normal((3, 3)))  # a random orientation
+        q, _ = np.linalg.qr(g.standard_normal((3, 3)))  # a random orientation
         local = (grid - center) @ q
         r2 = ((local / axes) ** 2).sum(-1)
-        img = img + rng.uniform(*contrast) * (r2 <= 1.0)
+        img = img + g.uniform(*contrast) * (r2 <= 1.0)
         mask |= r2 <= 1.0
     img = np.clip(img, 0.0, 1.0).astype(np.float32)
     return {"image": img[None], "mask": mask.astype(np.int64)[None], "label": label, "n_blobs": n}
 
 
-def volume_phantoms(n: int, seed: int, start: int = 0, **kwargs) -> dict:
+def volume_phantoms(n: int, *, rng: Rng, start: int = 0, **kwargs) -> dict:
     """Volumes ``start .. start+n-1`` stacked: images (N,1,D,H,W), masks, labels (N,), ids."""
-    samples = [volume_phantom(seed, start + i, **kwargs) for i in range(n)]
+    samples = [volume_phantom(start + i, rng=rng, **kwargs) for i in range(n)]
     return _stack(samples, start, "volume")
 
 
-def clinical_features(seed: int, index: int, label: int, signal: float = 1.0) -> dict:
+def clinical_features(index: int, label: int, *, rng: Rng, signal: float = 1.0) -> dict:
     """Synthetic age (years) and sex (0/1) of one patient, carrying signal about ``label``.
 
     Positive patients are older on average (+``signal``×8 years) and more often sex 1,
     so a model with both image and tabular inputs beats either alone.
     """
-    rng = _rng(seed, "clinical", index)
-    age = float(np.clip(rng.normal(55.0 + 8.0 * signal * label, 10.0), 18, 95))
+    g = _stream(rng, "clinical", index)
+    age = float(np.clip(g.normal(55.0 + 8.0 * signal * label, 10.0), 18, 95))
     p_sex = 0.5 + 0.2 * signal * (1 if label else -1)
-    sex = int(rng.random() < p_sex)
+    sex = int(g.random() < p_sex)
     return {"age": age, "sex": sex}
 
 

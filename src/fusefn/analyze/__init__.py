@@ -1,0 +1,62 @@
+"""Analysis of an inference file: metrics with bootstrap CIs -> metrics.json, report.txt/.md and plots.
+
+:func:`analyze` is three steps, each usable alone:
+
+1. **inputs** (:mod:`fusefn.analyze.inputs`): the predictions (CSV/Parquet; several files =
+   one per fold) joined with their targets (a column of the predictions or another file
+   joined by id), read by :mod:`fusefn.data.tables`; :func:`select_inputs` picks the
+   score, label and group columns. Scores are one column (the positive-class score),
+   several columns (one per class) or a list column such as ``model.head_0.probs`` written
+   by ``fusefn.train.infer``; with no ``score`` given, a ``*.probs`` list column is used.
+2. **suite** (:mod:`fusefn.analyze.suite`): the standard classification metrics with
+   confidence intervals, per-fold / per-group values, run by :func:`fusefn.metrics.evaluate`
+   (pure compute).
+3. **report** (:mod:`fusefn.analyze.report`, :mod:`fusefn.analyze.plots`), each file complete
+   or not at all:
+
+   * ``metrics.json`` — every value, its CI, the inputs and the settings;
+   * ``report.txt`` — an aligned table (metric, value, 95 % CI); ``report.md`` the same in Markdown;
+   * ``roc.png`` (with a bootstrap band), ``confusion_matrix.png``, ``reliability.png``.
+
+The command line is ``fusefn analyze`` (:mod:`fusefn.cli`).
+
+>>> import polars as pl
+>>> from fusefn import Rng
+>>> df = pl.DataFrame({"id": list("abcdef"), "s": [.1, .2, .7, .4, .8, .9], "y": [0, 0, 0, 1, 1, 1]})
+>>> frame, id = read_predictions(df)
+>>> inputs = select_inputs(frame, id=id, score="s", label="y")
+>>> results = run_suite(inputs, ci=0, rng=Rng(0))
+>>> results["metrics"]["auc"]
+{'value': 0.8888888888888888}
+>>> print(format_report(results, markdown=True).splitlines()[0])
+| metric | value | 95% CI |
+"""
+
+from fusefn.analyze.analysis import analyze
+from fusefn.analyze.inputs import PRED, TARGET, AnalysisInputs, group_key, read_predictions, select_inputs
+from fusefn.analyze.plots import plot_confusion, plot_reliability, plot_roc
+from fusefn.analyze.report import format_report, format_value, to_json, write_markdown, write_results
+from fusefn.analyze.suite import OPERATING_POINT_STATS, classification_metrics, reliability, roc_curves, run_suite
+
+__all__ = [
+    "OPERATING_POINT_STATS",
+    "PRED",
+    "TARGET",
+    "AnalysisInputs",
+    "analyze",
+    "classification_metrics",
+    "format_report",
+    "format_value",
+    "group_key",
+    "plot_confusion",
+    "plot_reliability",
+    "plot_roc",
+    "read_predictions",
+    "reliability",
+    "roc_curves",
+    "run_suite",
+    "select_inputs",
+    "to_json",
+    "write_markdown",
+    "write_results",
+]

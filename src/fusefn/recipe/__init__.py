@@ -1,0 +1,84 @@
+"""Recipes: a short script per worked example, built from a :class:`Run`, three phases and a report.
+
+A recipe is a :class:`Recipe` record: its name, help text, click options and the phases
+``train(run)``, ``infer(run)``, ``analyze(run)``. ``Recipe.cli()`` turns it into a click group
+``train | infer | analyze | all`` with ``--out --seed --debug --compile --device`` and the recipe's
+options; ``Recipe.run(...)`` runs the same from Python. A phase gets a :class:`Run` (the output
+directory and its layout, the run's :class:`~fusefn.Rng`, the debug mode, the device, the
+hyper-parameters ``run.hp``) and calls the pieces here:
+
+* data: :func:`with_folds`, :func:`dataset` and :func:`build` (rank 0 first under ``torchrun``);
+* train: :func:`fit` — :func:`fusefn.train.fit` with the run's seed, device and limits;
+* infer: :func:`infer` — the best checkpoint(s) over a dataset into ``run.infer_file``;
+* analyze: :func:`classify`, :class:`Findings`, :func:`publish`, and the report helpers
+  (:func:`write_report`, :func:`save_json`, :func:`roc_figure`, :func:`curves_figure`, :func:`write_text`).
+
+Recipes are found through the entry-point group ``fusefn.recipes`` (:func:`find`, :func:`names`),
+so an installed package can add its own; see ``docs/recipes.md``.
+"""
+
+from fusefn.recipe.analysis import Findings, classify, headline, publish
+from fusefn.recipe.phases import (
+    CVTask,
+    build,
+    check_trained,
+    classification_metrics,
+    dataset,
+    fit,
+    infer,
+    per_fold_head,
+    with_folds,
+)
+from fusefn.recipe.recipe import Recipe, default_hp
+from fusefn.recipe.registry import GROUP, find, names
+from fusefn.recipe.report import (
+    append_figures,
+    classification_report,
+    curves_figure,
+    format_ci,
+    load_json,
+    plain,
+    read_inference,
+    roc_figure,
+    save_json,
+    write_report,
+    write_text,
+)
+from fusefn.recipe.run import OutputError, RecipeInputError, Run, prepare_out, resolve_device
+
+__all__ = [
+    "Recipe",
+    "Run",
+    "RecipeInputError",
+    "OutputError",
+    "prepare_out",
+    "resolve_device",
+    "default_hp",
+    "GROUP",
+    "find",
+    "names",
+    "dataset",
+    "build",
+    "with_folds",
+    "per_fold_head",
+    "fit",
+    "infer",
+    "check_trained",
+    "classification_metrics",
+    "CVTask",
+    "Findings",
+    "classify",
+    "publish",
+    "headline",
+    "write_text",
+    "plain",
+    "append_figures",
+    "format_ci",
+    "write_report",
+    "save_json",
+    "load_json",
+    "read_inference",
+    "roc_figure",
+    "curves_figure",
+    "classification_report",
+]

@@ -1,0 +1,62 @@
+"""Trained models back from their model directories: the one place a model is rebuilt from a checkpoint.
+
+A checkpoint written by ``fit`` holds the model record as config next to its
+:class:`~fusefn.train.TrainState`; :func:`load_model` rebuilds the record from that config
+(or from ``model.json`` beside the checkpoints, for a file saved without ``model=``),
+:func:`load_ensemble` puts several runs together as one :class:`~fusefn.models.Ensemble`.
+``infer``, ``fusefn inspect`` and user code all go through these two.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+from collections.abc import Sequence
+
+from fusefn.core import from_config
+from fusefn.errors import ConfigError
+from fusefn.models import Ensemble
+from fusefn.train.checkpoint import CheckpointError, checkpoint_path, load_checkpoint
+from fusefn.train.state import TrainState
+
+__all__ = ["load_model", "load_ensemble"]
+
+
+def load_model(model_dir: str | os.PathLike, checkpoint="best", *, device="cpu") -> tuple:
+    """``(model, state)`` from ``model_dir``: the record rebuilt from its config, the checkpoint's TrainState.
+
+    Args:
+        model_dir: a directory written by ``fit``.
+        checkpoint: ``"best"``, ``"last"``, ``"best_<source>"``, an epoch number or a path.
+        device: where the state's tensors go.
+    """
+    path = checkpoint_path(model_dir, checkpoint)
+    payload = load_checkpoint(path, device=device)
+    cfg = payload.get("model_config")
+    if cfg is None:
+        cfg_file = pathlib.Path(model_dir) / "model.json"
+        if not cfg_file.is_file():
+            raise CheckpointError(f"{path} holds no model config and {cfg_file} is missing; cannot rebuild the model")
+        cfg = json.loads(cfg_file.read_text())
+    return from_config(cfg), payload["state"]
+
+
+def load_ensemble(
+    model_dirs: Sequence[str | os.PathLike], checkpoint="best", *, device="cpu"
+) -> tuple[Ensemble, TrainState]:
+    """``(ensemble, state)``: the trained runs of ``model_dirs`` as one :class:`~fusefn.models.Ensemble`.
+
+    Member ``i`` is the model of ``model_dirs[i]`` at its ``checkpoint`` (see :func:`load_model`);
+    ``state`` holds the members' parameters and buffers (``members.<i>.<name>``), ready for
+    ``make_eval_step(ensemble)`` or ``fusefn.models.apply``.
+    """
+    dirs = [model_dirs] if isinstance(model_dirs, (str, os.PathLike)) else list(model_dirs)
+    if not dirs:
+        raise ConfigError("load_ensemble: model_dirs is empty; give the directories of the trained runs")
+    members = []
+    for d in dirs:
+        model, state = load_model(d, checkpoint, device=device)
+        members.append((model, state.params, state.buffers))
+    ensemble, params, buffers = Ensemble.stack(members)
+    return ensemble, TrainState(params=params, buffers=buffers)

@@ -1,0 +1,179 @@
+"""fusefn.recipe: the Run, the Recipe record and its click group, the registry, the report helpers."""
+
+import json
+import math
+
+import click
+import numpy as np
+import polars as pl
+import pytest
+from click.testing import CliRunner
+
+from fusefn import Rng, recipe
+from fusefn.data import DataSource
+from fusefn.errors import ConfigError, FusefnError
+
+
+def _toy(calls: list) -> recipe.Recipe:
+    def phase(name):
+        def run_phase(run):
+            calls.append((name, run.rng, run.hp["width"], run.debug.name, run.device))
+            if run.hp["fail"]:
+                raise recipe.RecipeInputError(f"{name} cannot run")
+            return name
+
+        return run_phase
+
+    options = (click.option("--width", type=int, default=4), click.option("--fail/--no-fail", default=False))
+    return recipe.Recipe(
+        name="toy", doc="A toy.\n\nMore.", options=options, train=phase("train"), analyze=phase("analyze")
+    )
+
+
+def test_cli_runs_the_phases_in_order_with_one_rng(tmp_path):
+    calls = []
+    cli = _toy(calls).cli()
+    r = CliRunner().invoke(cli, ["all", "--out", str(tmp_path), "--seed", "7", "--width", "9", "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    assert calls == [("train", Rng(7), 9, "default", "cpu"), ("analyze", Rng(7), 9, "default", "cpu")]
+    assert sorted(cli.commands) == ["all", "analyze", "train"]  # no infer phase, no infer command
+    assert (tmp_path / "fusefn.log").is_file()
+    r = CliRunner().invoke(cli, ["train", "--help"])
+    assert all(o in r.output for o in ("--out", "--seed", "--debug", "--compile", "--device", "--width"))
+
+
+def test_a_user_error_is_one_line_and_exit_code_2(tmp_path):
+    r = CliRunner().invoke(_toy([]).cli(), ["analyze", "--out", str(tmp_path), "--fail"])
+    assert r.exit_code == 2
+    lines = [ln for ln in r.output.splitlines() if ln.strip()]
+    assert lines == ["error: analyze cannot run"]
+
+
+def test_run_from_python_raises_and_checks_its_arguments(tmp_path):
+    calls = []
+    toy = _toy(calls)
+    assert toy.run("train", tmp_path, rng=Rng(3), device="cpu", width=2) == "train"
+    assert calls == [("train", Rng(3), 2, "default", "cpu")]
+    assert toy.run("all", tmp_path) == "analyze"
+    with pytest.raises(recipe.RecipeInputError, match="cannot run"):
+        toy.run("train", tmp_path, fail=True)
+    with pytest.raises(ConfigError, match="nope"):
+        toy.run("train", tmp_path, nope=1)
+    with pytest.raises(ConfigError, match="infer"):
+        toy.run("infer", tmp_path)
+    taken = tmp_path / "file"
+    taken.write_text("x")
+    with pytest.raises(recipe.OutputError, match="is a file"):
+        toy.run("train", taken)
+    assert toy.summary == "A toy." and toy.phases == ("train", "analyze")
+    assert toy.hp() == {"width": 4, "fail": False}
+
+
+def test_a_recipe_needs_a_phase():
+    with pytest.raises(ConfigError, match="no phase"):
+        recipe.Recipe(name="empty")
+
+
+def test_run_layout_and_limits(tmp_path):
+    run = recipe.Run(name="t", out=tmp_path, debug="fast", infer_name="infer/x.parquet", report_name="eval")
+    assert run.model_dir == tmp_path / "model" and run.cache_dir == tmp_path / "cache"
+    assert run.infer_file == tmp_path / "infer" / "x.parquet" and run.report_dir == tmp_path / "eval"
+    assert run.fast and run.limit(10, "max_epochs") == 2 and run.rng == Rng(0)
+    assert recipe.resolve_device("cpu") == "cpu"
+
+
+def test_registry_finds_the_builtin_recipes_and_names_the_known_ones():
+    names = recipe.names()
+    for name in ("digits", "breast_cancer", "cross_validation", "evaluate_knight", "lesions2d", "volumes3d"):
+        assert name in names
+    digits = recipe.find("digits")
+    assert isinstance(digits, recipe.Recipe) and digits.static_data is not None
+    assert recipe.find("breast_cancer").cv_task is not None
+    with pytest.raises(FusefnError, match="no_such_recipe.*digits"):
+        recipe.find("no_such_recipe")
+
+
+def test_an_entry_point_that_is_not_a_recipe_is_refused(monkeypatch):
+    from importlib import metadata
+
+    fake = metadata.EntryPoint(name="odd", value="json:dumps", group=recipe.GROUP)
+    monkeypatch.setattr(metadata, "entry_points", lambda group: [fake] if group == recipe.GROUP else [])
+    assert recipe.names() == ["odd"]
+    with pytest.raises(FusefnError, match="not a fusefn.recipe.Recipe"):
+        recipe.find("odd")
+
+
+def test_report_table_figures_and_json(tmp_path):
+    fig = tmp_path / "figs" / "a.png"
+    fig.parent.mkdir()
+    fig.write_bytes(b"png")
+    rows = [
+        ("AUC", {"value": 0.9, "lower": 0.8, "upper": 0.95}),
+        ("accuracy", 0.75),
+        ("nan ci", {"value": 0.5, "lower": math.nan, "upper": math.nan}),
+    ]
+    path = recipe.write_report(
+        tmp_path / "report.md", "T", rows, intro="hi", figures=[("a", fig), ("none", None)], sections=[("S", "body")]
+    )
+    text = path.read_text()
+    assert "| AUC | 0.900 | [0.800, 0.950] |" in text and "| accuracy | 0.750 |  |" in text
+    assert "| nan ci | 0.500 |  |" in text and "![a](figs/a.png)" in text and "none" not in text
+    assert "## S" in text and text.startswith("# T\n\nhi")
+    recipe.append_figures(path, [("more", fig), ("skipped", None)])
+    assert path.read_text().endswith("\n### more\n\n![more](figs/a.png)\n")
+    saved = recipe.save_json(tmp_path / "m.json", {"a": np.float32(0.5), "b": (1, math.inf), "c": np.arange(2)})
+    assert json.loads(saved.read_text()) == {"a": 0.5, "b": [1, None], "c": [0, 1]}
+    assert recipe.load_json(saved)["c"] == [0, 1]
+    assert recipe.format_ci({"value": 0.12345, "lower": 0.1, "upper": 0.2}, digits=2) == ("0.12", "[0.10, 0.20]")
+
+
+def test_read_inference_says_which_phase_to_run(tmp_path):
+    path = tmp_path / "p.parquet"
+    with pytest.raises(recipe.RecipeInputError, match="run `infer` first"):
+        recipe.read_inference(path, ("probs",))
+    path.write_bytes(b"not parquet")
+    with pytest.raises(recipe.RecipeInputError, match="not a readable Parquet.*run `infer` again"):
+        recipe.read_inference(path, ("probs",))
+    pl.DataFrame({"sample_id": ["a"]}).write_parquet(path)
+    with pytest.raises(recipe.RecipeInputError, match=r"lacks columns \['probs'\]"):
+        recipe.read_inference(path, ("sample_id", "probs"))
+    pl.DataFrame({"sample_id": [], "probs": []}, schema={"sample_id": pl.String, "probs": pl.Float64}).write_parquet(
+        path
+    )
+    with pytest.raises(recipe.RecipeInputError, match="no rows"):
+        recipe.read_inference(path, ("sample_id", "probs"))
+
+
+def test_findings_are_records_that_grow_by_copy(tmp_path):
+    frame = pl.DataFrame({"sample_id": ["a", "b"]})
+    found = recipe.Findings(frame=frame, probs=np.zeros((2, 2)), labels=np.array([0, 1]))
+    more = found.add("AUC (all)", 0.5, key="auc").figure("f", tmp_path / "f.png").figure("g", None)
+    assert found.rows == () and found.results == {} and found.figures == ()
+    assert more.rows == (("AUC (all)", 0.5),) and more.results == {"auc": 0.5}
+    assert more.figures == (("f", tmp_path / "f.png"),) and more.ids == ["a", "b"]
+    assert more.figure("first", tmp_path / "0.png", first=True).figures[0][0] == "first"
+    assert recipe.headline(more.add("ROC AUC", {"value": 0.91234, "lower": 0.8, "upper": 1.0})) == (
+        "test ROC AUC 0.9123 [0.8000, 1.0000]"
+    )
+
+
+def test_with_folds_keeps_every_fold_in_a_smoke_run():
+    frame = pl.DataFrame({"sample_id": [f"s{i:03d}" for i in range(100)], "label": [i % 2 for i in range(100)]})
+    src = recipe.with_folds(DataSource.from_frame(frame), 5, rng=Rng(0))
+    assert len(src) == 100 and sorted(set(src.frame["fold"].to_list())) == [0, 1, 2, 3, 4]
+    small = recipe.with_folds(DataSource.from_frame(frame), 5, rng=Rng(0), max_samples=20)
+    counts = small.frame.group_by("fold").len()["len"].to_list()
+    assert sorted(counts) == [4] * 5
+    assert recipe.with_folds(DataSource.from_frame(frame), 5, rng=Rng(0)).frame.equals(src.frame)
+
+
+def test_classification_metrics_and_default_hp():
+    m = recipe.classification_metrics(class_names=("a", "b"))
+    assert set(m) == {"auc", "accuracy"} and m["auc"].class_names == ("a", "b")
+    opts = [click.option("--n", type=int, default=3), click.option("--c", type=int, multiple=True, default=(1, 2))]
+    assert recipe.default_hp(opts) == {"n": 3, "c": (1, 2)} and recipe.default_hp([]) == {}
+
+
+def test_check_trained_names_the_folder(tmp_path):
+    with pytest.raises(recipe.RecipeInputError, match="run `train` first"):
+        recipe.check_trained(tmp_path / "model")
