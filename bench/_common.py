@@ -24,7 +24,8 @@ from typing import Any
 
 BENCH_DIR = pathlib.Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
-PEER_DATA = REPO.parent / "shared" / "peer-data" / "fuse-eval"
+# FuseMedML's KNIGHT inputs (Apache-2.0), shipped in the repository: fusefn_recipes.reference.fuse_eval_dir()
+FUSE_EVAL = REPO / "src" / "fusefn_recipes" / "reference" / "fuse_eval"
 
 FUSEFN = "fusefn"
 FUSEMEDML = "FuseMedML 0.4.1"

@@ -6,7 +6,7 @@ The peers augment one sample at a time, as they are built to (each sample is clo
 affine op writes into its input); fusefn augments the stack as one batch.
 
 Systems and settings:
-- FuseMedML 0.4.1, 2D: the seed's ``aug_image_default_pipeline`` written with 0.4.1's ops, as its ISIC example
+- FuseMedML 0.4.1, 2D: the FuseMedML guide's ``aug_image_default_pipeline`` written with 0.4.1's ops, as its ISIC example
   writes it: ``OpRandApply(OpSample(OpAugAffine2D()), 0.5)`` (rotate U(−30, 30), scale U(0.9, 1.1), flips
   RandBool(0.3), translate RandInt(−10, 10)), ``OpRandApply(OpSample(OpAugColor()), 0.5)`` (add U(−0.06, 0.06),
   mul U(0.95, 1.05), gamma U(0.9, 1.1), contrast U(0.85, 1.15)), ``OpRandApply(OpAugGaussian(), 0.5)`` (std 0.03).

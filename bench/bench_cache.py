@@ -18,9 +18,13 @@ Systems and settings:
   ``dataset[i]``.
 - h5py ceiling: a 2-process pool computes the arrays, the main process writes them into one HDF5 dataset of shape
   ``(n, *shape)`` chunked one sample per chunk, no compression; read with ``dataset[i]`` on the open file.
-- fusefn: ``H5Cache(workers=2)`` (defaults otherwise: no compression), ``build(ids)``, read with ``reader.read(id)`` (``reader = cache.open()``).
+- fusefn: ``H5Cache(workers=2)`` (defaults otherwise: no compression), ``build(ids)``, read with ``reader.read(id)``
+  (``reader = cache.open()``, opened once and kept across repetitions, as the h5py row keeps its file open).
 - fusefn, lzf: the same with ``compression="lzf"`` (bytes shuffled, then LZF), to show what disk use below the raw
   bytes costs on this data (uniform random floats: only their exponent bytes compress).
+- fusefn, no checksum: the default with ``checksum=False``, to show what the integrity checks cost at build time (by
+  default every row's CRC32 is computed when it is written and every build checks the whole store).
+- fusefn, reads verified: the default with ``verify_reads=True``: every array row read is checked against its CRC32.
 """
 
 from __future__ import annotations
@@ -39,6 +43,8 @@ import _common as C
 
 KEY = "data.input.img"
 FUSEFN_LZF = "fusefn, lzf"
+FUSEFN_NO_CHECKSUM = "fusefn, no checksum"
+FUSEFN_VERIFIED = "fusefn, reads verified"
 
 
 def make_array(sample_id, shape) -> np.ndarray:
@@ -178,7 +184,7 @@ def h5py_system(shape, ids, root: pathlib.Path):
 # ---------------------------------------------------------------- fusefn
 
 
-def fusefn_system(shape, ids, root: pathlib.Path, compression=None):
+def fusefn_system(shape, ids, root: pathlib.Path, compression=None, checksum=True, verify_reads=False):
     """fusefn's side, or the reason it is not there yet."""
     cache_mod, why = C.optional_import("fusefn.data.cache", "H5Cache")
     if cache_mod is None:
@@ -187,20 +193,35 @@ def fusefn_system(shape, ids, root: pathlib.Path, compression=None):
     state = {}
 
     def build():
-        cache = cache_mod.H5Cache(root=root, pipeline=op, workers=2, compression=compression, progress=False)
+        cache = cache_mod.H5Cache(
+            root=root,
+            pipeline=op,
+            workers=2,
+            compression=compression,
+            checksum=checksum,
+            verify_reads=verify_reads,
+            progress=False,
+        )
         report = cache.build(list(ids))
         assert report.computed == len(ids), report
         state["cache"] = cache
 
     def read(order):
-        reader = state["cache"].open()
+        # opened once and kept, as a training process (or DataLoader worker) does, and as the h5py row does
+        if "reader" not in state:
+            state["reader"] = state["cache"].open()
+        reader = state["reader"]
         total = 0.0
         for i in order:
             x = reader.read(int(i))["data"]["input"]["img"]
             total += float(x.sum())
         assert x.shape == shape and total > 0
 
-    return (build, read), None
+    def close():
+        if "reader" in state:
+            state.pop("reader").close()
+
+    return (build, read, close), None
 
 
 try:
@@ -266,11 +287,19 @@ def run_case(rec: C.Recorder, args, label: str, shape: tuple, n: int, workdir: p
     if sides is None:
         rec.skip(f"cache.*.{label}", C.FUSEFN, why)
     else:
-        systems.append((C.FUSEFN, root, *sides, None, "H5Cache(workers=2) defaults, read with H5Cache.open().read"))
+        systems.append((C.FUSEFN, root, *sides, "H5Cache(workers=2) defaults, read with H5Cache.open().read"))
         # the disk-for-speed trade: on this incompressible data only compression gets under the raw bytes
         root = workdir / f"fusefn_lzf_{label}"
         sides, _ = C.attempt(fusefn_system, shape, ids, root, compression="lzf")
-        systems.append((FUSEFN_LZF, root, *sides, None, 'H5Cache(workers=2, compression="lzf"), shuffled bytes'))
+        systems.append((FUSEFN_LZF, root, *sides, 'H5Cache(workers=2, compression="lzf"), shuffled bytes'))
+        # what the integrity checks (on by default) cost: the same store without them
+        root = workdir / f"fusefn_nosum_{label}"
+        sides, _ = C.attempt(fusefn_system, shape, ids, root, checksum=False)
+        systems.append((FUSEFN_NO_CHECKSUM, root, *sides, "H5Cache(workers=2, checksum=False)"))
+        # what checking every array row on read costs (off by default; every build checks the whole store)
+        root = workdir / f"fusefn_verified_{label}"
+        sides, _ = C.attempt(fusefn_system, shape, ids, root, verify_reads=True)
+        systems.append((FUSEFN_VERIFIED, root, *sides, "H5Cache(workers=2, verify_reads=True)"))
 
     for system, root, build, read, close, settings in systems:
         try:

@@ -1,8 +1,8 @@
-"""3D Dice on the 4 shared NIfTI segmentations: labels {1,2,3}, {2,3} and {2}, per volume then averaged (issue 6).
+"""3D Dice on FuseMedML's 4 NIfTI segmentations: labels {1,2,3}, {2,3} and {2}, per volume then averaged (issue 6).
 
-The 4 predicted / reference label maps (50–178 × 512 × 512) of ``../shared/peer-data/fuse-eval/semantic_segmentation``
-are read once into memory; each timing covers turning them into the three binary groupings and computing the three
-averaged Dice values. ``--quick`` takes every second voxel along each axis.
+The 4 predicted / reference label maps (50–178 × 512 × 512) of FuseMedML's ``semantic_segmentation`` inputs (shipped in
+``src/fusefn_recipes/reference/fuse_eval``) are read once into memory; each timing covers turning them into the three
+binary groupings and computing the three averaged Dice values. ``--quick`` takes every second voxel along each axis.
 
 - FuseMedML 0.4.1: its own ``example_seg_0`` — ``EvaluatorDefault().eval(batch_size=1)`` over the volumes with three
   ``MetricDice`` metrics whose ``pre_collect_process_func`` builds the binary masks, as the example writes them.
@@ -21,7 +21,7 @@ import numpy as np
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import _common as C
 
-SEG = C.PEER_DATA / "semantic_segmentation"
+SEG = C.FUSE_EVAL / "semantic_segmentation"
 GROUPS = {"label_1": (1, 2, 3), "label_2": (2, 3), "label_3": (2,)}
 
 

@@ -1,6 +1,6 @@
 """Metrics: ROC AUC with a 10,000-resample stratified bootstrap CI on KNIGHT, and ROC AUC on 10⁶ scores (issue 6).
 
-1. The 60 KNIGHT cases of ``../shared/peer-data/fuse-eval`` (``CanAT-score`` vs ``Task1-target``), AUC plus a
+1. The 60 KNIGHT cases of ``src/fusefn_recipes/reference/fuse_eval`` (``CanAT-score`` vs ``Task1-target``), AUC plus a
    95 % percentile bootstrap CI stratified by the target, seed 1234, 10,000 resamples (500 with ``--quick``; both
    systems use the same count). Each timing includes reading the two CSV files.
    - FuseMedML 0.4.1: its own example 4 (``EvaluatorDefault().eval`` with
@@ -22,8 +22,8 @@ import numpy as np
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import _common as C
 
-PRED = C.PEER_DATA / "example1_predictions.csv"
-TARGET = C.PEER_DATA / "example1_targets.csv"
+PRED = C.FUSE_EVAL / "example1_predictions.csv"
+TARGET = C.FUSE_EVAL / "example1_targets.csv"
 
 
 def fusemedml_ci(n_boot: int):

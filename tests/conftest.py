@@ -3,7 +3,6 @@ import pathlib
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
 
 
 @pytest.fixture(scope="session")
@@ -13,11 +12,10 @@ def repo_root() -> pathlib.Path:
 
 @pytest.fixture(scope="session")
 def fuse_eval_dir() -> pathlib.Path:
-    """The real FuseMedML evaluation inputs shipped beside the repository."""
-    d = SHARED / "peer-data" / "fuse-eval"
-    if not d.is_dir():
-        pytest.fail(f"reference data not found at {d}: the checkout needs ../shared beside it")
-    return d
+    """FuseMedML's KNIGHT evaluation inputs, shipped in the package (fusefn_recipes/reference/fuse_eval)."""
+    from fusefn_recipes.reference import fuse_eval_dir as shipped
+
+    return shipped()
 
 
 @pytest.fixture(autouse=True)

@@ -123,8 +123,9 @@ def test_config_round_trip():
     cfg = to_config(obj)
     import json
 
-    again = from_config(json.loads(json.dumps(cfg)))
+    again = from_config(json.loads(json.dumps(cfg)), allowed=[Nested, AddK])
     assert again == obj
+    assert from_config(cfg, allowed=[__name__]) == obj  # a module name allows everything under it
     assert to_config(chain(AddK(key="a"), on_keys(np.sqrt, "a")))["fns"]["__tuple__"][1]["kernel"] == {
         "__ref__": "numpy:sqrt"
     }
@@ -171,3 +172,72 @@ def test_fingerprint_of_a_bound_method_follows_its_object():
 
     assert fingerprint(Scale(factor=2.0).run) != fingerprint(Scale(factor=3.0).run)
     assert fingerprint(Scale(factor=2.0).run) == fingerprint(Scale(factor=2.0).run)
+
+
+# ------------------------------------------------------------------ from_config trusts only what it is told
+
+
+def _marker_config(tmp_path, tag, path):
+    marker = tmp_path / "ran"
+    # a record whose field would be called with the marker command, and a bare __type__ that calls it
+    if tag == "__type__":
+        return {"__type__": path, "command": f"touch {marker}"}, marker
+    return {"__type__": "fusefn.core:OnKeys", "kernel": {"__ref__": path}, "keys": {"__tuple__": ["a"]}}, marker
+
+
+@pytest.mark.parametrize("tag", ["__type__", "__ref__"])
+@pytest.mark.parametrize("path", ["os:system", "builtins:exec", "builtins:eval", "subprocess:run", "posix:system"])
+def test_from_config_refuses_callables_outside_fusefn(tmp_path, tag, path):
+    cfg, marker = _marker_config(tmp_path, tag, path)
+    with pytest.raises(ConfigError, match=rf"{tag} '{path}' is not a fusefn component.*allowed="):
+        from_config(cfg)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "fusefn.core:np.load",  # numpy reached through a fusefn module's globals
+        "fusefn.core:importlib.import_module",
+        "fusefn.core:record.__globals__",
+        "fusefn_recipes.digits:ReadDigit",  # the recipes are another package: allowed explicitly
+        "numpy:load",  # numpy: ufuncs and scalar types only
+        "torch:load",
+        "torch.nn.functional:torch.load",
+        "os",
+        "fusefn.core:NoSuchThing",
+    ],
+)
+def test_from_config_refuses_paths_that_leave_the_trusted_set(path):
+    with pytest.raises(ConfigError, match="config entry <root>"):
+        from_config({"__ref__": path})
+
+
+def test_from_config_type_must_be_a_record():
+    # fusefn functions may be referenced, never called by a config
+    with pytest.raises(ConfigError, match="not a record class"):
+        from_config({"__type__": "fusefn.core:derive_seed", "seed": 1})
+    with pytest.raises(ConfigError, match="not a record class"):
+        from_config({"__type__": "torch.nn.modules.linear:Linear", "in_features": 1, "out_features": 1})
+
+
+def test_from_config_names_the_entry_and_how_to_allow_it():
+    cfg = to_config(chain(AddK(key="a")))
+    with pytest.raises(ConfigError) as e:
+        from_config(cfg)
+    msg = str(e.value)
+    assert "<root>.fns[0]" in msg and AddK.__module__ in msg and "allowed=" in msg
+    assert from_config(cfg, allowed=AddK.__module__) == chain(AddK(key="a"))
+    assert from_config(cfg, allowed=[AddK]) == chain(AddK(key="a"))
+    assert from_config(cfg, allowed=[sys.modules[AddK.__module__]]) == chain(AddK(key="a"))
+    with pytest.raises(ConfigError, match="allowed entry"):
+        from_config(cfg, allowed=[3])
+
+
+def test_from_config_keeps_tensor_library_references():
+    import torch.nn.functional as F
+
+    for obj in (np.sqrt, np.float32, torch.nn.Linear, F.mse_loss):
+        assert from_config(to_config(on_keys(obj, "a"))).kernel is obj
+    with pytest.raises(ConfigError, match="torch dtype"):
+        from_config({"__array__": [1], "dtype": "load", "torch": True})

@@ -124,14 +124,21 @@ def _stores(path: pathlib.Path) -> list[pathlib.Path]:
 @click.option("--cache-dir", type=click.Path(path_type=pathlib.Path), required=True, help="Root of the stores.")
 @click.option("--seed", type=int, default=0, show_default=True, help="The recipe's seed (it may shape the source).")
 @click.option("--workers", type=int, default=None, help="Worker processes (default: the recipe's).")
-def cache_build(recipe: str, cache_dir: pathlib.Path, seed: int, workers: int | None) -> None:
-    """Build RECIPE's static pipeline into --cache-dir (resumable: only missing samples are computed)."""
+@click.option(
+    "--deep/--shallow",
+    default=True,
+    show_default=True,
+    help="First check every stored row's checksums (reads the whole store); --shallow checks tables only.",
+)
+def cache_build(recipe: str, cache_dir: pathlib.Path, seed: int, workers: int | None, deep: bool) -> None:
+    """Build RECIPE's static pipeline into --cache-dir (resumable: only missing samples are computed; damaged
+    shards are rebuilt)."""
     import attrs
 
     store, source = _static_data(recipe, cache_dir, seed)
     if workers is not None:
         store = attrs.evolve(store, workers=workers)
-    report = store.build(source)
+    report = store.build(source, deep=deep)
     click.echo(str(report))
     click.echo(f"store: {store.path}")
     if report.failed:
@@ -180,15 +187,16 @@ def cache_verify(path: pathlib.Path, deep: bool) -> None:
 @cache.command("clear")
 @click.argument("path", type=click.Path(path_type=pathlib.Path))
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
-def cache_clear(path: pathlib.Path, yes: bool) -> None:
-    """Delete the store at PATH, or every store under PATH."""
-    import shutil
+@click.option("--wait", is_flag=True, help="Wait for a build of the store to end instead of refusing.")
+def cache_clear(path: pathlib.Path, yes: bool, wait: bool) -> None:
+    """Delete the store at PATH, or every store under PATH (never one a build is writing: see --wait)."""
+    from fusefn.data.cache import clear_store
 
     stores = _stores(path)
     if not yes:
         click.confirm(f"delete {len(stores)} store(s) under {path}?", abort=True)
     for store in stores:
-        shutil.rmtree(store)
+        clear_store(store, wait=wait)  # under the build lock: a running build refuses it (one line) or is waited for
         click.echo(f"deleted {store}")
 
 
@@ -286,7 +294,10 @@ def _visualize_inference(path: pathlib.Path, out: pathlib.Path) -> list[pathlib.
 @main.command()
 @click.argument("path", type=click.Path(path_type=pathlib.Path))
 def inspect(path: pathlib.Path) -> None:
-    """Describe a checkpoint (epoch, metrics, config) or a model_dir (checkpoints and best epochs)."""
+    """Describe a checkpoint (epoch, metrics, config) or a model_dir (checkpoints and best epochs).
+
+    The file is read weights-only: inspecting a checkpoint from elsewhere never runs code from it.
+    """
     from fusefn.train import load_checkpoint
 
     if path.is_dir():
@@ -302,7 +313,8 @@ def inspect(path: pathlib.Path) -> None:
         for f in files:
             click.echo(f"  {f.name:45s} {f.stat().st_size / 2**20:7.2f} MiB")
         last = ckdir / "last.pt"
-        _describe_checkpoint(load_checkpoint(last if last.exists() else files[-1]), path=last)
+        shown = last if last.exists() else files[-1]
+        _describe_checkpoint(load_checkpoint(shown), path=shown)
         return
     _describe_checkpoint(load_checkpoint(path), path=path)
 
@@ -391,23 +403,26 @@ def analyze_command(
     from fusefn.core import Rng
 
     names = tuple(n.strip() for n in class_names.split(",")) if class_names else None
-    analyze(
-        list(pred),
-        target,
-        out=out,
-        id=id_col,
-        score=tuple(score) or None,
-        label=label,
-        fold=fold,
-        group=tuple(group) or None,
-        class_names=names,
-        ci=ci,
-        rng=Rng(seed),
-        level=level,
-        method=method,
-        threshold=threshold,
-        plots=plots,
-        skip_invalid=skip_invalid,
-    )
+    try:
+        analyze(
+            list(pred),
+            target,
+            out=out,
+            id=id_col,
+            score=tuple(score) or None,
+            label=label,
+            fold=fold,
+            group=tuple(group) or None,
+            class_names=names,
+            ci=ci,
+            rng=Rng(seed),
+            level=level,
+            method=method,
+            threshold=threshold,
+            plots=plots,
+            skip_invalid=skip_invalid,
+        )
+    except OSError as e:  # a full disk, an unwritable folder: one line; the error names the path, the set is whole
+        raise FusefnError(f"analyze: {e}") from e
     click.echo((out / "report.txt").read_text(), nl=False)
     click.echo(f"written: {out / 'metrics.json'}")

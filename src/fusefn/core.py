@@ -32,7 +32,7 @@ import json
 import math
 import pathlib
 import types
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import attrs
@@ -217,33 +217,163 @@ def to_config(obj: Any) -> Any:
     raise ConfigError(f"cannot turn a {type(obj).__name__} into config: {obj!r}")
 
 
-def from_config(cfg: Any) -> Any:
-    """Rebuild the object described by :func:`to_config`."""
+# What a config may name besides fusefn itself and the caller's ``allowed``: references (never
+# called by from_config) to torch.nn layer classes, torch.nn.functional functions, NumPy ufuncs and
+# scalar types, i.e. the callables fusefn records take as fields (Wrapper.module, Loss.fn, on_keys).
+_TORCH_NN = ("torch.nn.modules", "torch.nn.functional")
+
+
+def _under(module: str, prefixes) -> bool:
+    return any(module == p or module.startswith(p + ".") for p in prefixes)
+
+
+@attrs.frozen
+class _Trust:
+    """Who from_config may import: module prefixes and exact objects by import path."""
+
+    modules: tuple
+    objects: Mapping
+
+    @classmethod
+    def of(cls, allowed) -> _Trust:
+        if isinstance(allowed, (str, types.ModuleType)) or not isinstance(allowed, Iterable):
+            allowed = (allowed,)
+        modules, objects = ["fusefn"], {}
+        for entry in allowed:
+            if isinstance(entry, str) and entry and ":" not in entry:
+                modules.append(entry)
+            elif isinstance(entry, types.ModuleType):
+                modules.append(entry.__name__)
+            elif callable(entry) and _is_importable(entry):
+                objects[_qualname(entry)] = entry
+            else:
+                raise ConfigError(
+                    f"from_config: allowed entry {entry!r} is not a module name, a module or an importable "
+                    "class or function"
+                )
+        return cls(modules=tuple(modules), objects=objects)
+
+    def resolve(self, path, tag: str, where: str):
+        """The object at ``path`` if it is trusted; else a ConfigError saying how to allow it (nothing imported)."""
+        if not isinstance(path, str) or path.count(":") != 1:
+            raise ConfigError(f"config entry {where}: {tag} {path!r} is not a 'module:qualname' path")
+        if path in self.objects:
+            return self.objects[path]
+        mod, _, qn = path.partition(":")
+        parts = qn.split(".")
+        ok = bool(mod) and all(p.isidentifier() and not p.startswith("__") for p in [*mod.split("."), *parts])
+        if ok and _under(mod, self.modules):
+            obj = _import_named(path, tag, where)
+            # the object must live where it was named: `fusefn.x:np.load` reaches numpy through a fusefn module
+            ok = _under(getattr(obj, "__module__", None) or "", self.modules) or _qualname_or_none(obj) in self.objects
+        elif ok and (_under(mod, _TORCH_NN) or mod == "numpy"):
+            ok = _is_tensor_library_ref(obj := _import_named(path, tag, where), mod)
+        else:
+            ok = False
+        if not ok:
+            top = path.partition(":")[0].partition(".")[0] or path
+            raise ConfigError(
+                f"config entry {where}: {tag} {path!r} is not a fusefn component nor allowed by the caller, so it is "
+                f"not imported (a config from elsewhere could name any callable). If you trust it, pass it: "
+                f"from_config(cfg, allowed=[<the class or function>]) or allowed=[{top!r}] for its package "
+                "(load_model, load_ensemble and infer take the same allowed=)"
+            )
+        return obj
+
+
+def _import_named(path: str, tag: str, where: str):
+    try:
+        return _import(path)
+    except (ImportError, AttributeError) as e:
+        raise ConfigError(f"config entry {where}: cannot import {tag} {path!r}: {e}") from None
+
+
+def _qualname_or_none(obj) -> str | None:
+    try:
+        return _qualname(obj)
+    except ConfigError:
+        return None
+
+
+def _is_tensor_library_ref(obj, mod: str) -> bool:
+    if mod == "numpy":
+        return isinstance(obj, np.ufunc) or (isinstance(obj, type) and issubclass(obj, np.generic))
+    import torch
+
+    if isinstance(obj, type):
+        return issubclass(obj, torch.nn.Module) and _under(obj.__module__, _TORCH_NN)
+    return isinstance(obj, types.FunctionType) and obj.__module__ == "torch.nn.functional"
+
+
+def from_config(cfg: Any, *, allowed: Iterable | str | types.ModuleType = ()) -> Any:
+    """Rebuild the object described by :func:`to_config`, importing only what is trusted.
+
+    A config names classes and functions by import path and rebuilding a record calls its
+    class, so a config from elsewhere (a ``model.json`` next to a downloaded checkpoint) could
+    name any callable. ``from_config`` rebuilds only:
+
+    * fusefn's own components (``__type__``: records of modules under ``fusefn.``; ``__ref__``: their functions);
+    * references to ``torch.nn`` layer classes, ``torch.nn.functional`` functions, NumPy ufuncs and
+      scalar types (``Wrapper(module=torch.nn.Linear)``, ``Loss(fn=F.mse_loss)``, ``on_keys(np.sqrt)``);
+    * what ``allowed`` names: a module name (``"my_project"``: it and its submodules), a module,
+      or the class or function itself.
+
+    ``__type__`` must be an attrs record (what :func:`to_config` writes), so a config never calls
+    a plain function. Anything else raises ConfigError naming the entry and how to allow it;
+    nothing is imported for it.
+
+    >>> from_config({"__type__": "fusefn.core:Rng", "seed": 3})
+    Rng(seed=3)
+    >>> try:
+    ...     from_config({"fn": {"__ref__": "os:system"}})
+    ... except ConfigError as e:
+    ...     print(str(e)[:69])
+    config entry <root>.fn: __ref__ 'os:system' is not a fusefn component
+    """
+    return _rebuild(cfg, _Trust.of(allowed), "<root>")
+
+
+def _rebuild(cfg: Any, trust: _Trust, where: str) -> Any:
     if isinstance(cfg, list):
-        return [from_config(v) for v in cfg]
+        return [_rebuild(x, trust, f"{where}[{i}]") for i, x in enumerate(cfg)]
     if not isinstance(cfg, dict):
         return cfg
     if "__type__" in cfg:
-        cls = _import(cfg["__type__"])
-        kwargs = {k: from_config(v) for k, v in cfg.items() if k != "__type__"}
+        cls = trust.resolve(cfg["__type__"], "__type__", where)
+        if not (isinstance(cls, type) and attrs.has(cls)):
+            raise ConfigError(f"config entry {where}: __type__ {cfg['__type__']!r} is not a record class")
+        kwargs = {k: _rebuild(x, trust, f"{where}.{k}") for k, x in cfg.items() if k != "__type__"}
         return cls(**kwargs)
     if "__ref__" in cfg:
-        return _import(cfg["__ref__"])
+        return trust.resolve(cfg["__ref__"], "__ref__", where)
     if "__tuple__" in cfg:
-        return tuple(from_config(v) for v in cfg["__tuple__"])
+        return tuple(_rebuild(x, trust, f"{where}[{i}]") for i, x in enumerate(cfg["__tuple__"]))
     if "__float__" in cfg:
         return float(cfg["__float__"])
     if "__path__" in cfg:
         return pathlib.Path(cfg["__path__"])
     if "__enum__" in cfg:
-        return _import(cfg["__enum__"])[cfg["name"]]
+        cls = trust.resolve(cfg["__enum__"], "__enum__", where)
+        if not (isinstance(cls, type) and issubclass(cls, enum.Enum)):
+            raise ConfigError(f"config entry {where}: __enum__ {cfg['__enum__']!r} is not an Enum")
+        return cls[cfg["name"]]
     if "__array__" in cfg:
-        if cfg.get("torch"):
-            import torch
+        return _array(cfg, where)
+    return {k: _rebuild(x, trust, f"{where}.{k}") for k, x in cfg.items()}
 
-            return torch.tensor(cfg["__array__"], dtype=getattr(torch, cfg["dtype"].removeprefix("torch.")))
-        return np.asarray(cfg["__array__"], dtype=cfg["dtype"])
-    return {k: from_config(v) for k, v in cfg.items()}
+
+def _array(cfg: Mapping, where: str):
+    if cfg.get("torch"):
+        import torch
+
+        dtype = getattr(torch, str(cfg["dtype"]).removeprefix("torch."), None)
+        if not isinstance(dtype, torch.dtype):
+            raise ConfigError(f"config entry {where}: {cfg['dtype']!r} is not a torch dtype")
+        return torch.tensor(cfg["__array__"], dtype=dtype)
+    dtype = np.dtype(str(cfg["dtype"]))
+    if dtype.kind == "O":
+        raise ConfigError(f"config entry {where}: arrays of Python objects are not rebuilt from config")
+    return np.asarray(cfg["__array__"], dtype=dtype)
 
 
 # ----------------------------------------------------------------------- fingerprint

@@ -11,6 +11,12 @@ already weighted), and any callable of that shape may be used as one. :func:`app
 transform-shaped step: it writes a named set of losses and their sum (``keys.TOTAL_LOSS``)
 into the batch.
 
+Class-label losses (:class:`CrossEntropy`, multi-class :class:`Focal`, :class:`SoftDice`,
+:class:`SegmentationCrossEntropy`) never index with a label they cannot take (NaN, a
+fraction, a class out of range, as a table without ``ToLabel`` gives): such a batch's loss
+is NaN, found by the training loop's finite check, and :func:`check_targets` then names the
+samples, the key and the loss (:class:`InvalidTargetError`).
+
 >>> import torch
 >>> batch = {"model": {"head_0": {"logits": torch.tensor([[2.0, 0.0], [0.0, 1.0]])}},
 ...          "data": {"gt": {"label": torch.tensor([0, 1])}}}
@@ -32,8 +38,9 @@ import torch.nn.functional as F
 
 from fusefn import keys, nd
 from fusefn import validators as v
+from fusefn._types import is_tensor
 from fusefn.core import record
-from fusefn.errors import ConfigError
+from fusefn.errors import ConfigError, SampleError
 
 __all__ = [
     "Loss",
@@ -46,7 +53,21 @@ __all__ = [
     "apply",
     "resize_target",
     "ipw_class_weights",
+    "check_targets",
+    "InvalidTargetError",
 ]
+
+
+class InvalidTargetError(SampleError):
+    """A loss's target holds values the loss cannot take; names the samples, the key, the loss and the step."""
+
+    def __init__(self, message: str, *, sample_id=None, key: str | None = None, loss: str = "?", step: str = "step"):
+        super().__init__(message, sample_id=sample_id, op=f"{step}, loss {loss!r}", key=key)
+        self.loss, self.step = loss, step
+
+    def at(self, step: str, tail: str = "") -> InvalidTargetError:
+        """The same error said of ``step`` (e.g. with the epoch and batch added), its message ending in ``tail``."""
+        return InvalidTargetError(self.reason + tail, sample_id=self.sample_id, key=self.key, loss=self.loss, step=step)
 
 
 def _kwargs(value) -> tuple:
@@ -56,6 +77,7 @@ def _kwargs(value) -> tuple:
 
 
 _WEIGHT = v.ge(0)
+_TORCH_IGNORE = -100  # torch's default ignore_index: those labels are skipped, not invalid
 _RESIZE = v.in_(("nearest", "maxpool"))
 
 
@@ -120,7 +142,10 @@ class CrossEntropy:
     sample_weight: str | None = None
 
     def __call__(self, batch: Mapping) -> torch.Tensor:
-        logits, target = nd.get(batch, self.pred), _class_labels(nd.get(batch, self.target), nd.get(batch, self.pred))
+        logits = nd.get(batch, self.pred)
+        target, ok = _class_targets(
+            _class_labels(nd.get(batch, self.target), logits), logits.shape[1], self.ignore_index
+        )
         class_w = _class_weights(self.class_weights, logits)
         per = F.cross_entropy(
             logits,
@@ -131,21 +156,48 @@ class CrossEntropy:
             reduction="none" if self.sample_weight else "mean",
         )
         if not self.sample_weight:
-            return per * self.weight
+            return _poisoned(per, ok) * self.weight
         # torch's "mean" divided by the class weights of the counted elements; so do we, times the sample
         # weights, so that all-ones sample weights give exactly the unweighted loss
         sw = torch.as_tensor(nd.get(batch, self.sample_weight), device=per.device).to(per.dtype)
         sw = sw.reshape(-1, *([1] * (per.dim() - 1)))
         valid = (target != self.ignore_index).to(per.dtype)
         denom = sw * valid if class_w is None else sw * valid * class_w[target.clamp_min(0)]
-        return (per * sw).sum() / denom.sum().clamp_min(torch.finfo(per.dtype).tiny) * self.weight
+        return _poisoned((per * sw).sum() / denom.sum().clamp_min(torch.finfo(per.dtype).tiny), ok) * self.weight
 
 
 def _class_labels(target: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-    """Integer labels (N, …); a singleton class axis (N, 1, …) next to (N, C, …) logits is dropped."""
+    """Labels (N, …); a singleton class axis (N, 1, …) next to (N, C, …) logits is dropped."""
     if target.dim() == logits.dim() and target.shape[1] == 1 and logits.shape[1] != 1:
         target = target[:, 0]
-    return target.long()
+    return target
+
+
+def _class_targets(target: torch.Tensor, num_classes: int, ignore_index: int | None = None):
+    """``(int64 labels, whether all are valid, or None)``: labels a loss can index with, never a crash.
+
+    Tensor ops only (no host read, no branch on values; compiles in one graph), so a bad
+    label poisons the loss to NaN (:func:`_poisoned`) for the loop to explain. On CUDA an
+    out-of-range label is a device-side assert that kills the process: invalid ones (NaN,
+    fractions, out of range) are replaced by 0. On the CPU the kernels check the range
+    themselves (an IndexError the train and eval steps explain): only a float label is
+    checked, for a fraction that would pass as a class. Integer labels there cost nothing.
+    """
+    labels = target.long()
+    if target.device.type == "cpu":
+        return labels, ((labels == target).all() if target.is_floating_point() else None)
+    # few kernels: each costs a launch in eager mode (torch.compile fuses them into the loss)
+    ok = labels.clamp(0, num_classes - 1) == labels
+    if ignore_index is not None:
+        ok = ok | (labels == ignore_index)
+    if target.is_floating_point():
+        ok = ok & (labels == target)  # false for NaN, infinities and fractions
+    return torch.where(ok, labels, 0 if ignore_index is None else ignore_index), ok.all()
+
+
+def _poisoned(loss: torch.Tensor, ok: torch.Tensor | None) -> torch.Tensor:
+    """``loss``, or NaN when ``ok`` is false: the finite check of the loop then explains it (check_targets)."""
+    return loss if ok is None else torch.where(ok, loss, float("nan"))
 
 
 def _as_pred(target: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
@@ -200,13 +252,14 @@ class Focal:
     def __call__(self, batch: Mapping) -> torch.Tensor:
         logits, target = nd.get(batch, self.pred), nd.get(batch, self.target)
         if logits.dim() == target.dim() + 1 and logits.shape[1] > 1 and logits.numel() != target.numel():
+            labels, ok = _class_targets(target, logits.shape[1])
             logp = F.log_softmax(logits, dim=1)
-            t = target.long().unsqueeze(1)
-            logp_t = logp.gather(1, t).squeeze(1)
+            logp_t = logp.gather(1, labels.unsqueeze(1)).squeeze(1)
             per = -((1 - logp_t.exp()) ** self.gamma) * logp_t
             if self.alpha is not None:
                 alpha = torch.as_tensor(self.alpha, dtype=logits.dtype, device=logits.device)
-                per = per * (alpha[target.long()] if alpha.dim() else alpha)
+                per = per * (alpha[labels] if alpha.dim() else alpha)
+            per = _poisoned(per, ok)
         else:
             t = _as_pred(target, logits)
             ce = F.binary_cross_entropy_with_logits(logits, t, reduction="none")
@@ -237,6 +290,9 @@ class SoftDice:
 
     def __call__(self, batch: Mapping) -> torch.Tensor:
         x, target = nd.get(batch, self.pred), nd.get(batch, self.target)
+        ok = None
+        if _dice_labels(target, x):
+            target, ok = _class_targets(target, x.shape[1])
         if target.dim() == x.dim() - 1 and tuple(target.shape[1:]) != tuple(x.shape[2:]):
             target = resize_target(target, tuple(x.shape[2:]), self.resize)
         if self.activation == "softmax":
@@ -257,7 +313,13 @@ class SoftDice:
         inter = (probs * onehot).sum(dims)
         den = probs.sum(dims) + onehot.sum(dims)
         dice = (2 * inter + self.smooth) / (den + self.smooth)
-        return (1 - dice.mean()) * self.weight
+        loss = 1 - dice.mean()
+        return _poisoned(loss, ok) * self.weight
+
+
+def _dice_labels(target: torch.Tensor, x: torch.Tensor) -> bool:
+    """Whether SoftDice reads ``target`` as class labels (one-hot encoded), not as per-channel values."""
+    return target.dim() == x.dim() - 1 and x.shape[1] > 1
 
 
 def resize_target(target: torch.Tensor, size: tuple, mode: str = "nearest") -> torch.Tensor:
@@ -312,12 +374,13 @@ class SegmentationCrossEntropy:
         logits, target = nd.get(batch, self.pred), nd.get(batch, self.target)
         if target.dim() == logits.dim():  # (N, 1, *spatial) label maps
             target = target[:, 0]
+        target, ok = _class_targets(target, logits.shape[1], _TORCH_IGNORE)
         target = resize_target(target, tuple(logits.shape[2:]), self.resize)
         if self.class_weights == "ipw":
             w = ipw_class_weights(target, logits.shape[1], logits.dtype)
         else:
             w = _class_weights(self.class_weights, logits)
-        return F.cross_entropy(logits, target, weight=w) * self.weight
+        return _poisoned(F.cross_entropy(logits, target, weight=w), ok) * self.weight
 
 
 def total(losses: Mapping[str, Callable], batch: Mapping) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -336,3 +399,90 @@ def apply(losses: Mapping[str, Callable], batch: Mapping) -> dict:
     """``batch`` with ``losses.<name>`` and ``keys.TOTAL_LOSS`` set (a new dict; the input is untouched)."""
     t, parts = total(losses, batch)
     return nd.assoc_many(batch, {**{f"losses.{k}": x for k, x in parts.items()}, keys.TOTAL_LOSS: t})
+
+
+# ------------------------------------------------------------------------ explaining a failed loss
+
+
+def _label_spec(loss, batch: Mapping) -> tuple[bool, int | None, int | None]:
+    """``(class labels?, number of classes or None, ignored label or None)`` of ``loss``'s target."""
+    pred_key = getattr(loss, "pred", None)
+    pred = nd.get(batch, pred_key, default=None) if isinstance(pred_key, str) else None
+    target = nd.get(batch, loss.target)
+    classes = int(pred.shape[1]) if is_tensor(pred) and pred.dim() > 1 else None
+    if isinstance(loss, CrossEntropy):
+        return True, classes, loss.ignore_index
+    if isinstance(loss, SegmentationCrossEntropy):
+        return True, classes, _TORCH_IGNORE
+    if isinstance(loss, Focal):
+        multi = is_tensor(pred) and pred.dim() == target.dim() + 1 and pred.numel() != target.numel()
+        return bool(multi and classes and classes > 1), classes, None
+    if isinstance(loss, SoftDice):
+        return bool(is_tensor(pred) and _dice_labels(target, pred)), classes, None
+    if isinstance(loss, Loss) and loss.fn in (F.cross_entropy, F.nll_loss):
+        ignore = dict(loss.kwargs).get("ignore_index", _TORCH_IGNORE)
+        return not (is_tensor(pred) and target.shape == pred.shape), classes, ignore
+    return False, None, None
+
+
+def _bad_values(t: torch.Tensor, labels: bool, classes: int | None, ignore: int | None) -> tuple[torch.Tensor, str]:
+    """``(bad mask per sample, what valid values are)`` for a target (N, …) on the host."""
+    flat = t.detach().cpu().reshape(t.shape[0] if t.dim() else 1, -1)
+    if flat.dtype == torch.bool:
+        flat = flat.long()
+    bad = ~torch.isfinite(flat) if flat.is_floating_point() else torch.zeros_like(flat, dtype=torch.bool)
+    if not labels:
+        return bad, "finite numbers"
+    if flat.is_floating_point():
+        bad |= torch.nan_to_num(flat) != torch.round(torch.nan_to_num(flat))
+    ok = flat >= 0
+    if classes is not None:
+        ok &= flat < classes
+    if ignore is not None:
+        ok |= flat == ignore
+    bad |= ~ok
+    span = f"[0, {classes})" if classes is not None else ">= 0"
+    return bad, f"integer class labels in {span}" + (f" (or {ignore}, ignored)" if ignore is not None else "")
+
+
+def check_targets(losses: Mapping[str, Callable], batch: Mapping, *, step: str = "step") -> None:
+    """Raise :class:`InvalidTargetError` when a loss's target in ``batch`` holds values the loss cannot take.
+
+    Host-side and unhurried: run it after a loss failed or came out non-finite, to say why.
+    ``batch`` is the step's output (predictions give the number of classes) or its input;
+    ``step`` names where (e.g. ``"train step 12 (epoch 1, batch 3)"``). Losses without a
+    ``target`` key are skipped; values are checked as class labels for the class-label losses
+    and ``Loss(fn=F.cross_entropy | F.nll_loss)``, as finite numbers for the others.
+
+    >>> ce = CrossEntropy(pred="p", target="t")
+    >>> b = {"p": torch.zeros(3, 2), "t": torch.tensor([1.0, float("nan"), 5.0]), "data": {"sample_id": ["a", "b", "c"]}}
+    >>> try:
+    ...     check_targets({"ce": ce}, b, step="train step 0")
+    ... except InvalidTargetError as e:
+    ...     print(str(e)[:62])
+    sample ['b', 'c'], op train step 0, loss 'ce', key 't': 2 of 3
+    """
+    ids = nd.get(batch, keys.SAMPLE_ID, default=None)
+    for name, loss in losses.items():
+        key = getattr(loss, "target", None)
+        if not isinstance(key, str) or not nd.contains(batch, key):
+            continue
+        t = nd.get(batch, key)
+        t = t if is_tensor(t) else torch.as_tensor(t)
+        labels, classes, ignore = _label_spec(loss, batch)
+        bad, valid = _bad_values(t, labels, classes, ignore)
+        rows = torch.nonzero(bad.any(dim=1)).flatten().tolist()
+        if not rows:
+            continue
+        flat = t.detach().cpu().reshape(bad.shape)
+        seen = {(ids[r] if ids is not None and r < len(ids) else f"#{r}"): flat[r][bad[r]][0].item() for r in rows}
+        shown = ", ".join(f"{sid!r}: {value}" for sid, value in list(seen.items())[:5])
+        raise InvalidTargetError(
+            f"{len(rows)} of {bad.shape[0]} samples have target values the loss cannot take ({shown}"
+            f"{', …' if len(rows) > 5 else ''}); it needs {valid}: fix the labels, or map them in the "
+            "pipeline (ToLabel)",
+            sample_id=list(seen)[:20],
+            key=key,
+            loss=name,
+            step=step,
+        )

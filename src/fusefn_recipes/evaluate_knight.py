@@ -7,8 +7,9 @@ stratified bootstrap CI, the 5-class one-vs-rest AUCs, per-fold AUCs from one
 inference file per fold, and (when the library has them) the DeLong test and the
 3D Dice of the NIfTI segmentations.
 
-Data: ``../shared/peer-data/fuse-eval/`` beside the repository (``--data`` to point
-elsewhere), the real KNIGHT baseline outputs from FuseMedML's own evaluation tests.
+Data: the real KNIGHT baseline outputs from FuseMedML's own evaluation tests, shipped
+with the package (:func:`fusefn_recipes.reference.fuse_eval_dir`; ``--data`` to point
+elsewhere).
 
 Figure reached (measured): AUC 0.845; CI mean/std/lower/upper 0.845/0.062/0.709/0.951
 (FuseMedML: 0.8456/0.0622/0.712/0.954 — equal within Monte-Carlo error, the RNGs differ);
@@ -32,12 +33,13 @@ from fusefn import Rng, metrics, recipe
 from fusefn.analyze import analyze as fusefn_analyze
 from fusefn.errors import ConfigError
 from fusefn.recipe import Run
+from fusefn_recipes.reference import fuse_eval_dir
 
 __all__ = ["RECIPE", "cli", "PUBLISHED", "CLASS_NAMES", "binary", "multiclass", "folds", "delong", "dice"]
 
 CLASS_NAMES = ("B", "LR", "IR", "HR", "VHR")
 
-# what FuseMedML 0.4.1 produces on the same files (fuse-eval/README.md)
+# what FuseMedML 0.4.1 produces on the same files (reference/fuse_eval/README.md)
 PUBLISHED = {
     "binary.auc": 0.845,
     "binary.ci.mean": 0.8456,
@@ -65,19 +67,17 @@ _DELONG_PRED2 = [0.3, 0.6, 0.2, 0.1, 0.1, 0.9, 0.23, 0.7, 0.9, 0.4, 0.77, 0.3, 0
 
 
 def default_data_dir() -> pathlib.Path:
-    """``<repo>/../shared/peer-data/fuse-eval`` for a checkout, else ``./../shared/…``."""
-    repo = pathlib.Path(__file__).resolve().parents[2]
-    for base in (repo, pathlib.Path.cwd()):
-        d = base.parent / "shared" / "peer-data" / "fuse-eval"
-        if d.is_dir():
-            return d
-    return repo.parent / "shared" / "peer-data" / "fuse-eval"
+    """The FuseMedML inputs shipped with the package: :func:`fusefn_recipes.reference.fuse_eval_dir`."""
+    try:
+        return fuse_eval_dir()
+    except FileNotFoundError as e:
+        raise ConfigError(f"{e}; or pass --data DIR") from e
 
 
 def _read(data: pathlib.Path, name: str) -> pl.DataFrame:
     path = data / name
     if not path.is_file():
-        raise ConfigError(f"--data {data}: {name} not found (expected FuseMedML's fuse-eval inputs there)")
+        raise ConfigError(f"--data {data}: {name} not found (expected FuseMedML's KNIGHT evaluation inputs there)")
     return pl.read_csv(path)
 
 
@@ -228,7 +228,7 @@ OPTIONS = [
         "--data",
         type=click.Path(path_type=pathlib.Path, file_okay=False),
         default=None,
-        help="Folder with the fuse-eval CSVs [default: <repo>/../shared/peer-data/fuse-eval].",
+        help="Folder with FuseMedML's KNIGHT CSVs [default: the copy shipped in fusefn_recipes/reference/fuse_eval].",
     ),
     click.option("--n-resamples", type=int, default=10_000, show_default=True, help="Bootstrap resamples."),
     click.option("--ci-seed", type=int, default=1234, show_default=True, help="Seed of the bootstrap."),

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import pathlib
+import shutil
 from collections.abc import Mapping
 
 import attrs
@@ -214,7 +215,8 @@ def _augmentation_figure(run: Run, ds, aug) -> None:
         )
         for b in (before, after)
     ]
-    vis.show_before_after(one[0], one[1], run.report_dir / "augmentation.png")
+    # kept with the model: the report folder is replaced as a whole by the analyze phase
+    vis.show_before_after(one[0], one[1], run.model_dir / "augmentation.png")
 
 
 def infer_phase(run: Run):
@@ -228,7 +230,7 @@ def _read_maps(path: pathlib.Path, column: str, ids: list) -> np.ndarray:
     import h5py
 
     with h5py.File(path.with_suffix(".h5"), "r") as f:
-        return np.stack([f[column][str(i)][()] for i in ids])
+        return np.stack([f[column][vis.safe_name(str(i))][()] for i in ids])
 
 
 def analyze_phase(run: Run) -> dict:
@@ -244,10 +246,11 @@ def analyze_phase(run: Run) -> dict:
         found = found.add(name, dice.compute(dice.update(dice.init(), {"p": seg_probs[keep], "t": seg[keep]}))["1"])
     for caption, path in _prediction_figures(run, ids, labels, found.probs, seg_probs, seg):
         found = found.figure(caption, path)
-    if (run.report_dir / "augmentation.png").is_file():
-        found = found.figure(
-            "a training sample before/after the default augmentation", run.report_dir / "augmentation.png"
-        )
+    if (run.model_dir / "augmentation.png").is_file():
+        figure = run.report_dir / "augmentation.png"
+        figure.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(run.model_dir / "augmentation.png", figure)
+        found = found.figure("a training sample before/after the default augmentation", figure)
     intro = (
         f"{len(labels)} test images ({int(labels.sum())} with lesions); 95 % CIs from {n_boot} bootstrap "
         "resamples (stratified by label for the classification metrics)."

@@ -536,7 +536,7 @@ def test_readers_hold_no_hdf5_chunk_cache(tmp_path):
     reader.read("s1")
     (shard,) = [s for s in reader.shards().values() if s.loaded]
     assert shard.chunked, "the compressed arrays are chunked datasets"
-    for _key, _kind, ds in shard.chunked:
+    for _key, _kind, ds, _sums in shard.chunked:
         assert ds.id.get_access_plist().get_chunk_cache()[1] == 0
 
 

@@ -66,3 +66,16 @@ def test_a_mask_of_another_shape_is_an_error_not_a_stretched_overlay(tmp_path):
     vol = {"data": {"sample_id": "v", "input": {"img": np.zeros((1, 8, 10, 12))}, "gt": {"mask": np.zeros((8, 10, 6))}}}
     with pytest.raises(SampleError, match=r"sample 'v'.*\(8, 10, 6\) does not match the image's \(8, 10, 12\)"):
         visualize.show_volume(vol, tmp_path / "v.png")
+
+
+def test_safe_name_keeps_ids_inside_the_folder_and_apart():
+    from urllib.parse import unquote
+
+    ids = ["s0", "a/b", "a%2Fb", ".", "..", "../x", ".hidden", "", "ü", "a\\b", "c:d", "x" * 400, "x" * 401]
+    names = [visualize.safe_name(i) for i in ids]
+    assert len(set(names)) == len(ids)
+    for sid, name in zip(ids, names):
+        assert "/" not in name and "\\" not in name and not name.startswith(".") and 0 < len(name) <= 120
+        if len(sid) < 100 and sid:
+            assert unquote(name) == sid
+    assert visualize.sample_path("out", "../../etc/passwd").parent.name == "out"

@@ -3,6 +3,7 @@
 import warnings
 
 import numpy as np
+import polars as pl
 import pytest
 from scipy.stats import norm
 
@@ -209,3 +210,86 @@ def test_state_does_not_alias_the_callers_array():
     state = auc.update(auc.init(), {"s": s, "y": y})
     s[:] = s[::-1]
     assert auc.compute(state) == 1.0
+
+
+# ----------------------------------------------------------------- chunks at 10^6 rows (issue 19)
+
+
+def _head_bootstrap(metric, batch, n, rng, stratify):
+    """HEAD's Bootstrap.compute before the chunked draws moved to iter_resample_counts (the reference)."""
+    from fusefn.metrics._curves import row_chunks
+    from fusefn.metrics.bootstrap import _concat, _draw_counts, summarize
+
+    cols = dict(metric.extract(batch))
+    value = metric.compute(metric.accumulate(metric.init(), cols))
+    gen = rng.numpy()
+    _, strata = np.unique(batch[stratify], return_inverse=True)
+    parts = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UndefinedMetricWarning)
+        for rows in row_chunks(n, len(strata) * 4):
+            parts.append(metric.resampled(cols, _draw_counts(gen, rows.stop - rows.start, strata.reshape(-1))))
+    return summarize(value, _concat(parts), 0.95, "percentile")
+
+
+def _binary(n, seed=0):
+    rng = np.random.default_rng(seed)
+    y = (rng.random(n) < 0.3).astype(np.int64)
+    return {"s": np.round(rng.normal(size=n) + y, 2), "y": y}  # rounded: tie blocks too
+
+
+@pytest.mark.parametrize("n_boot", [1000, pytest.param(10_000, marks=pytest.mark.slow)])
+def test_chunked_bootstrap_is_bit_identical_to_head(n_boot):
+    batch = _binary(3000)
+    for metric in (AUCROC(pred="s", target="y"), Accuracy(pred="s", target="y", threshold=0.5)):
+        b = Bootstrap(metric, n=n_boot, rng=Rng(1234), stratify="y")
+        assert run(b, batch) == _head_bootstrap(metric, batch, n_boot, Rng(1234), "y")
+
+
+def test_chunked_roc_band_is_bit_identical_to_one_matrix_on_a_few_thousand_rows():
+    from fusefn.analyze import read_predictions, roc_curves, select_inputs
+
+    batch = _binary(3000)
+    frame, id = read_predictions(pl.DataFrame({"id": [str(i) for i in range(3000)], **batch}))
+    inputs = select_inputs(frame, id=id, score="s", label="y")
+    _, band = roc_curves(inputs, ci=10_000, rng=Rng(1234))
+    # HEAD: all 1,000 band resamples as one (1000, N) matrix
+    roc = ROCCurve(pred="s", target="y")
+    head = roc.resampled(roc.update(roc.init(), batch), resample_counts(1000, batch["y"], rng=Rng(1234)))
+    assert np.array_equal(band["1"]["tpr"], head["tpr"]) and np.array_equal(band["1"]["fpr"], head["fpr"])
+
+
+def test_iter_resample_counts_continue_one_stream_in_bounded_chunks(monkeypatch):
+    from fusefn.metrics import _curves
+    from fusefn.metrics.bootstrap import iter_resample_counts
+
+    strata = np.repeat([0, 1, 2], [50, 30, 20])
+    one = np.concatenate(list(iter_resample_counts(40, strata, rng=Rng(5))))
+    assert np.array_equal(one, resample_counts(40, strata, rng=Rng(5)))  # small: one chunk
+    monkeypatch.setattr(_curves, "_CELLS", 4 * 100 * 7)  # 7 rows a chunk
+    chunks = list(iter_resample_counts(40, strata, rng=Rng(5)))
+    assert [c.shape[0] for c in chunks] == [7] * 5 + [5]
+    counts = np.concatenate(chunks)
+    assert (counts[:, :50].sum(1) == 50).all() and (counts[:, 80:].sum(1) == 20).all()
+    assert np.array_equal(counts, np.concatenate(list(iter_resample_counts(40, strata, rng=Rng(5)))))
+
+
+@pytest.mark.slow
+def test_roc_band_memory_is_bounded():
+    # HEAD drew the band's (1000, N) count matrix at once and weighted it in float64: a 600 MB peak at
+    # N = 30,000 (19 GB at 10^6); chunks of about 5 million cells keep it near 120 MB whatever N
+    import tracemalloc
+
+    from fusefn.analyze import read_predictions, roc_curves, select_inputs
+
+    batch = _binary(30_000)
+    frame, id = read_predictions(pl.DataFrame({"id": [str(i) for i in range(30_000)], **batch}))
+    inputs = select_inputs(frame, id=id, score="s", label="y")
+    tracemalloc.start()
+    try:
+        _, band = roc_curves(inputs, ci=1000, rng=Rng(0))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert band["1"]["tpr"].shape == (1000, 101)
+    assert peak < 300 * 2**20, f"peak {peak / 2**20:.0f} MB"

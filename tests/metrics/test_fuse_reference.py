@@ -1,11 +1,22 @@
-"""fusefn reproduces FuseMedML 0.4.1's published values on the real KNIGHT inputs (../shared/peer-data/fuse-eval)."""
+"""fusefn reproduces FuseMedML 0.4.1's published values on the real KNIGHT inputs shipped with the package.
+
+The inputs are FuseMedML's own (Apache-2.0), copied into ``fusefn_recipes/reference/fuse_eval`` so a clone or an
+install needs nothing beside it; the last tests check the copies, their licence note, and that nothing reads them
+from outside the repository.
+"""
+
+import hashlib
+import pathlib
+import re
 
 import numpy as np
 import polars as pl
 import pytest
 
+import fusefn_recipes
 from fusefn import Rng
 from fusefn.metrics import AUCROC, Bootstrap, DeLong, Dice, GroupBy, evaluate
+from fusefn_recipes.reference import FUSE_EVAL_FILES, fuse_eval_dir
 
 CLASSES = ("B", "LR", "IR", "HR", "VHR")
 
@@ -88,3 +99,62 @@ def test_3d_dice_on_nifti_volumes(fuse_eval_dir):
 def test_reference_tables_have_expected_shape(fuse_eval_dir):
     df = pl.read_csv(fuse_eval_dir / "example1_predictions.csv")
     assert df.height == 60
+
+
+def test_shipped_copies_are_fusemedmls_files_unchanged():
+    folder = fuse_eval_dir()
+    sums = {}
+    for line in (folder / "SHA256SUMS").read_text().splitlines():
+        digest, name = line.split("  ", 1)
+        sums[name] = digest
+    assert sorted(sums) == sorted(FUSE_EVAL_FILES)
+    changed = [n for n, d in sums.items() if hashlib.sha256((folder / n).read_bytes()).hexdigest() != d]
+    assert not changed, f"reference files differ from FuseMedML's: {changed}"
+
+
+def test_shipped_with_their_origin_and_licence():
+    folder = fuse_eval_dir()
+    notice = (folder / "NOTICE").read_text()
+    assert "https://github.com/BiomedSciAI/fuse-med-ml" in notice and "fuse/eval/examples/inputs/" in notice
+    assert "Apache License, Version 2.0" in notice
+    assert (folder / "LICENSE").read_text().lstrip().startswith("Apache License")
+    assert "public FuseMedML repository (Apache-2.0)" in (folder / "README.md").read_text()
+
+
+def test_reference_data_is_package_data(repo_root):
+    """Inside fusefn_recipes and named by pyproject's package-data, so `pip install` carries it too."""
+    tomllib = pytest.importorskip("tomllib")
+    package = pathlib.Path(fusefn_recipes.__file__).parent / "reference"
+    assert fuse_eval_dir() == package / "fuse_eval"
+    globs = tomllib.loads((repo_root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    shipped = {str(p.relative_to(package)) for g in globs["fusefn_recipes.reference"] for p in package.glob(g)}
+    needed = {f"fuse_eval/{n}" for n in (*FUSE_EVAL_FILES, "NOTICE", "LICENSE", "README.md", "SHA256SUMS")}
+    assert not needed - shipped
+
+
+# spelled in parts so that this file does not match itself
+_OUTSIDE = re.compile(
+    "|".join([re.escape("peer" + "-data"), re.escape(".." + "/shared"), r"parents?(\[\d+\])?\s*/\s*[\"']shared"])
+)
+
+
+def test_nothing_reads_reference_data_from_outside_the_repository(repo_root):
+    """Tests, docs, recipes and benchmarks read the shipped copy: a clone with nothing beside it is complete."""
+    provenance = repo_root / "src" / "fusefn_recipes" / "reference" / "fuse_eval"  # its README says where from
+    roots = [repo_root / d for d in ("tests", "docs", "src", "bench")]
+    files = [repo_root / f for f in ("README.md", "pyproject.toml", "noxfile.py")]
+    files += [p for r in roots for p in r.rglob("*") if p.is_file() and "__pycache__" not in p.parts]
+    offenders = []
+    for path in files:
+        if provenance in path.parents or path.suffix in {".gz", ".png", ".pt", ".h5", ".npz", ".jsonl", ".pyc"}:
+            continue
+        try:
+            text = path.read_text()
+        except (UnicodeDecodeError, FileNotFoundError):
+            continue
+        offenders += [
+            f"{path.relative_to(repo_root)}:{i}: {line.strip()}"
+            for i, line in enumerate(text.splitlines(), 1)
+            if _OUTSIDE.search(line)
+        ]
+    assert not offenders, "reads data from outside the repository:\n" + "\n".join(offenders)

@@ -8,6 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from fusefn_recipes import evaluate_knight as ek
+from fusefn_recipes.reference import fuse_eval_dir
 
 
 def _run(tmp_path, fuse_eval_dir, *extra):
@@ -50,6 +51,26 @@ def test_dice_of_the_nifti_volumes(tmp_path, fuse_eval_dir):
     _, ours, _ = _run(tmp_path, fuse_eval_dir, "--n-resamples", "100")
     for k in ("label_1_2_3", "label_2_3", "label_2"):
         assert ours[f"dice.{k}"] == pytest.approx(ek.PUBLISHED[f"dice.{k}"], abs=5e-5)
+
+
+def test_default_data_is_the_copy_shipped_with_the_package(tmp_path):
+    """No --data: the recipe reads fusefn_recipes/reference/fuse_eval, so it runs from a bare clone or an install."""
+    out = tmp_path / "knight"
+    r = CliRunner().invoke(ek.cli, ["analyze", "--out", str(out), "--n-resamples", "200", "--no-dice"])
+    assert r.exit_code == 0, r.output
+    ours = json.loads((out / "report" / "metrics.json").read_text())["fusefn"]
+    assert round(ours["binary.auc"], 3) == 0.845
+    assert ek.default_data_dir() == fuse_eval_dir()
+
+
+def test_missing_shipped_data_is_one_clear_line(tmp_path, monkeypatch):
+    def missing():
+        raise FileNotFoundError("/site-packages/fusefn_recipes/reference/fuse_eval: reference data is missing")
+
+    monkeypatch.setattr(ek, "fuse_eval_dir", missing)
+    r = CliRunner().invoke(ek.cli, ["analyze", "--out", str(tmp_path / "o"), "--no-dice"])
+    assert r.exit_code == 2
+    assert "reference data is missing; or pass --data DIR" in r.output
 
 
 def test_missing_data_dir_is_one_clear_line(tmp_path):

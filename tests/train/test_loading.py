@@ -61,3 +61,28 @@ def test_load_ensemble_needs_directories(tmp_path):
         load_ensemble([])
     with pytest.raises(CheckpointError, match="no best checkpoint"):
         load_ensemble([tmp_path / "missing"])
+
+
+class Net(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(3, 2)
+
+    def forward(self, x):
+        return self.lin(x)
+
+
+def test_load_ensemble_passes_allowed_on(tmp_path):
+    from fusefn.models import Wrapper
+
+    m = Wrapper(module=Net, inputs="data.x", outputs="model.cls.logits", activation="softmax")
+    for i in range(2):
+        p, b = init(m, rng=Rng(i))
+        save_checkpoint(tmp_path / f"run{i}" / "checkpoints" / "last.pt", TrainState(params=p, buffers=b), model=m)
+    dirs = [tmp_path / "run0", tmp_path / "run1"]
+    with pytest.raises(ConfigError, match=r"run0/checkpoints/last\.pt.*Net.*allowed="):
+        load_ensemble(dirs, "last")
+    # allowed, both members rebuild; the ensemble then wants heads, which a bare wrapped module lacks
+    with pytest.raises(ConfigError, match="Ensemble.heads"):
+        load_ensemble(dirs, "last", allowed=[Net])
+    assert load_model(dirs[1], "last", allowed=[Net])[0] == m

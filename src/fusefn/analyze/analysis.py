@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 import polars as pl
 
+from fusefn._atomic import atomic_dir
 from fusefn.analyze.inputs import as_list, read_predictions, select_inputs
 from fusefn.analyze.plots import plot_confusion, plot_reliability, plot_roc
 from fusefn.analyze.report import write_markdown, write_results
@@ -18,6 +19,9 @@ from fusefn.core import Rng
 __all__ = ["analyze"]
 
 _RNG = Rng(1234)  # the default resampling stream (an Rng is immutable: one instance serves every call)
+# What an ``out`` folder written before output sets carried their own listing may hold: it is replaced as a set.
+# Figures a recipe adds next to the analyzer's (curves.png, ...) are PNGs too; ``.*.tmp``: a killed write's leftover.
+OUTPUTS = ("metrics.json", "report.txt", "report.md", "*.png", ".*.tmp")
 
 
 def _name(source) -> str:
@@ -49,7 +53,9 @@ def analyze(
     Args:
         pred: CSV/Parquet path or Polars frame, or several (one per fold, concatenated with a ``fold`` column).
         target: file/frame of targets joined on ``id``; None when ``label`` is a column of ``pred``.
-        out: output folder (None: compute only, write nothing).
+        out: output folder (None: compute only, write nothing). Its files are replaced as a set: written
+            into a temporary folder beside it that then takes its place, so a failure (a full disk, an error
+            while plotting) leaves the previous complete set. It must not hold other files (an error says so).
         id: id column (default ``id`` or ``sample_id``).
         score: one score column (binary positive-class score or a list column of class scores)
             or several columns (one per class). Default: a ``*.probs`` list column.
@@ -112,7 +118,12 @@ def analyze(
     results.update(run_suite(inputs, ci=ci, rng=rng, level=level, method=method, threshold=threshold))
     if out is None:
         return results
-    out = pathlib.Path(out)
+    with atomic_dir(out, owned=OUTPUTS) as tmp:
+        _write(tmp, results, inputs, ci=ci, rng=rng, level=level, plots=plots)
+    return results
+
+
+def _write(out: pathlib.Path, results: dict, inputs, *, ci: int, rng: Rng, level: float, plots: bool) -> None:
     write_results(out, results, level=level)
     figures = []
     if plots:
@@ -124,4 +135,3 @@ def analyze(
             plot_reliability(reliability(inputs), out / "reliability.png")
             figures.append(("reliability diagram", "reliability.png"))
     write_markdown(out, results, level=level, figures=figures)
-    return results

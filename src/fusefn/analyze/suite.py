@@ -27,7 +27,7 @@ from fusefn.metrics import (
     ROCCurve,
     evaluate,
 )
-from fusefn.metrics.bootstrap import resample_counts
+from fusefn.metrics.bootstrap import iter_resample_counts
 
 __all__ = ["classification_metrics", "run_suite", "roc_curves", "reliability", "OPERATING_POINT_STATS"]
 
@@ -134,6 +134,9 @@ def run_suite(
 def roc_curves(inputs: AnalysisInputs, *, ci: int, rng: Rng) -> tuple[dict, dict | None]:
     """The ROC curve per class and, when ``ci``, the TPR of up to 1,000 resamples on a fixed FPR grid.
 
+    The resamples are evaluated a chunk at a time: memory stays bounded (one (resamples, samples)
+    weight matrix of 10⁶ samples was 19 GB), and only the 101 grid points of each are kept.
+
     Returns ``(curves, band)``: ``curves[class]`` holds ``fpr``, ``tpr``, ``thresholds``
     (binary: the positive class only); ``band[class]`` holds ``fpr`` (101 points) and ``tpr``
     (resamples × 101), or ``band`` is None without ``ci``.
@@ -146,11 +149,18 @@ def roc_curves(inputs: AnalysisInputs, *, ci: int, rng: Rng) -> tuple[dict, dict
         curves = roc.compute(state)
         band = None
         if ci:
-            counts = resample_counts(min(ci, _ROC_BAND_RESAMPLES), state[TARGET], rng=rng)
-            band = roc.resampled(state, counts)
+            chunks = iter_resample_counts(min(ci, _ROC_BAND_RESAMPLES), state[TARGET], rng=rng)
+            band = _stack_bands([roc.resampled(state, counts) for counts in chunks])
     if len(names) == 2:
         curves, band = {names[1]: curves}, ({names[1]: band} if band is not None else None)
     return curves, band
+
+
+def _stack_bands(parts: list):
+    """One band from the bands of consecutive chunks of resamples: their ``tpr`` rows stacked."""
+    if "tpr" in parts[0]:
+        return {"fpr": parts[0]["fpr"], "tpr": np.concatenate([p["tpr"] for p in parts])}
+    return {k: _stack_bands([p[k] for p in parts]) for k in parts[0]}
 
 
 def reliability(inputs: AnalysisInputs) -> dict:

@@ -26,7 +26,19 @@ with :class:`BalancedBatchSampler`).
 """
 
 from fusefn.data import ops
-from fusefn.data.cache import BuildReport, H5Cache, NotCachedError, Reader, is_store, store_info, verify_store
+from fusefn.data.cache import (
+    BuildReport,
+    DamagedSampleError,
+    H5Cache,
+    NotCachedError,
+    Reader,
+    StaleSampleError,
+    StoreBusyError,
+    clear_store,
+    is_store,
+    store_info,
+    verify_store,
+)
 from fusefn.data.dataset import Dataset, TorchDatasetAdapter, collate, loader, uncollate, wrap_torch_dataset
 from fusefn.data.order import EpochSampler, index_batches
 from fusefn.data.pipeline import run_pipeline
@@ -45,6 +57,10 @@ __all__ = [
     "read_table",
     "H5Cache",
     "NotCachedError",
+    "DamagedSampleError",
+    "StaleSampleError",
+    "StoreBusyError",
+    "clear_store",
     "Reader",
     "TorchDatasetAdapter",
     "collate",

@@ -28,7 +28,7 @@ from fusefn import validators as v
 from fusefn._types import is_tensor
 from fusefn.core import Rng, record
 from fusefn.data.cache import BuildReport, H5Cache, NotCachedError, ReaderSlot, id_key, initial_samples, store_key
-from fusefn.data.cache.inputs import unique_outputs
+from fusefn.data.cache.inputs import input_digest, unique_outputs
 from fusefn.data.order import EpochSampler, index_batches
 from fusefn.data.pipeline import run_pipeline
 from fusefn.data.sources import DataSource
@@ -54,6 +54,8 @@ class _Built:
     initial: Mapping = attrs.field(eq=False, repr=False)  # id key -> the sample dict the static pipeline starts from
     memory: Mapping | None = attrs.field(eq=False, repr=False)  # id key -> static output (eager, no cache)
     report: BuildReport | None = None
+    # id key -> input digest of the source row: the cache serves only rows built from these
+    expect: Mapping | None = attrs.field(default=None, eq=False, repr=False)
 
 
 def _default_static(ds: Dataset) -> Callable | None:
@@ -96,6 +98,9 @@ class Dataset:
     failed raises its recorded :class:`~fusefn.errors.SampleError`. Each process reads
     the cache through its own :class:`~fusefn.data.cache.Reader`, opened on its first
     read and kept on this instance (DataLoader workers, forked or spawned, open theirs).
+    That reader serves only rows built from this Dataset's source rows and whose checksums
+    hold; any other stored row (another table sharing the cache root, a damaged shard) is
+    recomputed from the source instead, with a warning.
     """
 
     source: DataSource | tuple = attrs.field(converter=_as_source, repr=False)
@@ -115,20 +120,37 @@ class Dataset:
         if cache is not None and self.static is not cache.pipeline and store_key(self.static) != cache.fingerprint:
             raise ConfigError("Dataset.static differs from Dataset.cache.pipeline: give one pipeline, to the cache")
 
-    def build(self, *, workers: int | None = None, progress: bool | None = None) -> Dataset:
+    def build(
+        self, *, workers: int | None = None, progress: bool | None = None, allow_missing: bool = False
+    ) -> Dataset:
         """This Dataset, built: its cache holds every sample (or, ``eager``, its samples are in memory).
 
         Resumable and cheap when nothing is missing: samples already stored are reused.
         ``workers`` and ``progress`` override the cache's for this build. Without a cache
         and without ``eager``, returns this Dataset unchanged.
+
+        Samples the build did not store (a build worker died) are an error naming them, unless
+        ``allow_missing``: then the Dataset holds the samples that were stored. Samples whose
+        static pipeline failed or dropped them are left out either way (see :attr:`report`).
         """
         if self.cache is None and not self.eager:
             return self
         samples = initial_samples(self.source)
-        memory = report = reader = None
+        memory = report = reader = expect = None
         if self.cache is not None:
             report = self.cache.build(samples, workers=workers, progress=progress)
-            reader = self.cache.open()
+            expect = {id_key(s["data"]["sample_id"]): input_digest(s) for s in samples}
+            reader = self.cache.open(expect=expect)
+            lost = [s["data"]["sample_id"] for s in samples if reader.entry(s["data"]["sample_id"]) is None]
+            if lost and not allow_missing:
+                reader.close()
+                raise FusefnError(
+                    f"Dataset: the cache build did not store {len(lost)} of {len(samples)} samples (a build "
+                    f"worker was lost?), e.g. {lost[:5]}; build again, or pass allow_missing=True to use the rest "
+                    f"(store {self.cache.path})"
+                )
+            if lost:
+                _log.warning("Dataset: %d samples were not stored and are left out, e.g. %s", len(lost), lost[:5])
             ids = reader.ids(samples)
         else:
             memory = {}
@@ -139,7 +161,9 @@ class Dataset:
         if not ids:
             raise ConfigError("Dataset: no samples left (every sample was dropped or failed)")
         initial = {id_key(s["data"]["sample_id"]): s for s in samples}
-        built = attrs.evolve(self, _built=_Built(ids=tuple(ids), initial=initial, memory=memory, report=report))
+        built = attrs.evolve(
+            self, _built=_Built(ids=tuple(ids), initial=initial, memory=memory, report=report, expect=expect)
+        )
         if reader is not None:
             built._reader.get(lambda: reader)  # the reader that listed the ids serves this process's reads
         return built
@@ -164,7 +188,8 @@ class Dataset:
         return list(self._view().ids)
 
     def _cache_reader(self):
-        return self._reader.get(self.cache.open)
+        expect = self._view().expect
+        return self._reader.get(lambda: self.cache.open(expect=expect))
 
     def static_sample(self, i: int) -> dict:
         """Sample ``i`` after the static pipeline only (from the cache when there is one)."""
@@ -173,13 +198,17 @@ class Dataset:
         if view.memory is not None:
             return view.memory[id_key(sid)]
         if self.cache is not None:
+            reader = self._cache_reader()
             try:
-                return self._cache_reader().read(sid)
+                return reader.read(sid)
             except NotCachedError as exc:
                 if id_key(sid) not in view.initial:
-                    raise
-                # its shard was damaged after the build: recompute rather than fail the epoch
-                _log.warning("%s; computing it without the cache", exc)
+                    raise  # an output of a split: its source cannot be recomputed into it alone
+                # built from another row since, or its shard was damaged: recompute rather than fail the epoch
+                # (warned once per shard: a whole shard of misses would flood the log)
+                if exc.shard is None or exc.shard not in reader.warned:
+                    reader.warned.add(exc.shard)
+                    _log.warning("%s; computing it without the cache", exc)
         outs = run_pipeline(self.static, view.initial[id_key(sid)])
         if len(outs) != 1:
             raise SampleError(
@@ -209,7 +238,13 @@ class Dataset:
         view = self._view()
         if self.cache is not None and view.memory is None:
             reader = self._cache_reader()
-            return [_value(reader.read(sid, keys=(key,)), key, sid) for sid in view.ids]
+            out = []
+            for i, sid in enumerate(view.ids):
+                try:
+                    out.append(_value(reader.read(sid, keys=(key,)), key, sid))
+                except NotCachedError:
+                    out.append(_value(self.static_sample(i), key, sid))
+            return out
         return [_value(self.static_sample(i), key, view.ids[i]) for i in range(len(self))]
 
     def summary(self, label_key: str | None = LABEL, max_samples: int | None = None) -> dict:

@@ -2,7 +2,9 @@
 
 Figures are drawn on matplotlib's Agg canvas directly (no pyplot, no global
 backend switch), so they work headless and in worker processes. Each function
-writes one PNG and returns its path.
+writes one PNG and returns its path; :func:`show_samples` writes one per sample,
+named by its id through :func:`safe_name` (ids such as ``a/b`` or ``..`` never
+leave the folder), with ``index.json`` mapping the names back to the ids.
 
 >>> import numpy as np, tempfile, pathlib
 >>> s = {"data": {"sample_id": "a", "input": {"img": np.random.default_rng(0).random((1, 16, 16))},
@@ -13,19 +15,65 @@ writes one PNG and returns its path.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import pathlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
 from fusefn import nd
-from fusefn._atomic import atomic_path
+from fusefn._atomic import atomic_dir, atomic_path, write_bytes
 from fusefn._types import is_tensor
 from fusefn.errors import SampleError
 from fusefn.keys import IMAGE, LABEL, MASK, SAMPLE_ID
 
-__all__ = ["save_figure", "show_batch", "show_before_after", "show_histogram", "show_sample", "show_volume"]
+__all__ = [
+    "safe_name",
+    "sample_path",
+    "save_figure",
+    "show_batch",
+    "show_before_after",
+    "show_histogram",
+    "show_sample",
+    "show_samples",
+    "show_volume",
+]
+
+_KEEP = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-.#@+=,~()[]")
+
+
+def safe_name(sample_id, *, max_len: int = 120) -> str:
+    """A file (or HDF5 dataset) name for a sample id: it stays inside its folder and belongs to that id alone.
+
+    Characters other than letters, digits and ``_-.#@+=,~()[]`` are percent-encoded (their
+    UTF-8 bytes), and so are ``%`` and a leading dot: no ``/``, no ``.`` or ``..``, no hidden
+    file, and ``urllib.parse.unquote`` gives the id back. The empty id is ``%``. A name longer
+    than ``max_len`` is cut and ends in ``%~`` and 16 hex digits of the id's SHA-256 (no other
+    name holds ``%~``); the writer keeps the mapping to the id (``index.json``, an attribute).
+    Not handled: names that differ only in case on a case-insensitive file system.
+
+    >>> [safe_name(s) for s in ("s0", "a/b", ".", "..", "ct 01#2", "")]
+    ['s0', 'a%2Fb', '%2E', '%2E.', 'ct%2001#2', '%']
+    >>> len(safe_name("x" * 500)), safe_name("x" * 500)[-18:-16]
+    (120, '%~')
+    """
+    text = str(sample_id)
+    if not text:
+        return "%"
+    out = "".join(c if c in _KEEP else "".join(f"%{b:02X}" for b in c.encode("utf-8")) for c in text)
+    if out.startswith("."):
+        out = "%2E" + out[1:]
+    if len(out) > max_len:
+        digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+        out = out[: max_len - 18] + "%~" + digest
+    return out
+
+
+def sample_path(folder, sample_id, suffix: str = ".png") -> pathlib.Path:
+    """``folder / (safe_name(sample_id) + suffix)``: a path for a sample's output that cannot leave ``folder``."""
+    return pathlib.Path(folder) / (safe_name(sample_id) + suffix)
 
 
 def _figure(w: float, h: float):
@@ -154,6 +202,35 @@ def show_batch(
         _draw(fig.add_subplot(rows, cols, i + 1), s, image_key, mask_key, label_key, pred_key)
     fig.tight_layout()
     return save_figure(fig, path)
+
+
+def show_samples(
+    samples: Iterable[Mapping],
+    folder,
+    image_key: str = IMAGE,
+    mask_key: str | None = MASK,
+    label_key: str | None = LABEL,
+    pred_key: str | None = None,
+) -> list[pathlib.Path]:
+    """One :func:`show_sample` PNG per sample in ``folder``, named by :func:`sample_path`, and ``index.json``.
+
+    ``index.json`` maps each file name to its sample id (names of cut long ids and repeated
+    ids, which get ``%~<n>`` appended, cannot be decoded). The set is written whole or not at
+    all (:func:`fusefn._atomic.atomic_dir`): ``folder`` is replaced, so it must be new, empty
+    or an earlier output of this function.
+    """
+    folder = pathlib.Path(folder)
+    names: dict[str, object] = {}
+    with atomic_dir(folder, owned=("*.png", "index.json")) as tmp:
+        for i, s in enumerate(samples):
+            sid = nd.get(s, SAMPLE_ID, None)
+            name = sample_path("", sid if sid is not None else f"#{i}").name
+            if name in names:
+                name = f"{name[: -len('.png')]}%~{i}.png"
+            names[name] = sid
+            show_sample(s, tmp / name, image_key, mask_key, label_key, pred_key)
+        write_bytes(tmp / "index.json", json.dumps(names, indent=1, default=str).encode())
+    return [folder / n for n in names]
 
 
 def show_before_after(

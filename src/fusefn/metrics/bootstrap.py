@@ -23,7 +23,7 @@ True
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 import attrs
 import numpy as np
@@ -36,7 +36,7 @@ from fusefn.metrics._base import ColumnStore, Metric, UndefinedMetricWarning, nu
 from fusefn.metrics._curves import row_chunks
 from fusefn.metrics.classification import ROCCurve
 
-__all__ = ["Bootstrap", "resample_counts", "summarize"]
+__all__ = ["Bootstrap", "iter_resample_counts", "resample_counts", "summarize"]
 
 _STRATA = "__strata__"
 _METHODS = ("percentile", "basic", "normal")
@@ -49,6 +49,24 @@ def resample_counts(n: int, strata: np.ndarray, *, rng: Rng) -> np.ndarray:
     [3, 3, 3]
     """
     return _draw_counts(rng.numpy(), n, strata)
+
+
+def iter_resample_counts(n: int, strata: np.ndarray, *, rng: Rng) -> Iterator[np.ndarray]:
+    """The rows of :func:`resample_counts` in chunks of a bounded size (about 5 million counts at a time).
+
+    The chunks continue one stream: for data small enough to fit one chunk (``n`` times the
+    number of samples up to 5 million cells) they are exactly ``resample_counts``'s matrix; for
+    more data the draws are deterministic for a given ``rng`` and data but differ from one matrix.
+
+    >>> strata = np.array([0, 0, 1, 1, 1])
+    >>> chunks = list(iter_resample_counts(4, strata, rng=Rng(0)))
+    >>> bool((np.concatenate(chunks) == resample_counts(4, strata, rng=Rng(0))).all())
+    True
+    """
+    gen = rng.numpy()
+    strata = np.asarray(strata).reshape(-1)
+    for rows in row_chunks(n, strata.shape[0] * 4):
+        yield _draw_counts(gen, rows.stop - rows.start, strata)
 
 
 def _draw_counts(gen: np.random.Generator, n: int, strata: np.ndarray) -> np.ndarray:
@@ -165,15 +183,11 @@ class Bootstrap(ColumnStore):
             return summarize(float("nan"), np.array([np.nan] * 2), self.level, self.method)
         cols = {k: v for k, v in state.items() if k != _STRATA}
         value = self.metric.compute(self.metric.accumulate(self.metric.init(), cols))
-        gen = self.rng.numpy()
-        size = num_samples(cols)
         _, strata = np.unique(state[_STRATA], return_inverse=True)
         parts = []
-        # chunks keep the (n, N) count matrix small for large N; the draws are deterministic for a
-        # given rng and data, but the chunking (hence the stream) depends on N
+        # chunks keep the (n, N) count matrix small for large N: memory is bounded whatever n and N
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UndefinedMetricWarning)
-            for rows in row_chunks(self.n, size * 4):
-                counts = _draw_counts(gen, rows.stop - rows.start, strata.reshape(-1))
+            for counts in iter_resample_counts(self.n, strata, rng=self.rng):
                 parts.append(self.metric.resampled(cols, counts))
         return summarize(value, _concat(parts), self.level, self.method)

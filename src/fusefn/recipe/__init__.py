@@ -41,6 +41,7 @@ from fusefn.recipe.report import (
     read_inference,
     roc_figure,
     save_json,
+    staged_report,
     write_report,
     write_text,
 )
@@ -71,6 +72,7 @@ __all__ = [
     "publish",
     "headline",
     "write_text",
+    "staged_report",
     "plain",
     "append_figures",
     "format_ci",

@@ -36,6 +36,7 @@ import click
 from fusefn import log as flog
 from fusefn.core import Rng, record
 from fusefn.errors import ConfigError, FusefnError
+from fusefn.recipe.report import staged_report
 from fusefn.recipe.run import Run, prepare_out, resolve_device
 
 __all__ = ["Recipe", "default_hp"]
@@ -202,7 +203,12 @@ class Recipe:
                 if phase != "train" and rank != 0:
                     return {}
                 run.logger.debug("%s: %s", self.name, phase)
-                result = getattr(self, phase)(run)
+                if phase == "analyze":
+                    # the report appears as a whole set, or the previous one stays
+                    with staged_report(run) as staged:
+                        result = self.analyze(staged)
+                else:
+                    result = getattr(self, phase)(run)
         finally:
             flog.stop()
         return result

@@ -1,5 +1,10 @@
 """What an analysis phase writes: ``metrics.json``, ``report.md`` with its figures, written atomically.
 
+Each file is written whole or not at all; :func:`staged_report` makes the report folder
+one set: the phase writes into a temporary folder that then replaces the previous report,
+so a failure half-way (a full disk, an error while plotting) leaves the previous complete
+report, never new metrics next to old figures.
+
 >>> import tempfile, pathlib
 >>> d = pathlib.Path(tempfile.mkdtemp())
 >>> path = write_report(d / "report.md", "Toy", [("ROC AUC", {"value": 0.9, "lower": 0.8, "upper": 0.95})])
@@ -11,19 +16,23 @@ True
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import pathlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
+import attrs
 import numpy as np
 
-from fusefn._atomic import write_bytes
+from fusefn._atomic import atomic_dir, write_bytes
 from fusefn.core import Rng
-from fusefn.recipe.run import RecipeInputError
+from fusefn.recipe.run import RecipeInputError, Run
 
 __all__ = [
+    "REPORT_OUTPUTS",
+    "staged_report",
     "write_text",
     "plain",
     "append_figures",
@@ -36,6 +45,29 @@ __all__ = [
     "curves_figure",
     "classification_report",
 ]
+
+
+REPORT_OUTPUTS = ("*.md", "*.json", "*.png", "*.txt", "*.csv", "analysis", ".*.tmp")
+"""What a report folder written before reports were written as a set may hold: it is replaced whole."""
+
+
+@contextlib.contextmanager
+def staged_report(run: Run) -> Iterator[Run]:
+    """``run`` with its ``report_dir`` a fresh temporary folder that replaces the report as a set on success.
+
+    Wrap a whole analysis phase: everything it writes under ``run.report_dir`` appears
+    together, or, when it fails, the previous report stays as it was (see
+    :func:`fusefn._atomic.atomic_dir`; a report folder holding other files is an error).
+
+    >>> import tempfile
+    >>> run = Run(name="toy", out=tempfile.mkdtemp())
+    >>> with staged_report(run) as staged:
+    ...     _ = write_text(staged.report_dir / "report.md", "# new")
+    >>> (run.report_dir / "report.md").read_text()
+    '# new'
+    """
+    with atomic_dir(run.report_dir, owned=REPORT_OUTPUTS) as tmp:
+        yield attrs.evolve(run, report_name=os.path.relpath(tmp, os.path.abspath(run.out)))
 
 
 def write_text(path: str | os.PathLike, text: str) -> pathlib.Path:

@@ -19,6 +19,7 @@ from fusefn.train.checkpoint import (
     CheckpointError,
     best_name,
     checkpoint_path,
+    convert_checkpoint,
     is_better,
     load_checkpoint,
     save_checkpoint,
@@ -36,7 +37,7 @@ from fusefn.train.distributed import (
 from fusefn.train.fit import fit
 from fusefn.train.infer import infer
 from fusefn.train.loading import load_ensemble, load_model
-from fusefn.train.loop import EpochMeans, eval_epoch, summary_table, train_epoch
+from fusefn.train.loop import EpochMeans, ValidationError, eval_epoch, summary_table, train_epoch
 from fusefn.train.settings import CheckpointRule, LoaderSettings, StepSettings
 from fusefn.train.state import TrainState, init_state, tree_clone, tree_to
 from fusefn.train.step import NonFiniteLossError, make_eval_step, make_train_step, total_loss
@@ -57,8 +58,10 @@ __all__ = [
     "TensorBoard",
     "TimeStats",
     "TrainState",
+    "ValidationError",
     "best_name",
     "checkpoint_path",
+    "convert_checkpoint",
     "default_collate",
     "destroy_process_group",
     "distributed",

@@ -10,14 +10,21 @@ Layout under ``model_dir``::
 Every file is written to a temporary name in the same directory, flushed to disk,
 then renamed over the old one, so a crash or a full disk leaves the previous
 checkpoint intact.
+
+A file is ``{"format", "document", "tensors"}``: the tensors by name and one JSON string
+for all the rest (history, metric states, best epochs, configs; see ``fusefn.train._codec``),
+so ``torch.load(path, weights_only=True)`` reads it and loading never runs code from it.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import pathlib
+import pickle
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -29,6 +36,7 @@ from fusefn import validators as v
 from fusefn._atomic import atomic_path
 from fusefn.core import Rng, fingerprint, record, to_config
 from fusefn.errors import ConfigError, FusefnError
+from fusefn.train import _codec
 from fusefn.train.state import TrainState, tree_to
 
 __all__ = [
@@ -37,6 +45,7 @@ __all__ = [
     "CheckpointError",
     "save_checkpoint",
     "load_checkpoint",
+    "convert_checkpoint",
     "checkpoint_path",
     "best_name",
     "is_better",
@@ -47,7 +56,10 @@ __all__ = [
     "FORMAT",
 ]
 
-FORMAT = "fusefn-checkpoint/1"
+FORMAT = "fusefn-checkpoint/2"
+_FORMAT_1 = "fusefn-checkpoint/1"  # the whole payload pickled: read when weights-only loading can, or trusted
+_CONFIG_KEYS = ("model_config", "optimizer_config", "model_fingerprint", "optimizer_fingerprint")
+_log = logging.getLogger(__name__)
 
 
 class CheckpointError(FusefnError):
@@ -205,6 +217,31 @@ def _state_dict(state: TrainState) -> dict:
     return out
 
 
+def _write(paths: list[pathlib.Path], doc: dict, tensors: dict, durable: bool) -> None:
+    # tensors stay tensors; all else is one JSON string: torch.load(weights_only=True) reads the whole file
+    payload = {"format": FORMAT, "document": _codec.dumps(doc), "tensors": tensors}
+    target = paths[0] if paths else None
+    try:
+        buf = io.BytesIO()
+        torch.save(payload, buf)
+        blob = buf.getbuffer()
+        for target in paths:
+            _atomic_write(target, lambda f: f.write(blob), durable=durable)
+    except OSError as e:
+        raise CheckpointError(f"cannot write checkpoint {target}: {e.strerror or e}; the previous one is kept") from e
+
+
+def _document(state_tree: dict, configs: Mapping, extra: Any) -> tuple[dict, dict]:
+    """The JSON document and tensors of a checkpoint; a CheckpointError names a value only pickle could store."""
+    try:
+        state_doc, tensors = _codec.encode(state_tree, "state")
+        extra_doc, extra_tensors = _codec.encode(extra or {}, "extra")
+    except _codec.CodecError as e:
+        raise CheckpointError(str(e)) from None
+    tensors.update(extra_tensors)
+    return {"state": state_doc, "extra": extra_doc, **configs}, tensors
+
+
 def save_checkpoint(
     path: str | os.PathLike | Sequence[str | os.PathLike],
     state: TrainState,
@@ -218,49 +255,112 @@ def save_checkpoint(
 
     ``path`` may be several paths (e.g. ``best_…`` and ``last`` of one epoch): the state
     is serialised once and written to each. ``durable`` fsyncs each file (power-loss safe).
+    Tensors are stored as tensors; NumPy arrays as their bytes; everything else (history,
+    metric states, best epochs, optimizer scalars, ``extra``) as JSON, so the file loads with
+    ``torch.load(path, weights_only=True)``. A value that only pickle could store (an arbitrary
+    object in a metric state or ``extra``) is a CheckpointError naming where it is.
     Raises CheckpointError naming the path when the disk is full or not writable;
     the previous file at that path stays intact.
     """
     paths = [pathlib.Path(path)] if isinstance(path, (str, os.PathLike)) else [pathlib.Path(p) for p in path]
-    payload = {
-        "format": FORMAT,
-        "state": tree_to(_state_dict(state), "cpu"),
+    configs = {
         "model_config": to_config(model) if model is not None else None,
         "optimizer_config": to_config(optimizer) if optimizer is not None else None,
         "model_fingerprint": fingerprint(model) if model is not None else None,
         "optimizer_fingerprint": fingerprint(optimizer) if optimizer is not None else None,
-        "extra": extra or {},
     }
-    target = paths[0] if paths else None
+    doc, tensors = _document(tree_to(_state_dict(state), "cpu"), configs, extra)
+    _write(paths, doc, tensors, durable)
+
+
+_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
+
+
+def _read(path: pathlib.Path, trust: bool) -> Any:
+    """The unpickled file: weights-only, unless ``trust`` lets an old checkpoint's objects be unpickled."""
     try:
-        buf = io.BytesIO()
-        torch.save(payload, buf)
-        blob = buf.getbuffer()
-        for target in paths:
-            _atomic_write(target, lambda f: f.write(blob), durable=durable)
-    except OSError as e:
-        raise CheckpointError(f"cannot write checkpoint {target}: {e.strerror or e}; the previous one is kept") from e
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        # a pickled object is loaded by naming its class or function (a GLOBAL): that is what gets refused
+        found = _GLOBAL.search(str(e))
+        if found is None:
+            reason = str(e).partition("WeightsUnpickler error:")[2].partition("Check the documentation")[0]
+            raise CheckpointError(f"cannot read checkpoint {path}: {reason.strip() or e}") from None
+        if not trust:
+            raise CheckpointError(
+                f"refusing to load checkpoint {path}: it holds pickled Python objects ({found.group(1)}), and "
+                "unpickling them can run arbitrary code. Checkpoints written by this fusefn never do; a file from "
+                "an older fusefn that you trust can be converted once with "
+                "fusefn.train.checkpoint.convert_checkpoint(path) (or read with load_checkpoint(path, trust=True)); "
+                "never do either for a file from elsewhere"
+            ) from None
+    except Exception as e:
+        raise CheckpointError(f"cannot read checkpoint {path}: {e}") from e
+    _log.warning("unpickling %s with trust=True: only do this for a checkpoint you wrote yourself", path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise CheckpointError(f"cannot read checkpoint {path}: {e}") from e
 
 
-def load_checkpoint(path: str | os.PathLike, *, device="cpu") -> dict:
-    """Read a checkpoint written by :func:`save_checkpoint`: a dict with ``state`` (a TrainState) and configs."""
+def _contents(payload: Any, path: pathlib.Path) -> tuple[dict, dict]:
+    """``(state tree, the rest)`` of a loaded file of either format."""
+    if not isinstance(payload, Mapping) or payload.get("format") not in (FORMAT, _FORMAT_1):
+        raise CheckpointError(f"{path} is not a fusefn checkpoint")
+    if payload["format"] == _FORMAT_1:  # pickled tree (only read when it holds nothing but plain types, or trusted)
+        rest = {k: val for k, val in payload.items() if k != "state"}
+        return dict(payload["state"]), rest
+    tensors = payload.get("tensors")
+    try:
+        doc = json.loads(payload["document"])
+        if not isinstance(doc, dict) or not isinstance(tensors, dict):
+            raise _codec.CodecError("no document or no tensors")
+        state = _codec.decode(doc.get("state"), tensors, "state")
+        extra = _codec.decode(doc.get("extra", {}), tensors, "extra")
+    except (ValueError, TypeError, KeyError, _codec.CodecError) as e:
+        raise CheckpointError(f"checkpoint {path} is damaged: {e}") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"checkpoint {path} is damaged: its state is a {type(state).__name__}")
+    rest = {k: doc.get(k) for k in _CONFIG_KEYS}
+    rest.update(format=FORMAT, extra=extra)
+    return state, rest
+
+
+def load_checkpoint(path: str | os.PathLike, *, device="cpu", trust: bool = False) -> dict:
+    """Read a checkpoint written by :func:`save_checkpoint`: a dict with ``state`` (a TrainState) and configs.
+
+    The file is loaded with ``torch.load(weights_only=True)``: loading never runs code from it.
+    A checkpoint of an older fusefn whose state holds pickled objects (e.g. NumPy metric states
+    of an interrupted epoch) is refused with a CheckpointError saying how to convert it;
+    ``trust=True`` unpickles such a file, which runs whatever code it carries: only for files
+    you wrote yourself. Files in the current format never need it.
+    """
     path = pathlib.Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}; train first or point to an existing checkpoint")
-    try:
-        # our own file holds Python objects (metric states, history): it is not loaded weights-only
-        payload = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:
-        raise CheckpointError(f"cannot read checkpoint {path}: {e}") from e
-    if not isinstance(payload, Mapping) or payload.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a fusefn checkpoint")
+    raw, rest = _contents(_read(path, trust), path)
     fields = {f.name for f in attrs.fields(TrainState)}
-    raw = {k: val for k, val in payload["state"].items() if k in fields}
-    raw = tree_to(raw, device)
-    raw["rng"] = Rng(int(payload["state"].get("seed", 0)))
-    out = dict(payload)
-    out["state"] = TrainState(**raw)
+    state = tree_to({k: val for k, val in raw.items() if k in fields}, device)
+    try:
+        state["rng"] = Rng(int(raw.get("seed", 0)))
+        out = {**rest, "state": TrainState(**state)}
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"checkpoint {path} is damaged: {e}") from None
     return out
+
+
+def convert_checkpoint(path: str | os.PathLike, output: str | os.PathLike | None = None) -> pathlib.Path:
+    """Rewrite a trusted checkpoint of an older fusefn in the current format (``output``, default in place).
+
+    This unpickles ``path`` (``load_checkpoint(path, trust=True)``), which runs any code the
+    file carries: convert only files you wrote yourself. Returns the written path.
+    """
+    payload = load_checkpoint(path, trust=True)
+    target = pathlib.Path(output if output is not None else path)
+    configs = {k: payload.get(k) for k in _CONFIG_KEYS}
+    doc, tensors = _document(_state_dict(payload["state"]), configs, payload.get("extra"))
+    _write([target], doc, tensors, durable=True)
+    return target
 
 
 def config_diff(a: Any, b: Any) -> list[str]:

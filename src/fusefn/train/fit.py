@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import math
 import os
 import pathlib
 import signal
@@ -22,9 +23,10 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from fusefn import keys, optim
+from fusefn import keys, nd, optim
 from fusefn.core import Rng, fingerprint, to_config
-from fusefn.errors import ConfigError
+from fusefn.errors import ConfigError, FusefnError
+from fusefn.losses import InvalidTargetError
 from fusefn.train import distributed as dist_
 from fusefn.train.batches import epoch_batches
 from fusefn.train.callbacks import Callback, EarlyStopping, RunContext
@@ -40,7 +42,7 @@ from fusefn.train.checkpoint import (
     write_json_atomic,
 )
 from fusefn.train.device import select_device
-from fusefn.train.loop import eval_epoch, summary_table, train_epoch
+from fusefn.train.loop import ValidationError, eval_epoch, summary_table, train_epoch
 from fusefn.train.settings import CheckpointRule, LoaderSettings, StepSettings
 from fusefn.train.state import TrainState, init_state
 from fusefn.train.step import NonFiniteLossError, make_eval_step, make_train_step
@@ -95,6 +97,9 @@ def fit(
     here and left on return unless the caller holds one). ``epoch_results`` (one per epoch,
     in ``state.history``) is ``{"epoch", "learning_rate", "train": {"losses", "metrics"}, "validation"}``.
 
+    A failing validation (a non-finite loss, labels a loss cannot take, a metric's error) raises
+    :class:`~fusefn.train.loop.ValidationError` naming the epoch once ``last`` holds its training.
+
     Returns:
         the final TrainState.
     """
@@ -146,7 +151,7 @@ def fit(
                 _interrupted(save, state, epoch)
             res = {"epoch": epoch, "learning_rate": lr, "train": train_res}
             if validation_data is not None:
-                res["validation"] = validate(state, epoch)
+                res["validation"] = _validated(validate, state, res, save, model_dir)
             new_best = best.update(state.best, res)
             improved = best.improved(state.best, new_best)
             state = run.state = state.replace(
@@ -185,6 +190,29 @@ def _interrupted(save: Callable, state: TrainState, epoch: int) -> None:
     save(["last"], state)
     _log.warning("interrupted at epoch %d batch %d; wrote the last checkpoint", epoch, state.batch_in_epoch)
     raise KeyboardInterrupt
+
+
+def _validated(validate: Callable, state: TrainState, res: Mapping, save: Callable, model_dir: pathlib.Path) -> dict:
+    """The epoch's validation results; when validation fails, the epoch's training is checkpointed first.
+
+    ``last`` then holds the trained epoch, its history entry carrying ``validation_error``, so
+    ``resume="last"`` goes on once the data is fixed. Non-finite metric values (undefined on
+    the data, e.g. an AUC over one class) are kept as NaN, warned about, and never chosen as best.
+    """
+    epoch = res["epoch"]
+    try:
+        out = validate(state, epoch)
+    except Exception as e:
+        save(["last"], state.replace(history=(*state.history, {**res, "validation_error": str(e)})))
+        kept = f"the epoch's training is saved in {model_dir / 'checkpoints' / 'last.pt'}"
+        if not isinstance(e, FusefnError):
+            _log.error("epoch %d validation failed; %s", epoch, kept)
+            raise
+        raise ValidationError(f"epoch {epoch} validation failed: {e}; {kept} (resume='last' goes on)") from e
+    bad = [k for k, x in nd.flatten(out).items() if isinstance(x, float) and not math.isfinite(x)]
+    if bad:
+        _log.warning("epoch %d: validation values not finite (kept as NaN): %s", epoch, ", ".join(bad))
+    return out
 
 
 def _step_kw(step: StepSettings) -> dict:
@@ -289,12 +317,15 @@ def _callbacks(cbs: Sequence[Callback], run: RunContext) -> Iterator[None]:
 
 @contextlib.contextmanager
 def _naming_last_checkpoint(model_dir: pathlib.Path) -> Iterator[None]:
-    """A non-finite loss error that also names the last good checkpoint."""
+    """A non-finite loss or invalid target error that also names the last good checkpoint."""
     try:
         yield
-    except NonFiniteLossError as e:
+    except (NonFiniteLossError, InvalidTargetError) as e:
         last = model_dir / "checkpoints" / "last.pt"
-        raise NonFiniteLossError(f"{e}; last good checkpoint: {last if last.exists() else 'none'}") from None
+        tail = f"; last good checkpoint: {last if last.exists() else 'none'}"
+        if isinstance(e, InvalidTargetError):
+            raise e.at(e.step, tail) from e.__cause__
+        raise NonFiniteLossError(f"{e}{tail}") from None
 
 
 def _bar(total, desc: str, show: bool, initial: int = 0):

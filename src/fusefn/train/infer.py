@@ -2,22 +2,38 @@
 
 The Parquet file holds ``sample_id`` plus one column per requested key (vectors
 as list columns). Per-sample arrays larger than ``max_inline`` values (e.g.
-segmentation maps) go to an HDF5 file beside it (``<name>.h5``, dataset
-``<column>/<sample_id>``) instead. Several model directories make an ensemble:
-floating outputs are averaged, and for probability columns a ``<column>_vote``
-column holds the majority vote of the members' argmax.
+segmentation maps) go to an HDF5 file beside it (``<name>.h5``) instead: dataset
+``<column>/<safe_name(sample_id)>`` (:func:`fusefn.data.visualize.safe_name`: ids such
+as ``a/b``, ``.`` or ``..`` are percent-encoded) with the id in its ``sample_id``
+attribute, and ``_index/sample_id`` / ``_index/name`` listing ids and dataset names in
+the Parquet file's row order. Several model directories make an ensemble: floating
+outputs are averaged, and for probability columns a ``<column>_vote`` column holds the
+majority vote of the members' argmax.
 
 A sample whose loading fails (a :class:`~fusefn.errors.SampleError`) does not stop
-the job: the others are written and the failures listed in ``<name>.failed.json``.
+the job: the others are written and the failures listed in ``<name>.failed.json``;
+so is an array the HDF5 file cannot hold (with its ``column``).
+
+The output set (Parquet, ``.h5``, ``.failed.json``) is built in memory, each file
+written to a temporary file beside its target, and only when all are written are they
+renamed in (the Parquet file last) and files of an earlier run that the new set lacks
+removed: a failure (a full disk) leaves the previous set as it was, names the path in an
+``OSError``, and leaves no temporary file. The gap: a kill during the final renames
+(microseconds) can pair new sidecars with the previous Parquet file. A whole-folder swap
+(:func:`fusefn._atomic.atomic_dir`) is not used because ``output_file``'s folder is the
+caller's and may hold anything.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
 import os
 import pathlib
 from collections.abc import Mapping, Sequence
+from glob import escape as glob_escape
 from typing import Any
 
 import numpy as np
@@ -26,6 +42,7 @@ import torch
 
 from fusefn import keys, nd
 from fusefn._atomic import atomic_path
+from fusefn.data.visualize import safe_name
 from fusefn.errors import ConfigError, SampleError
 from fusefn.train.batches import default_collate, epoch_batches, is_map_dataset
 from fusefn.train.checkpoint import CheckpointError, checkpoint_path
@@ -37,6 +54,7 @@ from fusefn.train.step import make_eval_step
 __all__ = ["infer"]
 
 _log = logging.getLogger("fusefn.train")
+_INDEX = "_index"  # the .h5 group listing sample ids and dataset names in row order
 
 
 def _columns(output_columns) -> dict[str, str]:
@@ -50,6 +68,8 @@ def _columns(output_columns) -> dict[str, str]:
         raise ConfigError("infer: output_columns is empty; name the keys to save (e.g. model.head_0.probs)")
     if "sample_id" in cols:
         raise ConfigError("infer: 'sample_id' is always written; do not list it in output_columns")
+    if _INDEX in cols:
+        raise ConfigError(f"infer: {_INDEX!r} names the sample index of the .h5 file; choose another column name")
     return cols
 
 
@@ -95,8 +115,8 @@ def _tolerant_collate(collate_fn):
     return collate
 
 
-def _run_one(model_dir, data, cols, checkpoint, batch_kw: dict, device) -> tuple[list, dict[str, list], list]:
-    model, state = load_model(model_dir, checkpoint, device=device)
+def _run_one(model_dir, data, cols, checkpoint, batch_kw: dict, device, allowed) -> tuple[list, dict[str, list], list]:
+    model, state = load_model(model_dir, checkpoint, device=device, allowed=allowed)
     eval_step = make_eval_step(model)
     ids: list = []
     failed: list = []
@@ -125,10 +145,60 @@ def _is_big(values: list, max_inline: int) -> bool:
     return any(isinstance(v, np.ndarray) and (v.ndim > 1 or v.size > max_inline) for v in values)
 
 
-def _atomic(path: pathlib.Path, write) -> None:
-    """``write(tmp_path)`` then rename over ``path`` (see :mod:`fusefn._atomic`)."""
-    with atomic_path(path) as tmp:
-        write(str(tmp))
+def _h5_image(big: Mapping[str, list], ids: list, failed: list) -> bytes:
+    """The ``.h5`` sidecar as bytes; arrays it cannot hold are added to ``failed`` (the rest is kept).
+
+    Built in memory (the arrays are in memory already): HDF5 defers its writes, and on a
+    full disk it fails while closing or freeing objects, in ways that can kill the process.
+    """
+    import h5py
+
+    names: list[str] = []
+    seen: set[str] = set()
+    for i, sid in enumerate(ids):
+        name = safe_name(sid)
+        name = f"{name}%~{i}" if name in seen else name  # a repeated id
+        seen.add(name)
+        names.append(name)
+    buf = io.BytesIO()
+    with h5py.File(buf, "w") as f:
+        index = f.create_group(_INDEX)
+        index.create_dataset("sample_id", data=[str(x) for x in ids], dtype=h5py.string_dtype())
+        index.create_dataset("name", data=names, dtype=h5py.string_dtype())
+        for c, values in big.items():
+            g = f.create_group(c)
+            for sid, name, arr in zip(ids, names, values):
+                try:
+                    g.create_dataset(name, data=np.asarray(arr), compression="gzip")
+                except (TypeError, ValueError) as e:
+                    failed.append({"sample_id": sid, "column": c, "error": f"cannot store in the .h5 file: {e}"})
+                    continue
+                g[name].attrs["sample_id"] = sid if isinstance(sid, (str, int)) else str(sid)
+    return buf.getvalue()
+
+
+def _sweep(paths) -> None:
+    """Temporary files a killed run left beside ``paths`` (``.<name>.<random>.tmp``, see :mod:`fusefn._atomic`)."""
+    for path in paths:
+        with contextlib.suppress(OSError):
+            for stray in path.parent.glob(f".{glob_escape(path.name)}.*.tmp"):
+                stray.unlink(missing_ok=True)
+
+
+def _write_set(files: Mapping[pathlib.Path, bytes | None]) -> None:
+    """Write ``{path: bytes}`` as a set: all to temporary files, then renamed in (the first path last).
+
+    A path whose value is ``None`` is not part of the new set: an earlier run's file there is removed
+    once the set is in place. On a failure nothing is renamed and the temporary files are removed.
+    """
+    _sweep(files)
+    with contextlib.ExitStack() as staged:  # exits in reverse: the first path is renamed in last
+        for path, data in files.items():
+            if data is not None:
+                staged.enter_context(atomic_path(path)).write_bytes(data)
+    for path, data in files.items():
+        if data is None:
+            path.unlink(missing_ok=True)
 
 
 def _vote(member_rows: list[list]) -> list[int]:
@@ -148,6 +218,7 @@ def infer(
     num_workers: int = 0,
     device: str | torch.device = "auto",
     max_inline: int = 4096,
+    allowed=(),
 ) -> pl.DataFrame:
     """Run the trained model(s) of ``model_dir`` over ``data`` and write ``output_file`` (Parquet).
 
@@ -157,6 +228,8 @@ def infer(
         output_columns: keys to save (column named as the key), or ``{column: key}``.
         checkpoint: ``"best"``, ``"last"``, ``"best_<source>"``, an epoch number or a path.
         max_inline: per-sample arrays with more values (or 2+ dims) go to ``<output>.h5``.
+        allowed: modules or objects, besides fusefn's, the saved model config may name
+            (see :func:`fusefn.from_config`).
 
     Returns:
         the frame written.
@@ -174,7 +247,7 @@ def infer(
             raise CheckpointError(f"checkpoint not found: {p}; train first (or pass another checkpoint)")
     dev = select_device(device)
     batch_kw = {"batch_size": batch_size, "collate": collate_fn, "workers": num_workers}
-    runs = [_run_one(d, data, cols, checkpoint, batch_kw, dev) for d in dirs]
+    runs = [_run_one(d, data, cols, checkpoint, batch_kw, dev, allowed) for d in dirs]
     ids, failed = runs[0][0], runs[0][2]
     if not ids:
         raise SampleError(f"infer: every sample failed; first: {failed[0]['error'] if failed else '?'}")
@@ -201,32 +274,16 @@ def infer(
             continue
         table[c] = [x.tolist() if isinstance(x, np.ndarray) else x for x in v]
     frame = pl.DataFrame(table)
+    h5_path, errors_path = output_file.with_suffix(".h5"), output_file.with_suffix(".failed.json")
+    failed = list(failed)
+    h5 = _h5_image(big, ids, failed) if big else None
+    parquet = io.BytesIO()
+    frame.write_parquet(parquet)
+    blob = json.dumps(failed, indent=2, default=str).encode() if failed else None
+    _write_set({output_file: parquet.getvalue(), h5_path: h5, errors_path: blob})
     if big:
-        import h5py
-
-        h5_path = output_file.with_suffix(".h5")
-
-        def write_h5(tmp):
-            with h5py.File(tmp, "w") as f:
-                for c, values in big.items():
-                    g = f.create_group(c)
-                    for sid, arr in zip(ids, values):
-                        g.create_dataset(str(sid), data=np.asarray(arr), compression="gzip")
-
-        _atomic(h5_path, write_h5)
         _log.info("wrote %s (%s)", h5_path, ", ".join(big))
-    errors_path = output_file.with_suffix(".failed.json")
     if failed:
-        blob = json.dumps(failed, indent=2, default=str)
-        _atomic(errors_path, lambda tmp: pathlib.Path(tmp).write_text(blob))
-        _log.warning(
-            "infer: %d samples failed and are left out (see %s); first: %s",
-            len(failed),
-            errors_path,
-            failed[0]["error"],
-        )
-    elif errors_path.exists():
-        errors_path.unlink()  # from an earlier run
-    _atomic(output_file, lambda tmp: frame.write_parquet(tmp))
+        _log.warning("infer: %d failures (see %s); first: %s", len(failed), errors_path, failed[0]["error"])
     _log.info("wrote %s (%d samples, columns %s)", output_file, frame.height, ", ".join(frame.columns))
     return frame

@@ -9,10 +9,11 @@ Under torchrun both merge their loss and metric states across ranks before compu
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -20,12 +21,19 @@ import numpy as np
 import torch
 
 from fusefn import keys, nd
+from fusefn._types import is_tensor
 from fusefn.core import record
+from fusefn.errors import FusefnError
+from fusefn.losses import InvalidTargetError, check_targets
 from fusefn.train import distributed as dist_
 from fusefn.train.state import TrainState, tree_to
 from fusefn.train.step import NonFiniteLossError
 
-__all__ = ["train_epoch", "eval_epoch", "EpochMeans", "summary_table"]
+__all__ = ["train_epoch", "eval_epoch", "EpochMeans", "summary_table", "ValidationError"]
+
+
+class ValidationError(FusefnError):
+    """An epoch's validation failed; names the epoch and the cause, and where the epoch's training was saved."""
 
 
 def _py(value: Any) -> Any:
@@ -101,12 +109,60 @@ class _Report:
             self.bar.set_postfix(loss=f"{loss:.4f}", samples_s=f"{self.samples / max(el, 1e-9):.0f}")
 
 
-def _check_finite(step_losses: list, group: list, state: TrainState, epoch: int, pos: int) -> float:
+def _check_finite(step: Callable, group: list, outs: list, values: list, state: TrainState, epoch: int, pos: int):
+    step_losses = [v["total_loss"] for v in values]
     loss = sum(step_losses) / len(step_losses)
     if not all(math.isfinite(v) for v in step_losses):
+        where = f"train step {state.step} (epoch {epoch}, batch {pos})"
+        _explain_non_finite(step, outs, where)
         ids = [nd.get(b, keys.SAMPLE_ID, default=None) for b in group]
-        raise NonFiniteLossError(f"loss is {loss} at step {state.step} (epoch {epoch}, batch {pos}); sample ids {ids}")
+        raise NonFiniteLossError(
+            f"loss is {loss} at step {state.step} (epoch {epoch}, batch {pos}); sample ids {ids}"
+            + "".join(f"; {c}" for c in map(_culprits, outs) if c)
+        )
     return loss
+
+
+def _culprits(out: Mapping) -> str:
+    """Which samples of a step's output hold non-finite values, and under which keys ("" when none is found)."""
+    ids = nd.get(out, keys.SAMPLE_ID, default=None)
+    where: dict = {}
+    if ids is not None:
+        for key, x in nd.flatten(out).items():
+            if is_tensor(x) and x.is_floating_point() and x.dim() and x.shape[0] == len(ids):
+                rows = torch.nonzero(~torch.isfinite(x.detach().reshape(x.shape[0], -1)).all(dim=1)).flatten()
+                for r in rows.tolist():
+                    where.setdefault(ids[r], []).append(key)
+    if not where:
+        return ""
+    shown = "; ".join(f"{sid!r} ({', '.join(ks)})" for sid, ks in list(where.items())[:5])
+    return f"non-finite values in samples {shown}" + (" …" if len(where) > 5 else "")
+
+
+@contextlib.contextmanager
+def _naming_batch(where: str):
+    """A step's invalid-target error (raised when a kernel refused a label) told with the epoch and batch."""
+    try:
+        yield
+    except InvalidTargetError as e:
+        raise e.at(f"{e.step} ({where})") from e.__cause__
+
+
+def _explain_non_finite(step: Callable, outs: Sequence[Mapping], where: str) -> None:
+    """Raise the loss error that names the samples, when their targets explain a non-finite loss (check_targets).
+
+    Class-label losses come out NaN on labels they cannot take (fusefn.losses), so this runs
+    only after a loss was found non-finite: no cost on the steps that are fine.
+    """
+    losses = getattr(step, "losses", None)
+    if losses:
+        for out in outs:
+            try:
+                check_targets(losses, out, step=where)
+            except InvalidTargetError:
+                raise
+            except Exception:  # a target it cannot read: the non-finite loss error stands
+                return
 
 
 def _mover(device) -> Callable:
@@ -159,10 +215,11 @@ def train_epoch(
     while group := [move(b) for b in itertools.islice(it, accumulate)]:
         if augment is not None:
             group = [augment(b, rng=state.rng.child("augment", state.step, i)) for i, b in enumerate(group)]
-        state, out = train_step(state, group[0] if accumulate == 1 else group)
+        with _naming_batch(f"epoch {epoch}, batch {pos}"):
+            state, out = train_step(state, group[0] if accumulate == 1 else group)
         outs = [out] if accumulate == 1 else out
         values = [loss_values(o) for o in outs]
-        loss = _check_finite([v["total_loss"] for v in values], group, state, epoch, pos)
+        loss = _check_finite(train_step, group, outs, values, state, epoch, pos)
         for o, v in zip(outs, values):
             acc = means.add(acc, o, v)
         pos += len(group)
@@ -187,12 +244,25 @@ def eval_epoch(
 
     Returns:
         ``{"losses": {name: mean over the batches}, "metrics": {name: value}}``.
+
+    Raises:
+        InvalidTargetError: a batch's targets hold values a loss cannot take (``fusefn.losses``).
+        NonFiniteLossError: a batch's loss is NaN or infinite; names the batch, the losses and its sample ids.
     """
     means = EpochMeans(metrics=metrics or {})
     acc = means.init()
     move = _mover(device)
-    for batch in batches:
-        acc = means.update(acc, eval_step(state, move(batch)))
+    for pos, batch in enumerate(batches):
+        with _naming_batch(f"batch {pos}"):
+            out = eval_step(state, move(batch))
+        values = loss_values(out)
+        if not all(math.isfinite(v) for v in values.values()):
+            where = f"eval step (batch {pos})"
+            _explain_non_finite(eval_step, [out], where)
+            bad = ", ".join(f"{k} = {v}" for k, v in values.items() if not math.isfinite(v))
+            found = _culprits(out) or f"sample ids {nd.get(out, keys.SAMPLE_ID, default=None)}"
+            raise NonFiniteLossError(f"{bad} in the {where}; {found}")
+        acc = means.add(acc, out, values)
         if progress is not None:
             progress.update(1)
     return means.compute(dist_.merge_across_ranks(acc, means.merge))

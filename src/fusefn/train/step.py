@@ -20,6 +20,7 @@ are means over the batch), unlike FuseMedML, which summed them.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -199,6 +200,16 @@ def make_train_step(
         full_c, grads_c, update_c = full, accumulate_grads, update
 
     def train_step(state: TrainState, batch):
+        try:
+            return run_step(state, batch)
+        except (FusefnError, torch.OutOfMemoryError):
+            raise
+        except Exception as e:  # explained only after it failed: the step itself pays nothing
+            forward = functools.partial(_forward_only, apply, model, state.params, state.buffers)
+            _explain(losses, _as_list(batch), f"train step {state.step + 1}", e, forward)
+            raise
+
+    def run_step(state: TrainState, batch):
         batches = _as_batches(batch, accumulate)
         if compile:
             batches, extras = zip(*(_split_tensors(b) for b in batches))
@@ -237,7 +248,40 @@ def make_train_step(
         return new, (outs if accumulate > 1 else outs[0])
 
     train_step.compiled = compile
+    train_step.losses = dict(losses)  # what the loop's finite check explains a NaN with (check_targets)
     return train_step
+
+
+def _as_list(batch) -> list:
+    return [batch] if isinstance(batch, Mapping) else list(batch) if isinstance(batch, Sequence) else []
+
+
+def _forward_only(apply, model, params, buffers, batch):
+    with torch.no_grad():
+        return apply(model, params, buffers, batch, train=False)[0]
+
+
+def _explain(losses: Mapping, batches: Sequence, where: str, error: Exception, forward: Callable) -> None:
+    """Raise :class:`~fusefn.losses.InvalidTargetError` (from ``error``) when a batch's targets explain the failure.
+
+    The model's output gives the number of classes; when the model fails too, the batch alone
+    still shows NaN, fractional and negative labels. Returns when nothing explains it.
+    """
+    from fusefn.losses import InvalidTargetError, check_targets
+
+    for b in batches:
+        if not isinstance(b, Mapping):
+            continue
+        try:
+            out = forward(b)
+        except Exception:
+            out = b
+        try:
+            check_targets(losses, out, step=where)
+        except InvalidTargetError as bad:
+            raise bad from error
+        except Exception:  # e.g. a CUDA context a device-side assert broke: the original error stands
+            return
 
 
 def _autograd_grads(objective, params: Mapping, batch: Mapping | None = None):
@@ -347,10 +391,20 @@ def make_eval_step(
 
     def eval_step(state: Any, batch: Mapping) -> dict:
         params, buffers = (state.params, state.buffers) if isinstance(state, TrainState) else state
-        if not compile:
-            return forward(params, buffers, batch)
-        tensors, extras = _split_tensors(batch)
-        out = forward_c(params, buffers, tensors)
+        try:
+            if not compile:
+                return forward(params, buffers, batch)
+            tensors, extras = _split_tensors(batch)
+            out = forward_c(params, buffers, tensors)
+        except (FusefnError, torch.OutOfMemoryError):
+            raise
+        except Exception as e:
+            if losses:
+                _explain(
+                    losses, [batch], "eval step", e, functools.partial(_forward_only, apply, model, params, buffers)
+                )
+            raise
         return nd.assoc_many(out, extras) if extras else out
 
+    eval_step.losses = dict(losses or {})
     return eval_step

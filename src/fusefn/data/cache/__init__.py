@@ -4,7 +4,9 @@ A store is named by :func:`store_key`: the pipeline's configuration fingerprint
 combined with the bytecode of its functions and op classes, so changing an op's
 settings *or* editing its code gets a new store instead of stale samples. Each
 sample also records a digest of its input (id and source row): a changed row is
-recomputed by the next build.
+recomputed by the next build, and a reader given the source (``cache.open(source)``, as a
+:class:`~fusefn.data.Dataset` opens it) never serves a row built from another one. Every row
+carries checksums that every read verifies (``checksum=True``, the default).
 
 Layout of a store (``<root>/<store_key(pipeline)>/``)::
 
@@ -43,21 +45,27 @@ import attrs
 
 from fusefn import validators as v
 from fusefn.core import record
-from fusefn.data.cache.builder import BuildReport, build_store
-from fusefn.data.cache.inputs import id_key, initial_samples
-from fusefn.data.cache.reader import NotCachedError, Reader, ReaderSlot, is_store, store_info, verify_store
+from fusefn.data.cache.builder import BuildReport, StoreBusyError, build_store, clear_store
+from fusefn.data.cache.check import is_store, shard_problems, store_info, verify_store
+from fusefn.data.cache.inputs import id_key, initial_samples, input_digest
+from fusefn.data.cache.reader import DamagedSampleError, NotCachedError, Reader, ReaderSlot, StaleSampleError
 from fusefn.data.cache.shard import FORMAT
 from fusefn.data.cache.storekey import store_key
 
 __all__ = [
     "BuildReport",
+    "DamagedSampleError",
     "H5Cache",
     "NotCachedError",
     "Reader",
     "ReaderSlot",
+    "StaleSampleError",
+    "StoreBusyError",
+    "clear_store",
     "id_key",
     "initial_samples",
     "is_store",
+    "shard_problems",
     "store_info",
     "store_key",
     "verify_store",
@@ -84,7 +92,13 @@ class H5Cache:
             first for multi-byte types, which lets float images compress).
         shard_bytes: array bytes per shard file before a worker commits it.
         shard_size: samples per build task (default: a few tasks per worker, 32 to 256 samples).
-        checksum: store a CRC32 per shard, checked by ``verify(deep=True)``.
+        checksum: store a CRC32 of every row's bytes of every leaf, checked by every :meth:`build`
+            (all the data, unless ``deep=False``), by ``verify(deep=True)`` and, with ``verify_reads``, on
+            every read. On by default; its cost is measured in bench/ (docs/data.md, "Integrity").
+        verify_reads: readers from :meth:`open` check every array row they read against its checksum
+            (raising :class:`DamagedSampleError`). Off by default: a CRC32 of a 4 MiB volume costs about
+            three times its read, so damage is found by the next build and by ``verify(deep=True)``;
+            tables are checked whenever a shard is opened.
         durable: fsync shards before committing (survives power loss, slower).
         progress: show a tqdm bar during builds.
     """
@@ -96,7 +110,8 @@ class H5Cache:
     compression_level: int | None = None
     shard_bytes: int = attrs.field(default=256 << 20, validator=v.non_negative_int)
     shard_size: int | None = attrs.field(default=None, validator=v.optional(v.non_negative_int))
-    checksum: bool = False
+    checksum: bool = True
+    verify_reads: bool = False
     durable: bool = False
     progress: bool = True
     _fingerprint: str = attrs.field(
@@ -114,7 +129,13 @@ class H5Cache:
         return self.root / self._fingerprint
 
     def build(
-        self, source, *, retry_failed: bool = False, workers: int | None = None, progress: bool | None = None
+        self,
+        source,
+        *,
+        retry_failed: bool = False,
+        workers: int | None = None,
+        progress: bool | None = None,
+        deep: bool = True,
     ) -> BuildReport:
         """Compute and store every sample of ``source`` not stored yet; report what happened.
 
@@ -122,7 +143,8 @@ class H5Cache:
         and run again computes only the rest. A sample whose source row changed is
         recomputed. Samples whose pipeline raised are recorded (see :meth:`Reader.failures`)
         and not retried unless ``retry_failed``. ``workers`` and ``progress`` override the
-        record's for this build.
+        record's for this build. Damaged shards (see :func:`shard_problems`) are rebuilt;
+        ``deep`` (the default) also checks every stored row's checksums first (reads the whole store).
         """
         return build_store(
             self.pipeline,
@@ -140,18 +162,26 @@ class H5Cache:
             shard_size=self.shard_size,
             progress=self.progress if progress is None else progress,
             retry_failed=retry_failed,
+            deep=deep,
         )
 
-    def open(self) -> Reader:
-        """A :class:`Reader` of this pipeline's store, for this process (close it, or use ``with``)."""
-        return Reader(self.path)
+    def open(self, source=None, *, expect: dict | None = None) -> Reader:
+        """A :class:`Reader` of this pipeline's store, for this process (close it, or use ``with``).
+
+        Given ``source`` (what :meth:`build` takes) or ``expect`` (``{id_key(id): input_digest}``),
+        the reader serves only rows built from those source rows: a row another table stored
+        under the same id raises :class:`StaleSampleError`.
+        """
+        if source is not None:
+            expect = {id_key(s["data"]["sample_id"]): input_digest(s) for s in initial_samples(source)}
+        return Reader(self.path, expect=expect, verify=self.verify_reads)
 
     def verify(self, deep: bool = False) -> list[str]:
-        """Problems found in the store (empty when sound): size, HDF5 structure and, with ``deep``, CRC32."""
+        """Problems found in the store (empty when sound): size, HDF5 structure, table checksums, damage
+        marks and, with ``deep``, every row's checksums."""
         return verify_store(self.path, deep=deep)
 
-    def clear(self) -> None:
-        """Delete this pipeline's store (readers still open keep the arrays they handed out)."""
-        import shutil
-
-        shutil.rmtree(self.path, ignore_errors=True)
+    def clear(self, *, wait: bool = False) -> None:
+        """Delete this pipeline's store under its build lock: while a build runs, wait for it (``wait``)
+        or raise :class:`StoreBusyError`. Readers still open keep the arrays they handed out."""
+        clear_store(self.path, wait=wait)

@@ -5,7 +5,9 @@ is written the same way (:mod:`fusefn._atomic`): a build killed at any moment le
 only temporary files (removed by the next build) or complete shards. A restarted
 build computes only the samples no committed manifest lists, and deletes the shards
 whose samples it has all rebuilt (their source rows changed). A shard that fails its
-size check or does not open is set aside (``*.corrupt``) and its samples rebuilt.
+size check or does not open, whose table fails its checksums, or that a read or a verify
+marked damaged, is set aside (``*.corrupt``) and its samples rebuilt, even when nothing
+else is to be done. Clearing a store takes the build lock too (:func:`clear_store`).
 
 Workers are processes started for one build and given their tasks over a pipe each;
 they die with the building process (Linux), so an interrupted build leaves no orphans.
@@ -32,13 +34,14 @@ from typing import NamedTuple
 from fusefn import keys, nd
 from fusefn._atomic import atomic_path, write_bytes
 from fusefn.core import record
+from fusefn.data.cache.check import shard_problems
 from fusefn.data.cache.inputs import id_key, input_digest, unique_outputs
-from fusefn.data.cache.reader import Reader, clash_message
-from fusefn.data.cache.shard import FORMAT, array_bytes, check_leaf, crc32, write_shard
+from fusefn.data.cache.reader import MARK, Reader, clash_message
+from fusefn.data.cache.shard import FORMAT, array_bytes, check_leaf, write_shard
 from fusefn.data.pipeline import run_pipeline
 from fusefn.errors import FusefnError, SampleError
 
-__all__ = ["BuildReport", "build_store"]
+__all__ = ["BuildReport", "build_store", "clear_store"]
 
 _log = logging.getLogger("fusefn")
 
@@ -139,25 +142,39 @@ def _commit(job: _Job, entries, rows) -> dict:
     seq = time.time_ns()
     stem = f"shard-{seq:020d}-{uuid.uuid4().hex[:12]}"
     store_dir = pathlib.Path(job.store_dir)
-    with atomic_path(store_dir / f"{stem}.h5", durable=options["durable"]) as tmp:
-        write_shard(tmp, rows, options["compression"], options["compression_level"])
-        manifest = {
-            "format": FORMAT,
-            "file": f"{stem}.h5",
-            "size": os.path.getsize(tmp),
-            "seq": seq,
-            "n_rows": len(rows),
-            "samples": entries,
-        }
-        if options["checksum"]:
-            manifest["crc32"] = crc32(tmp)
-        if job.parent_pid is not None and os.getppid() != job.parent_pid:
-            # the build that asked for this shard is gone: do not commit into a store it no longer owns
-            tmp.unlink()
-            os._exit(1)
-    # the manifest's presence is the commit: an .h5 without one is swept by the next build
-    write_bytes(store_dir / f"{stem}.json", json.dumps(manifest).encode(), durable=options["durable"])
+    h5 = store_dir / f"{stem}.h5"
+    try:
+        with atomic_path(h5, durable=options["durable"]) as tmp:
+            write_shard(tmp, rows, options["compression"], options["compression_level"], checksum=options["checksum"])
+            manifest = {
+                "format": FORMAT,
+                "file": h5.name,
+                "size": os.path.getsize(tmp),
+                "seq": seq,
+                "n_rows": len(rows),
+                "samples": entries,
+            }
+            if job.parent_pid is not None and os.getppid() != job.parent_pid:
+                # the build that asked for this shard is gone: do not commit into a store it no longer owns
+                tmp.unlink()
+                os._exit(1)
+    except (OSError, RuntimeError) as exc:  # h5py reports a full disk as either
+        raise _write_error(h5, exc) from exc
+    # the manifest's presence is the commit: an .h5 without one would be swept by the next build, but is
+    # removed now so a failed build leaves nothing half-written
+    try:
+        write_bytes(store_dir / f"{stem}.json", json.dumps(manifest).encode(), durable=options["durable"])
+    except OSError as exc:
+        h5.unlink(missing_ok=True)
+        raise _write_error(store_dir / f"{stem}.json", exc) from exc
     return manifest
+
+
+def _write_error(path: pathlib.Path, exc: BaseException) -> FusefnError:
+    reason = os.strerror(exc.errno) if isinstance(exc, OSError) and exc.errno else f"{type(exc).__name__}: {exc}"
+    return FusefnError(
+        f"cache: cannot write {path}: {reason}; the samples stored before stay, run the build again once there is room"
+    )
 
 
 # --------------------------------------------------------------------------- workers
@@ -284,17 +301,68 @@ def _run_workers(job: _Job, tasks: list, workers: int, done: Callable[[int], Non
 # -------------------------------------------------------------------------- the build
 
 
+class StoreBusyError(FusefnError):
+    """Another build holds the store's lock."""
+
+
 @contextlib.contextmanager
-def _locked(store_dir: pathlib.Path):
+def _locked(store_dir: pathlib.Path, *, wait: bool = True, create: bool = True):
+    """Hold ``store_dir``'s build lock (waiting for it, or raising :class:`StoreBusyError`). Yields
+    False when there is no store (and ``create`` is off)."""
     import fcntl
 
-    with open(store_dir / ".lock", "a+") as fh:
+    while True:
+        if create:
+            try:
+                store_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise _write_error(store_dir, exc) from exc
         try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            _log.info("cache %s: waiting for another build to finish", store_dir)
-            fcntl.flock(fh, fcntl.LOCK_EX)
-        yield
+            fh = open(store_dir / ".lock", "a+")  # noqa: SIM115 - closed below, after the loop's checks
+        except FileNotFoundError:
+            if not create:
+                yield False
+                return
+            continue  # cleared between the mkdir and the open: make it again
+        except OSError as exc:
+            raise _write_error(store_dir / ".lock", exc) from exc
+        with fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if not wait:
+                    raise StoreBusyError(
+                        f"cache {store_dir} is being built by another process (its lock is held); "
+                        "try again when the build ends"
+                    ) from None
+                _log.info("cache %s: waiting for another build to finish", store_dir)
+                fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                current = os.stat(store_dir / ".lock").st_ino == os.fstat(fh.fileno()).st_ino
+            except FileNotFoundError:
+                current = False
+            if current:
+                yield True
+                return
+        # the store was cleared while this process waited: the lock held is of a deleted folder
+
+
+def clear_store(store_dir: pathlib.Path, *, wait: bool = False) -> bool:
+    """Delete the store at ``store_dir`` under its build lock: a build running now makes this wait
+    (``wait``) or raise :class:`StoreBusyError`. Whether there was a store."""
+    import shutil
+
+    store_dir = pathlib.Path(store_dir)
+    if not store_dir.is_dir():
+        return False
+    with _locked(store_dir, wait=wait, create=False) as held:
+        if not held:
+            return False
+        # renamed first: readers and waiting builds see no store at once, never a half-deleted one
+        trash = store_dir.with_name(f".{store_dir.name}.cleared-{uuid.uuid4().hex[:8]}")
+        os.replace(store_dir, trash)
+    shutil.rmtree(trash, ignore_errors=True)
+    return True
 
 
 def _todo(store: Reader, samples: list, digests: list, retry_failed: bool) -> list:
@@ -309,36 +377,24 @@ def _todo(store: Reader, samples: list, digests: list, retry_failed: bool) -> li
     return todo
 
 
-def _repair(store_dir: pathlib.Path) -> list[str]:
-    """Set aside shards that fail the size check or do not open; say which."""
-    import h5py
-
+def _repair(store_dir: pathlib.Path, deep: bool) -> list[str]:
+    """Set aside every shard :func:`~fusefn.data.cache.check.shard_problems` flags; say which."""
     repaired = []
-    for mpath in sorted(store_dir.glob("shard-*.json")):
-        h5 = mpath.with_suffix(".h5")
-        problem = None
-        try:
-            manifest = json.loads(mpath.read_text())
-            size = h5.stat().st_size
-            if size != manifest["size"]:
-                problem = f"truncated ({size} of {manifest['size']} bytes)"
-            else:
-                with h5py.File(h5, "r", locking=False):
-                    pass
-        except FileNotFoundError:
-            problem = "shard file missing"
-        except Exception as exc:
-            problem = f"unreadable ({type(exc).__name__}: {exc})"
-        if problem:
-            _log.warning("cache %s: shard %s is %s; its samples will be rebuilt", store_dir, h5.name, problem)
-            for p in (h5, mpath):
-                if p.exists():
-                    os.replace(p, p.with_name(p.name + ".corrupt"))
-            repaired.append(f"{h5.name}: {problem}")
+    for name, problem in shard_problems(store_dir, deep=deep).items():
+        _log.warning("cache %s: shard %s is %s; its samples will be rebuilt", store_dir, name, problem)
+        h5 = store_dir / name
+        for p in (h5, h5.with_suffix(".json")):
+            if p.exists():
+                os.replace(p, p.with_name(p.name + ".corrupt"))
+        (store_dir / (name + MARK)).unlink(missing_ok=True)
+        repaired.append(f"{name}: {problem}")
     # an .h5 with no manifest was renamed but never committed (killed in between)
     for h5 in store_dir.glob("shard-*.h5"):
         if not h5.with_suffix(".json").exists():
             h5.unlink(missing_ok=True)
+    for mark in store_dir.glob(f"shard-*.h5{MARK}"):  # of a shard deleted since
+        if not mark.with_suffix("").exists():
+            mark.unlink(missing_ok=True)
     return repaired
 
 
@@ -415,6 +471,11 @@ def _report(store: Reader, samples, todo, manifests, repaired, t0) -> BuildRepor
     return report
 
 
+def _sweep_temporaries(store_dir: pathlib.Path) -> None:
+    for tmp in [*store_dir.glob(".tmp-*"), *store_dir.glob(".*.tmp")]:
+        tmp.unlink(missing_ok=True)
+
+
 def build_store(
     pipeline: Callable,
     store_dir: pathlib.Path,
@@ -426,32 +487,40 @@ def build_store(
     shard_size: int | None,
     progress: bool,
     retry_failed: bool,
+    deep: bool = False,
 ) -> BuildReport:
     """Compute and commit the ``samples`` not stored in ``store_dir`` yet; what happened.
 
     ``options`` are the shard settings (compression, compression_level, shard_bytes, checksum,
-    durable); ``description`` is written to ``store.json`` when the store is new.
+    durable); ``description`` is written to ``store.json`` when the store is new. ``deep`` also
+    checks every stored row against its checksums (reads the whole store) and rebuilds what fails.
     """
     t0 = time.perf_counter()
     digests = [input_digest(s) for s in samples]
     if store_dir.is_dir():
         with Reader(store_dir) as store:
-            if not _todo(store, samples, digests, retry_failed):
-                # everything is stored already: no lock, no writes (works on a read-only copy of the store)
+            if not _todo(store, samples, digests, retry_failed) and not shard_problems(store_dir, deep=deep):
+                # everything is stored and sound: no lock, no writes (works on a read-only copy of the store)
                 return _report(store, samples, [], [], [], t0)
-    store_dir.mkdir(parents=True, exist_ok=True)
     with _locked(store_dir):
         info = store_dir / "store.json"
         if not info.exists():
-            write_bytes(info, json.dumps(description).encode())
-        for tmp in [*store_dir.glob(".tmp-*"), *store_dir.glob(".*.tmp")]:  # left by a killed build
-            tmp.unlink(missing_ok=True)
-        repaired = _repair(store_dir)
+            try:
+                write_bytes(info, json.dumps(description).encode())
+            except OSError as exc:
+                raise _write_error(info, exc) from exc
+        _sweep_temporaries(store_dir)  # left by a killed build
+        repaired = _repair(store_dir, deep)
         with Reader(store_dir) as store:
             todo = _todo(store, samples, digests, retry_failed)
             rebuilt = any(store.entry(s["data"]["sample_id"]) is not None for _, s in todo)
         job = _Job(pipeline=pipeline, store_dir=str(store_dir), options=options, parent_pid=None)
-        manifests = _compute(job, todo, workers=workers, shard_size=shard_size, progress=progress)
+        try:
+            manifests = _compute(job, todo, workers=workers, shard_size=shard_size, progress=progress)
+        except BaseException:
+            # workers stopped mid-write (another worker's error, disk full) leave their temporaries
+            _sweep_temporaries(store_dir)
+            raise
         if rebuilt:  # only a sample stored before can leave a shard with nothing current in it
             _drop_superseded(store_dir)
     with Reader(store_dir) as store:

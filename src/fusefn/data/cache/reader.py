@@ -10,6 +10,12 @@ A contiguous row is read with a single ``pread`` straight into the output buffer
 from 1 MiB up (volumes), is mapped copy-on-write: the page-cache pages are mapped into
 the array handed out (no copy), and writing to it copies only the pages written, never
 touching the file or another read of the same sample.
+
+What a read checks (see docs/data.md, "Integrity"): a reader opened with the digests of
+its source rows (``cache.open(source)``, as a :class:`~fusefn.data.Dataset` does) serves a
+row only if the stored input digest is the reader's (:class:`StaleSampleError` otherwise),
+and every row's stored checksums are compared with its bytes (:class:`DamagedSampleError`).
+A shard found damaged is marked (``<shard>.damaged``) so the next build rebuilds it.
 """
 
 from __future__ import annotations
@@ -29,10 +35,17 @@ import numpy as np
 from fusefn import keys as well_known
 from fusefn import nd
 from fusefn.data.cache.inputs import id_key, initial_samples
-from fusefn.data.cache.shard import ALIGNED_BYTES, crc32, decode_table, key_name, wrap
+from fusefn.data.cache.shard import ALIGNED_BYTES, cell_sums, decode_table, key_name, row_sum, wrap
 from fusefn.errors import FusefnError, SampleError
 
-__all__ = ["NotCachedError", "Reader", "ReaderSlot", "is_store", "store_info", "verify_store"]
+__all__ = [
+    "DamagedSampleError",
+    "NotCachedError",
+    "Reader",
+    "ReaderSlot",
+    "StaleSampleError",
+    "mark_damaged",
+]
 
 # rows this large are mapped instead of copied: below it a pread is as fast, and each mapping
 # costs the process one of its limited memory-map slots (vm.max_map_count) while the array lives
@@ -43,10 +56,42 @@ _MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22)
 
 
 class NotCachedError(FusefnError, KeyError):
-    """The sample id has no entry in the store (never built, or its shard was damaged)."""
+    """The store cannot serve the sample: never built, built from another source row, or damaged.
+
+    ``sample_id`` and ``shard`` (the shard file, when one is involved) name what was read.
+    """
+
+    def __init__(self, message: str, *, sample_id=None, shard: str | None = None):
+        super().__init__(message)
+        self.sample_id = sample_id
+        self.shard = shard
 
     def __str__(self) -> str:
         return str(self.args[0])
+
+
+class StaleSampleError(NotCachedError):
+    """The stored sample was built from another source row (or table) than the reader's: never served."""
+
+
+class DamagedSampleError(NotCachedError):
+    """The stored sample's shard is damaged (checksum mismatch, unreadable HDF5, truncated)."""
+
+
+class _CorruptRow(Exception):
+    """A row's bytes do not match its stored checksum."""
+
+
+MARK = ".damaged"  # "<shard>.h5.damaged": found damaged by a read or a verify; the next build rebuilds it
+
+
+def mark_damaged(store_dir: pathlib.Path, name: str, why: str) -> None:
+    """Leave a note that shard ``name`` is damaged, so the next build sets it aside (best effort: a
+    read-only store just is not marked)."""
+    from fusefn._atomic import write_bytes
+
+    with contextlib.suppress(OSError):
+        write_bytes(store_dir / (name + MARK), why.encode())
 
 
 class _Shard:
@@ -59,7 +104,16 @@ class _Shard:
         self.file = None
         self.h5 = None
 
-    def load(self) -> None:
+    def load(self, verify: bool = True) -> None:
+        """Open the file and index its datasets (and, with ``verify``, check every table cell's checksum).
+        On any error nothing stays open."""
+        try:
+            self._load(verify)
+        except BaseException:
+            self.close()
+            raise
+
+    def _load(self, verify: bool) -> None:
         import h5py
 
         size = os.path.getsize(self.path)
@@ -69,10 +123,14 @@ class _Shard:
         # would only hold memory, in every worker and for every shard opened
         self.h5 = h5py.File(self.path, "r", locking=False, rdcc_nbytes=0)
         self.file = open(self.path, "rb", buffering=0)  # noqa: SIM115 - lives as long as the shard is open
-        self.raw: list[tuple] = []  # (key, kind, offset, row_nbytes, shape, dtype)
-        self.chunked: list[tuple] = []  # (key, kind, dataset)
-        self.ragged: list[tuple] = []  # (key, kind, group)
-        self.tables: list[tuple] = []  # (key, values, present|None)
+        n = int(self.h5.attrs["n"])
+        if n != self.manifest.get("n_rows", n):
+            raise OSError(f"{self.path} holds {n} rows, its manifest says {self.manifest['n_rows']}")
+        sums = self.h5.get("sums")  # tables are checked here, once (cheap); arrays per read, when ``verify``
+        self.raw: list[tuple] = []  # (key, kind, offset, row_nbytes, shape, dtype, sums|None)
+        self.chunked: list[tuple] = []  # (key, kind, dataset, sums|None)
+        self.ragged: list[tuple] = []  # (key, kind, group, sums|None)
+        self.tables: list[tuple] = []  # (key, values, present|None, rows whose cell fails its checksum)
         for group in ("stacked", "ragged", "table"):
             if group not in self.h5:
                 continue
@@ -81,17 +139,28 @@ class _Shard:
                 kind = obj.attrs["kind"]
                 if isinstance(kind, bytes):
                     kind = kind.decode()
+                expected = None
+                if sums is not None and f"{group}/{name}" in sums:
+                    expected = sums[f"{group}/{name}"][()]
+                    if expected.shape != (n,):
+                        raise OSError(f"{self.path}: checksums of {group}/{name} have shape {expected.shape}")
+                    expected = expected.tolist()  # list indexing and int compares are the cheapest per read
+                checked = expected if verify else None
                 if group == "stacked":
                     offset = obj.id.get_offset()
                     if obj.chunks is None and obj.compression is None and (offset is not None or obj.size == 0):
                         row = obj.dtype.itemsize * int(np.prod(obj.shape[1:], dtype=np.int64))
-                        self.raw.append((key, kind, offset or 0, row, obj.shape[1:], obj.dtype))
+                        self.raw.append((key, kind, offset or 0, row, obj.shape[1:], obj.dtype, checked))
                     else:
-                        self.chunked.append((key, kind, obj))
+                        self.chunked.append((key, kind, obj, checked))
                 elif group == "ragged":
-                    self.ragged.append((key, kind, obj))
+                    self.ragged.append((key, kind, obj, checked))
                 else:
-                    self.tables.append((key, *decode_table(obj, kind)))
+                    bad: frozenset = frozenset()
+                    if expected is not None and kind != "none":
+                        stored = obj.asstr()[()].tolist() if kind in ("str", "json") else obj[()]
+                        bad = frozenset(np.flatnonzero(cell_sums(stored) != np.asarray(expected, np.uint32)).tolist())
+                    self.tables.append((key, *decode_table(obj, kind), bad))
         self.loaded = True
 
     def read(self, row: int, keys: tuple | None = None) -> dict:
@@ -101,17 +170,19 @@ class _Shard:
             return keys is None or k == well_known.SAMPLE_ID or any(k == q or k.startswith(q + ".") for q in keys)
 
         flat: dict[str, Any] = {}
-        for key, kind, offset, nbytes, shape, dtype in self.raw:
+        for key, kind, offset, nbytes, shape, dtype, sums in self.raw:
             if wanted(key):
-                flat[key] = wrap(self._row(offset + row * nbytes, nbytes, shape, dtype), kind)
-        for key, kind, ds in self.chunked:
+                flat[key] = wrap(_checked(self._row(offset + row * nbytes, nbytes, shape, dtype), sums, row, key), kind)
+        for key, kind, ds, sums in self.chunked:
             if wanted(key):
-                flat[key] = wrap(ds[row], kind)
-        for key, kind, g in self.ragged:
+                flat[key] = wrap(_checked(ds[row], sums, row, key), kind)
+        for key, kind, g, sums in self.ragged:
             if wanted(key) and str(row) in g:
-                flat[key] = wrap(g[str(row)][()], kind)
-        for key, values, present in self.tables:
+                flat[key] = wrap(_checked(g[str(row)][()], sums, row, key), kind)
+        for key, values, present, bad in self.tables:
             if wanted(key) and (present is None or present[row]):
+                if row in bad:
+                    raise _CorruptRow(f"key {key!r}: row {row} does not match its checksum")
                 flat[key] = values[row]
         return nd.unflatten(flat)
 
@@ -142,6 +213,12 @@ class _Shard:
             with contextlib.suppress(Exception):
                 self.h5.close()
         self.loaded, self.file, self.h5 = False, None, None
+
+
+def _checked(arr: np.ndarray, sums: list | None, row: int, key: str) -> np.ndarray:
+    if sums is not None and row_sum(arr) != sums[row]:
+        raise _CorruptRow(f"key {key!r}: row {row} does not match its checksum")
+    return arr
 
 
 def _mapped(fd: int, at: int, nbytes: int, shape: tuple, dtype) -> np.ndarray:
@@ -176,16 +253,25 @@ class Reader:
     with :meth:`close` or a ``with`` block. Manifests are read when it opens; a sample not found
     is looked for again (a build in another process may have committed it since). Shards open on
     their first read. Safe to share between the threads of one process.
+
+    Args:
+        expect: ``{id_key(source id): input digest}`` of the reader's source rows: a stored sample
+            built from another row (another table sharing the root) raises :class:`StaleSampleError`
+            instead of being served. Without it any stored row is served.
+        verify: check every array row read against its stored checksums (stores built with ``checksum``);
+            table cells are checked when a shard opens either way.
     """
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, *, expect: dict | None = None, verify: bool = True):
         self.path = pathlib.Path(path)
+        self._expect = expect
+        self._verify = verify
         self._lock = threading.RLock()
         self._start()
 
     def __reduce__(self):
         # handles never travel: the receiving process opens the store itself
-        return (Reader, (str(self.path),))
+        return (_reopen, (str(self.path), self._expect, self._verify))
 
     def __repr__(self) -> str:
         return f"Reader({str(self.path)!r})"
@@ -204,6 +290,7 @@ class Reader:
         self._owner: dict[str, str] = {}  # output id key -> id key of the source sample that produced it
         self._clashes: dict[str, tuple] = {}  # output id key -> (output id, first source id, other source id)
         self.bad: dict[str, str] = {}  # shard file -> what is wrong with it
+        self.warned: set = set()  # shards a user of this reader has warned about already
         self._scan()
 
     def _own(self) -> None:
@@ -237,6 +324,9 @@ class Reader:
             if size != manifest["size"]:
                 self.bad[name] = f"truncated: {size} bytes on disk, {manifest['size']} committed"
                 continue
+            if (self.path / (name + MARK)).exists():
+                # indexed all the same: a read of its samples names the shard as damaged, not as missing
+                self.bad[name] = "found damaged by an earlier read or verify"
             new.append((manifest["seq"], name, manifest))
         for _, name, manifest in sorted(new, key=lambda t: (t[0], t[1])):
             self._shards[name] = _Shard(str(self.path / name), manifest)
@@ -340,23 +430,57 @@ class Reader:
             why = "was dropped by the static pipeline" if e is not None else "is not in the cache; run cache.build()"
             raise NotCachedError(f"sample {sid!r} {why} (store {self.path})")
         name, row = loc
+        if self._expect is not None:
+            src = self._owner[k]
+            want = self._expect.get(src)
+            if want is not None and self._entries[src]["digest"] != want:
+                if retry:
+                    # a build from this reader's rows may have committed since (the store is shared)
+                    self._scan()
+                    return self._read(sid, keys, retry=False)
+                raise StaleSampleError(
+                    f"sample {sid!r}: the row stored in shard {name} was built from another source row than "
+                    f"this reader's (another table sharing the cache root?); not served (store {self.path})",
+                    sample_id=sid,
+                    shard=name,
+                )
+        if name in self.bad:
+            raise DamagedSampleError(
+                f"sample {sid!r}: shard {name} is damaged ({self.bad[name]}); rebuild with cache.build() "
+                f"(store {self.path})",
+                sample_id=sid,
+                shard=name,
+            )
         shard = self._shards[name]
         try:
             if not shard.loaded:
                 with self._lock:  # two threads (a prefetcher and the main one) may open the same shard at once
                     if not shard.loaded:
-                        shard.load()
+                        shard.load(self._verify)
             return shard.read(row, keys)
         except FileNotFoundError:
             if retry:
                 # a build in another process rebuilt every sample of this shard and deleted it: look again
                 self._reset()
                 return self._read(sid, keys, retry=False)
-            raise NotCachedError(f"sample {sid!r} is not in the cache any more (store {self.path})") from None
-        except OSError as exc:
-            self.bad[name] = str(exc)
             raise NotCachedError(
-                f"sample {sid!r}: shard {name} is damaged ({exc}); rebuild with cache.build()"
+                f"sample {sid!r} is not in the cache any more (store {self.path})", sample_id=sid, shard=name
+            ) from None
+        except MemoryError:
+            raise  # the process's trouble, not the shard's
+        except Exception as exc:
+            # OSError: truncated or unreadable; anything else (h5py's RuntimeError, KeyError): damaged HDF5
+            # metadata, or a row that fails its checksum. Marked, so the next build rebuilds the shard.
+            why = f"{type(exc).__name__}: {exc}" if not isinstance(exc, (OSError, _CorruptRow)) else str(exc)
+            with self._lock:
+                self.bad[name] = why
+                shard.close()
+            if not isinstance(exc, OSError):  # an OSError may pass (EMFILE); damage that lasts, the build finds
+                mark_damaged(self.path, name, why)
+            raise DamagedSampleError(
+                f"sample {sid!r}: shard {name} is damaged ({why}); rebuild with cache.build() (store {self.path})",
+                sample_id=sid,
+                shard=name,
             ) from exc
 
     def close(self) -> None:
@@ -372,6 +496,10 @@ class Reader:
         with self._lock:
             self.close()
             self._start()
+
+
+def _reopen(path: str, expect: dict | None, verify: bool) -> Reader:
+    return Reader(path, expect=expect, verify=verify)
 
 
 class ReaderSlot:
@@ -405,65 +533,3 @@ class ReaderSlot:
             if self._reader is None or self._pid != pid:
                 self._reader, self._pid = open_reader(), pid
             return self._reader
-
-
-# ------------------------------------------------------------------------ inspection
-
-
-def is_store(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is a store directory (it holds ``store.json``)."""
-    return (pathlib.Path(path) / "store.json").is_file()
-
-
-def verify_store(path: str | os.PathLike, deep: bool = False) -> list[str]:
-    """Problems found in the store at ``path`` (empty when sound): size, HDF5 structure, with ``deep`` CRC32.
-
-    Needs no pipeline, so ``fusefn cache verify`` can check any store on disk.
-    """
-    import h5py
-
-    path = pathlib.Path(path)
-    problems = []
-    for mpath in sorted(path.glob("shard-*.json")):
-        try:
-            manifest = json.loads(mpath.read_text())
-            h5 = path / manifest["file"]
-        except (OSError, ValueError, KeyError) as exc:
-            problems.append(f"{mpath.name}: unreadable manifest ({exc})")
-            continue
-        if not h5.exists():
-            problems.append(f"{h5.name}: missing")
-            continue
-        if h5.stat().st_size != manifest["size"]:
-            problems.append(f"{h5.name}: truncated")
-            continue
-        try:
-            with h5py.File(h5, "r", locking=False) as f:
-                if f.attrs["n"] != manifest["n_rows"]:
-                    problems.append(f"{h5.name}: {f.attrs['n']} rows, manifest says {manifest['n_rows']}")
-        except Exception as exc:
-            problems.append(f"{h5.name}: unreadable ({exc})")
-            continue
-        if deep and "crc32" in manifest and crc32(h5) != manifest["crc32"]:
-            problems.append(f"{h5.name}: checksum mismatch")
-    return problems
-
-
-def store_info(path: str | os.PathLike) -> dict:
-    """What a store holds: its description, sample counts by status, shards and bytes on disk."""
-    path = pathlib.Path(path)
-    if not is_store(path):
-        raise FusefnError(f"{path} is not a fusefn cache store (no store.json)")
-    with Reader(path) as reader:
-        counts: dict[str, int] = {}
-        for e in reader.entries():
-            counts[e["status"]] = counts.get(e["status"], 0) + 1
-        return {
-            "path": str(path),
-            "store": json.loads((path / "store.json").read_text()),
-            "samples": counts,
-            "outputs": len(reader),
-            "shards": len(reader.shards()),
-            "damaged": dict(reader.bad),
-            "bytes": sum(f.stat().st_size for f in path.iterdir() if f.is_file()),
-        }
