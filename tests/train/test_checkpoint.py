@@ -70,6 +70,45 @@ def test_failed_write_keeps_previous_checkpoint(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temp file left behind
 
 
+@pytest.mark.slow
+def test_a_real_full_disk_names_the_path_and_keeps_the_previous_checkpoint(tmp_path):
+    import subprocess
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs")
+    try:
+        state, _ = _state()
+        path = disk / "checkpoints" / "last.pt"
+        save_checkpoint(path, state)
+        before = path.read_bytes()
+        big = state.replace(params={"w": torch.zeros(512, 1024)}, step=8)  # 2 MiB: more than the disk holds
+        with pytest.raises(CheckpointError, match=rf"{path.parent}.*(No space|space)"):
+            save_checkpoint(path, big)
+        assert path.read_bytes() == before
+        assert [p.name for p in path.parent.iterdir()] == ["last.pt"]  # no temporary left
+        assert load_checkpoint(path)["state"].step == 7
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def test_fit_sweeps_the_temporary_a_killed_save_left(tmp_path, cnn):
+    from fusefn.losses import CrossEntropy
+    from fusefn.train import LoaderSettings, fit
+
+    stray = tmp_path / "m" / "checkpoints" / ".last.pt.abc123.tmp"
+    stray.parent.mkdir(parents=True)
+    stray.write_bytes(b"half a checkpoint")
+    batch = {"data": {"input": {"img": torch.rand(4, 1, 8, 8)}, "gt": {"label": torch.tensor([0, 1, 0, 1])}}}
+    losses = {"ce": CrossEntropy(pred="model.head_0.logits", target="data.gt.label")}
+    settings = LoaderSettings(shuffle=False)
+    fit(cnn, losses, optim.sgd(0.1), [batch], model_dir=tmp_path / "m", epochs=1, progress=False, loader=settings)
+    assert not stray.exists()
+
+
 def test_unwritable_dir_is_a_checkpoint_error(tmp_path):
     state, _ = _state()
     blocker = tmp_path / "file"

@@ -232,6 +232,9 @@ def _prepare(model_dir: pathlib.Path) -> None:
         raise CheckpointError(f"cannot create model_dir {model_dir}: {e.strerror or e}") from e
     if not os.access(model_dir, os.W_OK):
         raise CheckpointError(f"model_dir {model_dir} is not writable; choose another directory")
+    # a process killed while writing a checkpoint leaves its temporary file (one run writes a model_dir at a time)
+    for stray in [*model_dir.glob(".*.tmp"), *(model_dir / "checkpoints").glob(".*.tmp")]:
+        stray.unlink(missing_ok=True)
 
 
 def _metrics_by_mode(metrics, train_metrics, validation_metrics, validation: bool) -> dict:
