@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import functools
+import glob
 import os
 import pathlib
 import secrets
@@ -39,7 +40,7 @@ from collections.abc import Iterable, Iterator
 
 from fusefn.errors import FusefnError
 
-__all__ = ["SET_MARKER", "atomic_dir", "atomic_path", "write_bytes"]
+__all__ = ["SET_MARKER", "atomic_dir", "atomic_path", "sweep_temporaries", "write_bytes"]
 
 SET_MARKER = ".fusefn-set"
 """The file :func:`atomic_dir` leaves in each output set: the names the set holds, one a line."""
@@ -132,6 +133,18 @@ def write_bytes(path: str | os.PathLike, data: bytes, *, durable: bool = False) 
     """Write ``data`` to ``path`` atomically."""
     with atomic_path(path, durable=durable) as tmp:
         tmp.write_bytes(data)
+
+
+def sweep_temporaries(folder: str | os.PathLike, name: str | None = None) -> None:
+    """Remove the temporary files :func:`atomic_path` writers killed mid-write left in ``folder``.
+
+    Only those of ``name`` when given (else all). Call it where one writer owns the folder
+    (one build under its lock, one run per model dir): a live writer's temporary would go too.
+    """
+    pattern = f".{glob.escape(name)}.*.tmp" if name is not None else ".*.tmp"
+    with contextlib.suppress(OSError):
+        for stray in pathlib.Path(folder).glob(pattern):
+            stray.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------------------- output sets

@@ -24,6 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from fusefn import keys, nd, optim
+from fusefn._atomic import sweep_temporaries
 from fusefn.core import Rng, fingerprint, to_config
 from fusefn.errors import ConfigError, FusefnError
 from fusefn.losses import InvalidTargetError
@@ -233,8 +234,8 @@ def _prepare(model_dir: pathlib.Path) -> None:
     if not os.access(model_dir, os.W_OK):
         raise CheckpointError(f"model_dir {model_dir} is not writable; choose another directory")
     # a process killed while writing a checkpoint leaves its temporary file (one run writes a model_dir at a time)
-    for stray in [*model_dir.glob(".*.tmp"), *(model_dir / "checkpoints").glob(".*.tmp")]:
-        stray.unlink(missing_ok=True)
+    sweep_temporaries(model_dir)
+    sweep_temporaries(model_dir / "checkpoints")
 
 
 def _metrics_by_mode(metrics, train_metrics, validation_metrics, validation: bool) -> dict:

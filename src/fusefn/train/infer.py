@@ -33,7 +33,6 @@ import logging
 import os
 import pathlib
 from collections.abc import Mapping, Sequence
-from glob import escape as glob_escape
 from typing import Any
 
 import numpy as np
@@ -41,7 +40,7 @@ import polars as pl
 import torch
 
 from fusefn import keys, nd
-from fusefn._atomic import atomic_path
+from fusefn._atomic import atomic_path, sweep_temporaries
 from fusefn.data.visualize import safe_name
 from fusefn.errors import ConfigError, SampleError
 from fusefn.train.batches import default_collate, epoch_batches, is_map_dataset
@@ -177,21 +176,14 @@ def _h5_image(big: Mapping[str, list], ids: list, failed: list) -> bytes:
     return buf.getvalue()
 
 
-def _sweep(paths) -> None:
-    """Temporary files a killed run left beside ``paths`` (``.<name>.<random>.tmp``, see :mod:`fusefn._atomic`)."""
-    for path in paths:
-        with contextlib.suppress(OSError):
-            for stray in path.parent.glob(f".{glob_escape(path.name)}.*.tmp"):
-                stray.unlink(missing_ok=True)
-
-
 def _write_set(files: Mapping[pathlib.Path, bytes | None]) -> None:
     """Write ``{path: bytes}`` as a set: all to temporary files, then renamed in (the first path last).
 
     A path whose value is ``None`` is not part of the new set: an earlier run's file there is removed
     once the set is in place. On a failure nothing is renamed and the temporary files are removed.
     """
-    _sweep(files)
+    for path in files:  # left by a killed run
+        sweep_temporaries(path.parent, path.name)
     with contextlib.ExitStack() as staged:  # exits in reverse: the first path is renamed in last
         for path, data in files.items():
             if data is not None:

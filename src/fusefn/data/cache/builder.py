@@ -32,7 +32,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 from fusefn import keys, nd
-from fusefn._atomic import atomic_path, write_bytes
+from fusefn._atomic import atomic_path, sweep_temporaries, write_bytes
 from fusefn.core import record
 from fusefn.data.cache.check import shard_problems
 from fusefn.data.cache.inputs import id_key, input_digest, unique_outputs
@@ -472,7 +472,8 @@ def _report(store: Reader, samples, todo, manifests, repaired, t0) -> BuildRepor
 
 
 def _sweep_temporaries(store_dir: pathlib.Path) -> None:
-    for tmp in [*store_dir.glob(".tmp-*"), *store_dir.glob(".*.tmp")]:
+    sweep_temporaries(store_dir)
+    for tmp in store_dir.glob(".tmp-*"):  # the naming of stores written before fusefn._atomic
         tmp.unlink(missing_ok=True)
 
 
