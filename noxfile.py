@@ -28,7 +28,17 @@ def lint(session: nox.Session) -> None:
 
 
 # The peers the benchmarks compare against: installed only in the bench session, never a dependency of fusefn.
-BENCH_PEERS = ["fuse-med-ml==0.4.1", "monai==1.6.1", "torchmetrics", "pytest", "scikit-image", "nibabel"]
+BENCH_PEERS = [
+    "fuse-med-ml==0.4.1",
+    "monai==1.6.1",
+    "torchmetrics",
+    "pytest",
+    "scikit-image",
+    "nibabel",
+    "SimpleITK",
+    "torchio",
+    "pydicom",
+]
 
 
 @nox.session(venv_params=VENV)
@@ -49,7 +59,8 @@ def bench(session: nox.Session) -> None:
     # a reused venv that already has the pinned peers skips pip's slow resolve of their large dependency tree
     check = (
         "import importlib.metadata as m\n"
-        "want = {'fuse-med-ml': '0.4.1', 'monai': '1.6.1', 'torchmetrics': None, 'scikit-image': None}\n"
+        "want = {'fuse-med-ml': '0.4.1', 'monai': '1.6.1', 'torchmetrics': None, 'scikit-image': None, "
+        "'SimpleITK': None, 'torchio': None}\n"
         "def ok(d, v):\n"
         "    try:\n"
         "        return v is None or m.version(d) == v\n"
@@ -59,4 +70,11 @@ def bench(session: nox.Session) -> None:
     )
     if "peers: ok" not in str(session.run("python", "-c", check, silent=True)):
         session.install("-c", str(constraints), *BENCH_PEERS)
+    # a peer may pull a torchvision built for CUDA torch, which fails to load next to the CPU wheel and breaks
+    # every import of torchmetrics; none of the compared code paths needs torchvision, so drop a broken one
+    probe = "import importlib.util, torch\nif importlib.util.find_spec('torchvision'):\n    import torchvision.ops"
+    try:
+        session.run("python", "-c", probe, silent=True)
+    except Exception:
+        session.run("pip", "uninstall", "-y", "torchvision")
     session.run("python", "bench/run.py", *session.posargs)

@@ -1,4 +1,4 @@
-"""Augmentation: the default image pipeline, 2D (256 × 1×256×256) and 3D (64 × 1×96³) (issue 4).
+"""Augmentation: the default image pipeline, 2D (256 × 1×256×256) and 3D (64 × 1×96³) (issues 4, 16).
 
 All systems augment the same float32 images in [0, 1] (a fixed seeded stack); figures are images per second over the
 whole stack. The systems alternate every repetition (after two warm-up rounds), so load changes hit them alike.
@@ -19,12 +19,22 @@ Systems and settings:
   (contrast ±0.15), ``RandGaussianNoised`` (std 0.03), each intensity transform with p 0.5; other arguments at their
   defaults (metadata tracking on). MONAI has no clip-to-[0, 1] step in this chain.
 - fusefn: ``fusefn.augment.default_image_pipeline`` (and its 3D counterpart) on the whole batch, eager; plus the same
-  with the apply step compiled (``torch.compile(fullgraph=True)``, not in ``--quick``).
+  with the apply step compiled (``torch.compile(fullgraph=True)``, not in ``--quick``), and the fixed-shape
+  ``apply_fixed`` a compiled train step runs (issue 16), compiled the same way.
+
+A third case, ``augment.3d_elastic`` (16 × 1×96³, issue 16), times an affine followed by an elastic deformation:
+fusefn's ``chain(Affine, Elastic)`` (fused: one grid, one resampling), the same two ops called one after the other
+(two resamplings, what the chain did before), and MONAI's ``Rand3DElasticd`` (also one resampling: affine and
+elastic in one grid), all with p 1, rotation ±15° per axis, scale 0.9–1.1, bilinear. FuseMedML has no 3D elastic.
+
+Environment knobs for partial runs on a busy machine: ``BENCH_AUGMENT_CASES`` (comma-separated subset of
+``2d,3d,3d_elastic``) and ``BENCH_AUGMENT_EAGER=1`` (skip the compiled rows, which take minutes to compile).
 """
 
 from __future__ import annotations
 
 import math
+import os
 import pathlib
 import random
 import sys
@@ -202,7 +212,101 @@ def fusefn_runs(imgs: torch.Tensor, device: str, compiled: bool = True):
             assert nd.get(out, KEY).shape == imgs.shape
 
         runs.append((C.FUSEFN + " (compiled apply)", compiled, "default pipeline, one batch, torch.compile(apply)"))
+    if compiled and hasattr(pipe, "apply_fixed"):
+        # what a compiled train step runs: fixed shapes (every sample computed, the unchosen put back), one graph
+        fixed_apply = torch.compile(pipe.apply_fixed, fullgraph=True)
+
+        def fixed():
+            params = pipe.fixed_params(pipe.sample_like(batch, rng=Rng(0).child(next(calls))), imgs.shape[0])
+            out = fixed_apply(batch, params)
+            assert nd.get(out, KEY).shape == imgs.shape
+
+        runs.append(
+            (C.FUSEFN + " (compiled apply_fixed)", fixed, "default pipeline, torch.compile(apply_fixed, fullgraph)")
+        )
     return runs, None
+
+
+# ---------------------------------------------------------------- affine + elastic (issue 16)
+
+
+def elastic_runs(imgs: torch.Tensor, device: str):
+    """{system: (run, settings)} for the affine-then-elastic case: fusefn fused and two-pass, MONAI."""
+    import itertools
+
+    from fusefn import Rng, nd
+    from fusefn.augment import Affine, Elastic, chain
+
+    aff = Affine(dims=3, image_keys=KEY, rotate=(-15.0, 15.0), scale=(0.9, 1.1))
+    el = Elastic(dims=3, image_keys=KEY, displacement=2.0, control_points=4)
+    fused = chain(aff, el)
+    batch = nd.assoc({}, KEY, imgs.to(device))
+    calls = itertools.count()
+
+    def one_grid():
+        out = fused(batch, rng=Rng(0).child(next(calls)))
+        assert nd.get(out, KEY).shape == imgs.shape
+
+    def two_passes():
+        rng = Rng(0).child(next(calls))
+        out = el(aff(batch, rng=rng.child(0)), rng=rng.child(1))
+        assert nd.get(out, KEY).shape == imgs.shape
+
+    systems = {
+        C.FUSEFN: (one_grid, "chain(Affine, Elastic): one composed grid, one resampling, eager"),
+        C.FUSEFN + " (two resamplings)": (two_passes, "Affine then Elastic called separately, eager"),
+    }
+    m, _ = C.peer("monai.transforms", "Rand3DElasticd")
+    if m is not None:
+        from monai import transforms as T
+
+        rot = (math.pi / 12,) * 3
+        t = T.Rand3DElasticd(
+            keys=["img"],
+            sigma_range=(5.0, 7.0),
+            magnitude_range=(50.0, 150.0),
+            prob=1.0,
+            rotate_range=rot,
+            scale_range=(0.1,) * 3,
+            mode="bilinear",
+            padding_mode="border",
+        )
+        t.set_random_state(seed=0)
+        src = imgs.to(device)
+
+        def monai_elastic():
+            for i in range(src.shape[0]):
+                out = t({"img": src[i].clone()})["img"]
+            assert out.shape[-1] == imgs.shape[-1]
+
+        systems[C.MONAI] = (monai_elastic, "Rand3DElasticd per sample (affine + elastic in one grid), prob 1")
+    return systems
+
+
+def run_elastic_case(rec: C.Recorder, args, imgs: torch.Tensor) -> None:
+    name = "augment.3d_elastic"
+    rec.skip(name, C.FUSEMEDML, "FuseMedML 0.4.1 has no 3D elastic deformation")
+    systems = elastic_runs(imgs, args.device)
+    seed_globals()
+    times = C.measure_interleaved(
+        {k: v[0] for k, v in systems.items()}, repeats=args.repeats, warmup=max(args.warmup, 1), device=args.device
+    )
+    for system, t in times.items():
+        if isinstance(t, Exception):
+            rec.skip(name, system, f"failed: {type(t).__name__}: {str(t)[:200]}")
+            continue
+        rec.add(
+            name,
+            system,
+            t,
+            figure="throughput",
+            unit="images/s",
+            n=imgs.shape[0],
+            n_unit="images",
+            rate=True,
+            device=args.device,
+            settings=systems[system][1],
+        )
 
 
 # ---------------------------------------------------------------- driver
@@ -235,7 +339,8 @@ def run_case(rec: C.Recorder, args, label: str, imgs: torch.Tensor) -> None:
                 "dict transforms per sample, documented defaults otherwise",
             )
     # compiling takes minutes on 2 cores: the quick run times the eager path only
-    runs, why = C.attempt(fusefn_runs, imgs, args.device, compiled=not args.quick)
+    eager_only = args.quick or os.environ.get("BENCH_AUGMENT_EAGER") == "1"
+    runs, why = C.attempt(fusefn_runs, imgs, args.device, compiled=not eager_only)
     if runs is None:
         rec.skip(name, C.FUSEFN, why)
     else:
@@ -271,9 +376,14 @@ def main(argv=None) -> None:
     C.setup(args)
     C.header("augment", args)
     rec = C.Recorder("augment", args)
-    n2, n3 = (64, 4) if args.quick else (256, 64)
-    run_case(rec, args, "2d", images(n2, (256, 256)))
-    run_case(rec, args, "3d", images(n3, (96, 96, 96)))
+    cases = set(os.environ.get("BENCH_AUGMENT_CASES", "2d,3d,3d_elastic").split(","))
+    n2, n3, ne = (64, 4, 2) if args.quick else (256, 64, 16)
+    if "2d" in cases:
+        run_case(rec, args, "2d", images(n2, (256, 256)))
+    if "3d" in cases:
+        run_case(rec, args, "3d", images(n3, (96, 96, 96)))
+    if "3d_elastic" in cases:
+        run_elastic_case(rec, args, images(ne, (96, 96, 96)))
 
 
 if __name__ == "__main__":

@@ -25,10 +25,16 @@ Systems and settings:
 - fusefn, no checksum: the default with ``checksum=False``, to show what the integrity checks cost at build time (by
   default every row's CRC32 is computed when it is written and every build checks the whole store).
 - fusefn, reads verified: the default with ``verify_reads=True``: every array row read is checked against its CRC32.
+
+A third case (``ct3d``) repeats the 3D one on int16 CT-like volumes (HU phantom plus scanner noise), the data a CT
+cache holds: its disk row is where compression (``fusefn, lzf``) is judged against the raw bytes (issue 20, item
+10); on the uniform random floats of the first two cases nothing compresses, and their disk rows are shown for
+reference.
 """
 
 from __future__ import annotations
 
+import functools
 import multiprocessing
 import os
 import pathlib
@@ -47,9 +53,31 @@ FUSEFN_NO_CHECKSUM = "fusefn, no checksum"
 FUSEFN_VERIFIED = "fusefn, reads verified"
 
 
-def make_array(sample_id, shape) -> np.ndarray:
-    """The shared static op: a deterministic float32 array from the sample id (cheap: one RNG fill)."""
-    return np.random.default_rng(int(sample_id)).random(shape, dtype=np.float32)
+def make_array(sample_id, shape, kind: str = "uniform") -> np.ndarray:
+    """The shared static op: a deterministic array from the sample id (cheap: one RNG fill).
+
+    ``uniform``: float32 in [0, 1), incompressible. ``ct``: an int16 CT-like phantom in Hounsfield units (air
+    outside an elliptic body, soft tissue, two lungs, a bone ring) plus per-sample scanner noise (σ 12 HU), the
+    kind of volume a CT cache holds: compressible, as real scans are.
+    """
+    gen = np.random.default_rng(int(sample_id))
+    if kind == "uniform":
+        return gen.random(shape, dtype=np.float32)
+    noise = gen.normal(0.0, 12.0, size=shape).astype(np.int16)
+    return _ct_phantom(tuple(shape)) + noise
+
+
+@functools.lru_cache(maxsize=4)
+def _ct_phantom(shape: tuple) -> np.ndarray:
+    *_, h, w = shape
+    y, x = np.mgrid[-1 : 1 : h * 1j, -1 : 1 : w * 1j]
+    body = (x / 0.9) ** 2 + (y / 0.7) ** 2
+    plane = np.full((h, w), -1000, np.int16)
+    plane[body < 1.0] = 40
+    plane[(body < 1.0) & (body > 0.85)] = 700
+    for cx in (-0.4, 0.4):
+        plane[((x - cx) / 0.3) ** 2 + (y / 0.45) ** 2 < 1.0] = -800
+    return np.broadcast_to(plane, shape).copy()
 
 
 def disk_bytes(path: pathlib.Path) -> int:
@@ -74,7 +102,7 @@ def clean(path: pathlib.Path) -> None:
 # ---------------------------------------------------------------- FuseMedML
 
 
-def fusemedml_system(shape, ids, root: pathlib.Path):
+def fusemedml_system(shape, ids, root: pathlib.Path, kind: str = "uniform"):
     from fuse.data.datasets.caching.samples_cacher import SamplesCacher
     from fuse.data.datasets.dataset_default import DatasetDefault
     from fuse.data.ops.op_base import OpBase
@@ -83,7 +111,7 @@ def fusemedml_system(shape, ids, root: pathlib.Path):
 
     class OpMakeArray(OpBase):
         def __call__(self, sample_dict, key: str, shape: tuple):
-            sample_dict[key] = make_array(get_sample_id(sample_dict), shape)
+            sample_dict[key] = make_array(get_sample_id(sample_dict), shape, kind)
             return sample_dict
 
     # the op class must be importable by name in the worker processes (fork start method: it is inherited)
@@ -103,7 +131,7 @@ def fusemedml_system(shape, ids, root: pathlib.Path):
         for i in order:
             x = ds[int(i)][KEY]
             total += float(x.sum())
-        assert x.shape == shape and total > 0
+        assert x.shape == shape and total != 0
 
     return build, read
 
@@ -115,14 +143,14 @@ def _count(batch):
     return len(batch)
 
 
-def monai_system(shape, ids, root: pathlib.Path):
+def monai_system(shape, ids, root: pathlib.Path, kind: str = "uniform"):
     import torch
     from monai.data import DataLoader, PersistentDataset
     from monai.transforms import Transform
 
     class MakeArrayd(Transform):
         def __call__(self, data):
-            return {"id": data["id"], "img": torch.from_numpy(make_array(data["id"], shape))}
+            return {"id": data["id"], "img": torch.from_numpy(make_array(data["id"], shape, kind))}
 
     state = {}
 
@@ -138,7 +166,7 @@ def monai_system(shape, ids, root: pathlib.Path):
         for i in order:
             x = ds[int(i)]["img"]
             total += float(x.sum())
-        assert tuple(x.shape) == shape and total > 0
+        assert tuple(x.shape) == shape and total != 0
 
     return build, read
 
@@ -147,11 +175,11 @@ def monai_system(shape, ids, root: pathlib.Path):
 
 
 def _h5_make(args):
-    i, shape = args
-    return i, make_array(i, shape)
+    i, shape, kind = args
+    return i, make_array(i, shape, kind)
 
 
-def h5py_system(shape, ids, root: pathlib.Path):
+def h5py_system(shape, ids, root: pathlib.Path, kind: str = "uniform"):
     import h5py
 
     path = root / "plain.h5"
@@ -160,8 +188,9 @@ def h5py_system(shape, ids, root: pathlib.Path):
     def build():
         ctx = multiprocessing.get_context("fork")
         with ctx.Pool(2) as pool, h5py.File(path, "w") as f:
-            ds = f.create_dataset("x", shape=(len(ids), *shape), dtype="float32", chunks=(1, *shape))
-            for i, arr in pool.imap(_h5_make, [(int(i), shape) for i in ids], chunksize=8):
+            dtype = "float32" if kind == "uniform" else "int16"
+            ds = f.create_dataset("x", shape=(len(ids), *shape), dtype=dtype, chunks=(1, *shape))
+            for i, arr in pool.imap(_h5_make, [(int(i), shape, kind) for i in ids], chunksize=8):
                 ds[i] = arr
 
     def read(order):
@@ -172,7 +201,7 @@ def h5py_system(shape, ids, root: pathlib.Path):
         for i in order:
             x = ds[int(i)]
             total += float(x.sum())
-        assert x.shape == shape and total > 0
+        assert x.shape == shape and total != 0
 
     def close():
         if "f" in state:
@@ -184,12 +213,14 @@ def h5py_system(shape, ids, root: pathlib.Path):
 # ---------------------------------------------------------------- fusefn
 
 
-def fusefn_system(shape, ids, root: pathlib.Path, compression=None, checksum=True, verify_reads=False):
+def fusefn_system(
+    shape, ids, root: pathlib.Path, compression=None, checksum=True, verify_reads=False, kind: str = "uniform"
+):
     """fusefn's side, or the reason it is not there yet."""
     cache_mod, why = C.optional_import("fusefn.data.cache", "H5Cache")
     if cache_mod is None:
         return None, why
-    op = MakeArray(key=KEY, shape=tuple(shape))
+    op = MakeArray(key=KEY, shape=tuple(shape), kind=kind)
     state = {}
 
     def build():
@@ -215,7 +246,7 @@ def fusefn_system(shape, ids, root: pathlib.Path, compression=None, checksum=Tru
         for i in order:
             x = reader.read(int(i))["data"]["input"]["img"]
             total += float(x.sum())
-        assert x.shape == shape and total > 0
+        assert x.shape == shape and total != 0
 
     def close():
         if "reader" in state:
@@ -236,9 +267,10 @@ try:
 
         key: str
         shape: tuple = attrs.field(converter=tuple)
+        kind: str = "uniform"
 
         def __call__(self, sample):
-            return nd.assoc(sample, self.key, make_array(nd.get(sample, "data.sample_id"), self.shape))
+            return nd.assoc(sample, self.key, make_array(nd.get(sample, "data.sample_id"), self.shape, self.kind))
 
 except ImportError:  # fusefn is not installed: its rows are skipped
     MakeArray = None
@@ -247,10 +279,12 @@ except ImportError:  # fusefn is not installed: its rows are skipped
 # ---------------------------------------------------------------- driver
 
 
-def run_case(rec: C.Recorder, args, label: str, shape: tuple, n: int, workdir: pathlib.Path) -> None:
+def run_case(
+    rec: C.Recorder, args, label: str, shape: tuple, n: int, workdir: pathlib.Path, kind: str = "uniform"
+) -> None:
     ids = list(range(n))
     order = np.random.default_rng(0).permutation(n)
-    raw = n * int(np.prod(shape)) * 4
+    raw = n * int(np.prod(shape)) * (4 if kind == "uniform" else 2)
     rec.add_value(f"cache.disk.{label}", "raw array bytes", raw / 1e6, figure="disk use", unit="MB", n=n)
     systems = []
 
@@ -260,7 +294,7 @@ def run_case(rec: C.Recorder, args, label: str, shape: tuple, n: int, workdir: p
     else:
         root = workdir / f"fuse_{label}"
         systems.append(
-            (C.FUSEMEDML, root, *fusemedml_system(shape, ids, root), None, "SamplesCacher(workers=2) defaults")
+            (C.FUSEMEDML, root, *fusemedml_system(shape, ids, root, kind), None, "SamplesCacher(workers=2) defaults")
         )
 
     m, why = C.peer("monai.data", "PersistentDataset")
@@ -272,33 +306,33 @@ def run_case(rec: C.Recorder, args, label: str, shape: tuple, n: int, workdir: p
             (
                 C.MONAI,
                 root,
-                *monai_system(shape, ids, root),
+                *monai_system(shape, ids, root, kind),
                 None,
                 "PersistentDataset defaults, DataLoader(num_workers=2)",
             )
         )
 
     root = workdir / f"h5py_{label}"
-    b, r, close = h5py_system(shape, ids, root)
+    b, r, close = h5py_system(shape, ids, root, kind)
     systems.append((C.H5PY, root, b, r, close, "one (n, *shape) dataset, one chunk per sample, no compression"))
 
     root = workdir / f"fusefn_{label}"
-    sides, why = C.attempt(fusefn_system, shape, ids, root)
+    sides, why = C.attempt(fusefn_system, shape, ids, root, kind=kind)
     if sides is None:
         rec.skip(f"cache.*.{label}", C.FUSEFN, why)
     else:
         systems.append((C.FUSEFN, root, *sides, "H5Cache(workers=2) defaults, read with H5Cache.open().read"))
         # the disk-for-speed trade: on this incompressible data only compression gets under the raw bytes
         root = workdir / f"fusefn_lzf_{label}"
-        sides, _ = C.attempt(fusefn_system, shape, ids, root, compression="lzf")
+        sides, _ = C.attempt(fusefn_system, shape, ids, root, compression="lzf", kind=kind)
         systems.append((FUSEFN_LZF, root, *sides, 'H5Cache(workers=2, compression="lzf"), shuffled bytes'))
         # what the integrity checks (on by default) cost: the same store without them
         root = workdir / f"fusefn_nosum_{label}"
-        sides, _ = C.attempt(fusefn_system, shape, ids, root, checksum=False)
+        sides, _ = C.attempt(fusefn_system, shape, ids, root, checksum=False, kind=kind)
         systems.append((FUSEFN_NO_CHECKSUM, root, *sides, "H5Cache(workers=2, checksum=False)"))
         # what checking every array row on read costs (off by default; every build checks the whole store)
         root = workdir / f"fusefn_verified_{label}"
-        sides, _ = C.attempt(fusefn_system, shape, ids, root, verify_reads=True)
+        sides, _ = C.attempt(fusefn_system, shape, ids, root, verify_reads=True, kind=kind)
         systems.append((FUSEFN_VERIFIED, root, *sides, "H5Cache(workers=2, verify_reads=True)"))
 
     for system, root, build, read, close, settings in systems:
@@ -356,6 +390,7 @@ def main(argv=None) -> None:
     try:
         run_case(rec, args, "2d", (1, 256, 256), n2, workdir)
         run_case(rec, args, "3d", (1, 64, 128, 128), n3, workdir)
+        run_case(rec, args, "ct3d", (1, 64, 128, 128), n3, workdir, kind="ct")
     finally:
         if own:
             shutil.rmtree(workdir, ignore_errors=True)

@@ -8,6 +8,19 @@ binary groupings and computing the three averaged Dice values. ``--quick`` takes
   ``MetricDice`` metrics whose ``pre_collect_process_func`` builds the binary masks, as the example writes them.
 - fusefn: one ``fusefn.metrics.Dice(classes=((1, 2, 3), (2, 3), (2,)))`` reducer over the integer label maps,
   updated with one volume at a time.
+
+Row ``metrics.seg3d.all`` (issue 15): every segmentation metric of the three label groups on the same volumes,
+distances in mm (spacing = column norms of each file's affine), NSD at τ = 2 mm; from the integer label maps in
+memory to the per-volume values.
+
+- fusefn: ``fusefn.metrics.segmentation.case_scores`` per volume: Dice, IoU, HD95, ASSD, NSD, volumes and their
+  difference (MONAI's definitions; one surface extraction per class and mask, one KD-tree per surface).
+- MONAI 1.6.1: ``DiceMetric``, ``MeanIoU``, ``HausdorffDistanceMetric(percentile=95)``,
+  ``SurfaceDistanceMetric(symmetric=True)`` and ``SurfaceDiceMetric([2.0] * 3)`` with ``spacing=``, over the three
+  group masks stacked as channels (``include_background=True``); building the channels is timed. MONAI has no
+  volume difference.
+- FuseMedML 0.4.1: all it offers in 3D of that list — ``MetricDice`` and ``MetricIouJaccard`` through
+  ``EvaluatorDefault`` as in its example (its only Hausdorff, ``Metric2DHausdorff``, is 2D only; it has no ASSD/NSD).
 """
 
 from __future__ import annotations
@@ -97,6 +110,143 @@ def fusefn_dice(vols):
     return (run, out), None
 
 
+TAU = 2.0
+
+
+def fusefn_all(vols):
+    seg, why = C.optional_import("fusefn.metrics.segmentation", "case_scores")
+    if seg is None:
+        return None, why
+    out = {}
+
+    def run():
+        res = [seg.case_scores(p, r, tuple(GROUPS.values()), spacing=sp, tolerance=TAU) for _sid, p, r, sp in vols]
+        out["value"] = _summary([[[v[k][m] for k in v] for m in ("dice", "hd95", "assd", "nsd")] for v in res])
+
+    return (run, out), None
+
+
+def _summary(per_volume) -> list:
+    """Mean over volumes of [dice, hd95, assd, nsd] per group, rounded: the systems' values side by side."""
+    a = np.asarray(per_volume, dtype=np.float64)  # (volumes, 4 metrics, 3 groups)
+    return np.round(a.mean(axis=0), 4).tolist()
+
+
+def monai_all(vols):
+    import torch
+    from monai.metrics import DiceMetric, HausdorffDistanceMetric, MeanIoU, SurfaceDiceMetric, SurfaceDistanceMetric
+
+    out = {}
+
+    def run():
+        rows = []
+        for _sid, p, r, sp in vols:
+            yp = torch.from_numpy(np.stack([np.isin(p, g) for g in GROUPS.values()])[None])
+            yr = torch.from_numpy(np.stack([np.isin(r, g) for g in GROUPS.values()])[None])
+            s = list(sp)
+            d = DiceMetric(include_background=True, reduction="none")(yp, yr)
+            MeanIoU(include_background=True, reduction="none")(yp, yr)
+            h = HausdorffDistanceMetric(include_background=True, percentile=95, reduction="none")(yp, yr, spacing=s)
+            a = SurfaceDistanceMetric(include_background=True, symmetric=True, reduction="none")(yp, yr, spacing=s)
+            n = SurfaceDiceMetric([TAU] * 3, include_background=True, reduction="none")(yp, yr, spacing=s)
+            rows.append([t[0].tolist() for t in (d, h, a, n)])
+        out["value"] = _summary(rows)
+
+    return run, out
+
+
+def fusemedml_overlap(vols):
+    from fuse.eval.evaluator import EvaluatorDefault
+    from fuse.eval.metrics.segmentation.metrics_segmentation_common import MetricDice, MetricIouJaccard
+
+    out = {}
+
+    def run():
+        def data_iter():
+            for sid, pred, label, _sp in vols:
+                yield {"id": sid, "pred.array": pred, "label.array": label}
+
+        metrics = {}
+        for g in GROUPS:
+            for kind, cls in (("dice", MetricDice), ("iou", MetricIouJaccard)):
+                metrics[f"{kind}_{g}"] = cls(
+                    pred=f"pred.array_{g}", target=f"label.array_{g}", pre_collect_process_func=_pre_collect(g)
+                )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            res = EvaluatorDefault().eval(ids=None, data=data_iter(), batch_size=1, metrics=metrics)
+        out["value"] = [round(float(res[f"metrics.dice_{g}.average"]), 4) for g in GROUPS]
+
+    return run, out
+
+
+def load_geometry(stride: int):
+    import nibabel as nib
+
+    spacing = {}
+    for p in sorted((SEG / "predicted").glob("*.nii.gz")):
+        a = nib.load(SEG / "labeled" / p.name.split(".")[0] / "seg.nii.gz").affine
+        spacing[p.name.split(".")[0]] = tuple(float(x) * stride for x in np.linalg.norm(a[:3, :3], axis=0))
+    return spacing
+
+
+def all_metrics_rows(rec, args, vols) -> None:
+    spacing = load_geometry(2 if args.quick else 1)
+    vols = [(sid, p, r, spacing[sid]) for sid, p, r in vols]
+    voxels = sum(v[1].size for v in vols)
+    name = "metrics.seg3d.all"
+    common = {"figure": "time", "unit": "s", "n": voxels, "n_unit": "voxels"}
+    sides, why = C.attempt(fusefn_all, vols)
+    if sides is None:
+        rec.skip(name, C.FUSEFN, why)
+    else:
+        with C.guard(rec, name, C.FUSEFN):
+            run, out = sides
+            t = C.measure(run, repeats=args.repeats, warmup=args.warmup)
+            rec.add(
+                name,
+                C.FUSEFN,
+                t,
+                **common,
+                extra={"value": out["value"]},
+                settings="case_scores per volume, all metrics, τ = 2 mm",
+            )
+            print("  fusefn [dice, hd95, assd, nsd] × groups:", out["value"])
+    m, why = C.peer("monai.metrics", "SurfaceDiceMetric")
+    if m is None:
+        rec.skip(name, C.MONAI, why)
+    else:
+        with C.guard(rec, name, C.MONAI):
+            run, out = monai_all(vols)
+            # minutes per repetition: no untimed warm-up (nothing in it is compiled or cached)
+            t = C.measure(run, repeats=args.repeats, warmup=0)
+            rec.add(
+                name,
+                C.MONAI,
+                t,
+                **common,
+                extra={"value": out["value"]},
+                settings="Dice, MeanIoU, HD95, symmetric ASSD, SurfaceDice(τ = 2 mm) metrics with spacing, CPU",
+            )
+            print("  MONAI [dice, hd95, assd, nsd] × groups:", out["value"])
+    m, why = C.peer("fuse.eval.metrics.segmentation.metrics_segmentation_common", "MetricIouJaccard")
+    if m is None:
+        rec.skip(name, C.FUSEMEDML, why)
+    else:
+        with C.guard(rec, name, C.FUSEMEDML):
+            run, out = fusemedml_overlap(vols)
+            t = C.measure(run, repeats=args.repeats, warmup=min(args.warmup, 1))
+            rec.add(
+                name,
+                C.FUSEMEDML,
+                t,
+                **common,
+                extra={"value": out["value"]},
+                settings="MetricDice + MetricIouJaccard (all its 3D metrics of the list), batch_size=1",
+            )
+            print("  FuseMedML Dice:", out["value"])
+
+
 def main(argv=None) -> None:
     args = C.parse_args(__doc__.splitlines()[0], argv)
     C.setup(args)
@@ -146,6 +296,7 @@ def main(argv=None) -> None:
                 settings="Dice(classes=3 label groups), one volume per update",
             )
             print("  fusefn Dice:", out["value"])
+    all_metrics_rows(rec, args, vols)
 
 
 if __name__ == "__main__":

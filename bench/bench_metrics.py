@@ -78,6 +78,9 @@ def fusefn_ci(n_boot: int):
     return (run, out), None
 
 
+FUSEFN_BLOCKS = "fusefn tie-block path (before)"
+
+
 def auc_data(n: int):
     rng = np.random.default_rng(0)
     score = rng.random(n, dtype=np.float32)
@@ -156,43 +159,49 @@ def main(argv=None) -> None:
         n_unit="scores",
         settings="roc_auc_score defaults",
     )
+    # torchmetrics and fusefn (now and its previous tie-block path) alternate every repetition: the ratio is close
+    fns, settings = {}, {}
     tm, why = C.peer("torchmetrics.functional.classification", "binary_auroc")
     if tm is None:
         rec.skip(name, C.TORCHMETRICS, why)
     else:
-        with C.guard(rec, name, C.TORCHMETRICS):
-            import torch
+        import torch
 
-            ts, tl = torch.from_numpy(score), torch.from_numpy(label)
+        ts, tl = torch.from_numpy(score), torch.from_numpy(label)
 
-            def tmf():
-                val["tm"] = float(tm.binary_auroc(ts, tl))
+        def tmf():
+            val["tm"] = float(tm.binary_auroc(ts, tl))
 
-            rec.add(
-                name,
-                C.TORCHMETRICS,
-                C.measure(tmf, repeats=args.repeats, warmup=args.warmup),
-                figure="time",
-                unit="ms",
-                n=n,
-                n_unit="scores",
-                settings="binary_auroc defaults (thresholds=None: exact)",
-            )
+        fns[C.TORCHMETRICS] = tmf
+        settings[C.TORCHMETRICS] = "binary_auroc defaults (thresholds=None: exact)"
     metrics, why = C.optional_import("fusefn.metrics", "AUCROC")
     if metrics is None:
         rec.skip(name, C.FUSEFN, why)
     else:
-        with C.guard(rec, name, C.FUSEFN):
-            auc = metrics.AUCROC(pred="pred", target="target")
-            batch = {"pred": score, "target": label}
+        from fusefn.metrics import _curves
 
-            def ff():
-                val["ff"] = float(auc.compute(auc.update(auc.init(), batch)))
+        auc = metrics.AUCROC(pred="pred", target="target")
+        batch = {"pred": score, "target": label}
 
-            t = C.measure(ff, repeats=args.repeats, warmup=args.warmup)
-            rec.add(
-                name, C.FUSEFN, t, figure="time", unit="ms", n=n, n_unit="scores", settings="AUCROC init/update/compute"
-            )
+        def ff():
+            val["ff"] = float(auc.compute(auc.update(auc.init(), batch)))
+
+        def blocks():
+            # the path AUCROC took before issue 16: a stable float64 argsort, gathers and tie-block sums
+            state = auc.update(auc.init(), batch)
+            s, pos = state["pred"], state["target"] == 1
+            order, starts, _ = _curves.tie_blocks(s)
+            val["ff_blocks"] = float(_curves.auc(*_curves.block_counts(pos, order, starts))[0])
+
+        fns[C.FUSEFN] = ff
+        settings[C.FUSEFN] = "AUCROC init/update/compute (value sort + binary search)"
+        fns[FUSEFN_BLOCKS] = blocks
+        settings[FUSEFN_BLOCKS] = "AUCROC's previous path: stable argsort of float64, tie-block sums"
+    for system, times in C.measure_interleaved(fns, repeats=args.repeats, warmup=args.warmup).items():
+        if isinstance(times, Exception):
+            rec.skip(name, system, f"{type(times).__name__}: {times}")
+            continue
+        rec.add(name, system, times, figure="time", unit="ms", n=n, n_unit="scores", settings=settings[system])
     print("  values:", {k: round(v, 6) for k, v in val.items()})
 
 

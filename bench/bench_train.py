@@ -17,6 +17,7 @@ validation, no metrics. The figure is the time of one epoch; the first ``--warmu
 
 from __future__ import annotations
 
+import functools
 import pathlib
 import shutil
 import sys
@@ -32,6 +33,7 @@ import _common as C
 
 BATCH = 32
 LR, WD = 1e-2, 1e-4
+FUSEFN_PRECISE_BN = "fusefn, fit defaults (precise BN)"
 
 
 def digits(quick: bool):
@@ -102,7 +104,7 @@ def plain_epochs(model, batches, epochs: int, device: str) -> list[float]:
 # ---------------------------------------------------------------- fusefn.train.fit
 
 
-def fusefn_epochs(model, batches, epochs: int, device: str, workdir: pathlib.Path):
+def fusefn_epochs(model, batches, epochs: int, device: str, workdir: pathlib.Path, precise_bn: bool = False):
     train, why = C.optional_import("fusefn.train", "fit", "Callback")
     if train is None:
         return None, why
@@ -127,8 +129,10 @@ def fusefn_epochs(model, batches, epochs: int, device: str, workdir: pathlib.Pat
         {"ce": losses_mod.CrossEntropy(pred="model.head_0.logits", target="data.gt.label")},
         optim.adamw(lr=LR, weight_decay=WD),
         batches,
-        model_dir=workdir / "fusefn",
+        model_dir=workdir / ("fusefn-bn" if precise_bn else "fusefn"),
         epochs=epochs,
+        # the hand-written loop does not recompute batch-norm statistics after each epoch; fit does by default
+        **({} if precise_bn else {"batch_norm": None}),
         device=device,
         seed=0,
         loader=train.LoaderSettings(shuffle=False),
@@ -220,7 +224,12 @@ def main(argv=None) -> None:
     workdir = pathlib.Path(tempfile.mkdtemp(prefix="fusefn-bench-train-"))
     try:
         for system, fn, settings in (
-            (C.FUSEFN, fusefn_epochs, "fit(progress=False), default checkpoints"),
+            (C.FUSEFN, fusefn_epochs, "fit(progress=False, batch_norm=None): the loop's work, default checkpoints"),
+            (
+                FUSEFN_PRECISE_BN,
+                functools.partial(fusefn_epochs, precise_bn=True),
+                "fit(progress=False) defaults: also recomputes batch-norm statistics on 256 samples after each epoch",
+            ),
             (C.FUSEMEDML, fusemedml_epochs, "LightningModuleDefault + pl.Trainer as its MNIST example"),
         ):
             try:

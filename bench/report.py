@@ -19,7 +19,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import _common as C
 
 OUT = C.BENCH_DIR / "RESULTS.md"
-FUSEFN_VARIANTS = (C.FUSEFN, C.FUSEFN + " (compiled apply)")
+FUSEFN_VARIANTS = (C.FUSEFN, C.FUSEFN + " (compiled apply)", C.FUSEFN + " (compiled apply_fixed)")
 
 _CACHE_BUILD_NOTE = (
     "Before every timed build, untimed and for every system: the previous store is deleted and `os.sync()` "
@@ -31,32 +31,46 @@ _CACHE_READ_NOTE = (
 )
 
 
-def _cache_comparisons(label: str, dims: str, shape: str) -> dict[str, dict[str, Any]]:
-    """The build / read / disk comparisons of one cache case (issue 3): the same targets in 2D and 3D."""
+_CEILING = (">=", 0.9, "≥ 90 % of the bare-loop ceiling (plain h5py) in the same run")
+
+
+def _cache_comparisons(label: str, dims: str, shape: str, ceiling: bool, disk: bool) -> dict[str, dict[str, Any]]:
+    """The build / read / disk comparisons of one cache case (issues 3 and 20).
+
+    Issue 20 (item 10) redefined the 3D targets: the 3D build and read run at this machine's I/O limits, so they
+    are judged against a bare h5py loop with no fusefn in it, measured in the same run (FuseMedML and MONAI stay
+    beside it); disk use is judged on compressible int16 CT-like volumes with ``compression="lzf"``, as the uniform
+    random floats of the other cases cannot get under their raw bytes.
+    """
+    build = {C.H5PY: _CEILING} if ceiling else {C.FUSEMEDML: (">=", 3.0, "build ≥ 3× FuseMedML")}
+    read = (
+        {C.H5PY: _CEILING}
+        if ceiling
+        else {
+            C.FUSEMEDML: (">=", 10.0, "read ≥ 10× FuseMedML"),
+            C.H5PY: (">=", 0.75, "within 25 % of the plain-h5py ceiling"),
+        }
+    )
+    disk_spec = {"title": f"Sample cache: disk use, {dims}", "issue": "3, 20", "better": "lower", "targets": {}}
+    if disk:
+        disk_spec["subject"] = ("fusefn, lzf",)
+        disk_spec["targets"] = {"raw array bytes": ("<=", 1.0, "lzf: no larger than the raw array bytes")}
     return {
         f"cache.build.{label}": {
-            "title": f"Sample cache: build, {dims} ({shape} float32, 2 workers)",
-            "issue": 3,
+            "title": f"Sample cache: build, {dims} ({shape}, 2 workers)",
+            "issue": "3, 20",
             "note": _CACHE_BUILD_NOTE,
             "better": "higher",
-            "targets": {C.FUSEMEDML: (">=", 3.0, "build ≥ 3× FuseMedML")},
+            "targets": build,
         },
         f"cache.read.{label}": {
-            "title": f"Sample cache: read, {dims} ({shape} float32)",
-            "issue": 3,
+            "title": f"Sample cache: read, {dims} ({shape})",
+            "issue": "3, 20",
             "note": _CACHE_READ_NOTE,
             "better": "higher",
-            "targets": {
-                C.FUSEMEDML: (">=", 10.0, "read ≥ 10× FuseMedML"),
-                C.H5PY: (">=", 0.75, "within 25 % of the plain-h5py ceiling"),
-            },
+            "targets": read,
         },
-        f"cache.disk.{label}": {
-            "title": f"Sample cache: disk use, {dims}",
-            "issue": 3,
-            "better": "lower",
-            "targets": {"raw array bytes": ("<=", 1.0, "no larger than the raw array bytes")},
-        },
+        f"cache.disk.{label}": disk_spec,
     }
 
 
@@ -65,8 +79,9 @@ def _cache_comparisons(label: str, dims: str, shape: str) -> dict[str, dict[str,
 # "targets": system -> (op, value, words); "gpu_targets" replace them when fusefn ran on CUDA; "note": how it
 # was measured, printed under the table.
 COMPARISONS: dict[str, dict[str, Any]] = {
-    **_cache_comparisons("2d", "2D", "1×256×256"),
-    **_cache_comparisons("3d", "3D", "1×64×128×128"),
+    **_cache_comparisons("2d", "2D", "1×256×256 float32", ceiling=False, disk=False),
+    **_cache_comparisons("3d", "3D", "1×64×128×128 float32", ceiling=True, disk=False),
+    **_cache_comparisons("ct3d", "3D CT-like", "1×64×128×128 int16 HU", ceiling=True, disk=True),
     "augment.2d": {
         "title": "Augmentation: default pipeline, 2D (1×256×256)",
         "issue": 4,
@@ -77,10 +92,10 @@ COMPARISONS: dict[str, dict[str, Any]] = {
     },
     "augment.3d": {
         "title": "Augmentation: default pipeline, 3D (1×96×96×96)",
-        "issue": 4,
+        "issue": "4, 16",
         "better": "higher",
         "subject": FUSEFN_VARIANTS,
-        "targets": {},
+        "targets": {C.FUSEMEDML: (">=", 1.5, "CPU: ≥ 1.5× FuseMedML (issue 16)")},
     },
     "metrics.auc_ci.knight": {
         "title": "ROC AUC + stratified bootstrap 95 % CI on the 60 KNIGHT cases",
@@ -92,13 +107,102 @@ COMPARISONS: dict[str, dict[str, Any]] = {
         "title": "ROC AUC on 10⁶ scores",
         "issue": 6,
         "better": "lower",
-        "targets": {C.SKLEARN: ("<=", 1.0, "time ≤ scikit-learn's")},
+        "targets": {
+            C.SKLEARN: ("<=", 1.0, "time ≤ scikit-learn's"),
+            C.TORCHMETRICS: ("<=", 1.0, "time ≤ torchmetrics' (issue 16)"),
+        },
     },
     "metrics.dice3d.nifti": {
         "title": "3D Dice (3 label groups) on the 4 shared NIfTI volumes",
         "issue": 6,
         "better": "lower",
         "targets": {C.FUSEMEDML: ("<=", 1 / 20, "≥ 20× faster than FuseMedML's MetricDice")},
+    },
+    "metrics.seg3d.all": {
+        "title": "Segmentation metrics (Dice, IoU, HD95, ASSD, NSD, volume) of 3 label groups on the 4 shared NIfTI volumes",
+        "issue": 15,
+        "better": "lower",
+        "targets": {
+            C.MONAI: ("<=", 1 / 5, "≥ 5× faster than MONAI's Dice/IoU/HD95/ASSD/SurfaceDice metrics"),
+            C.FUSEMEDML: (
+                "<=",
+                1 / 20,
+                "≥ 20× faster than FuseMedML (MetricDice + MetricIouJaccard, all it has in 3D)",
+            ),
+        },
+    },
+    "infer.sliding.probs": {
+        "title": "Sliding-window inference, blended scores (1×128×128×96, roi 64³, conv net 1→16→16→4)",
+        "issue": 15,
+        "better": "lower",
+        "targets": {C.MONAI: ("<=", 1.0, "time ≤ MONAI's sliding_window_inference")},
+    },
+    "infer.sliding.argmax": {
+        "title": "Sliding-window inference to a label map (same net and volume)",
+        "issue": 15,
+        "better": "lower",
+        "targets": {C.MONAI: ("<=", 1.0, "time ≤ MONAI + argmax")},
+    },
+    "infer.sliding.memory": {
+        "title": "Sliding-window label map, peak memory: 32 classes, 1×256×256×192, roi 64³",
+        "issue": 15,
+        "better": "lower",
+        "targets": {C.MONAI: ("<=", 0.4, "peak ≤ 0.4× MONAI's")},
+    },
+    "infer.sliding.memory96": {
+        "title": "Sliding-window label map, peak memory: 32 classes, 1×256×256×192, roi 96³",
+        "issue": 15,
+        "better": "lower",
+        "targets": {},
+    },
+    "analyze 10⁶ binary": {
+        "title": "fusefn analyze: 10⁶ binary predictions, 10,000 resamples, whole command",
+        "issue": 17,
+        "better": "lower",
+        "targets": {},
+        "note": "target ≤ 60 s on 2 cores (an absolute figure, no peer); fresh subprocess, CLI defaults "
+        "(BCa for ECE/AP, ROC band, figures)",
+    },
+    "analyze 10⁶ binary peak RSS": {
+        "title": "fusefn analyze: 10⁶ binary predictions, peak memory",
+        "issue": 17,
+        "better": "lower",
+        "targets": {},
+        "note": "target ≤ 2 GB (2048 MiB); ru_maxrss of the child",
+    },
+    "analyze 20,000 binary": {
+        "title": "fusefn analyze: 20,000 binary predictions, 10,000 resamples",
+        "issue": 17,
+        "better": "lower",
+        "targets": {},
+        "note": "issue 17 measured 36 s / 1.17 GB before",
+    },
+    "analyze 20,000 binary peak RSS": {
+        "title": "fusefn analyze: 20,000 binary predictions, peak memory",
+        "issue": 17,
+        "better": "lower",
+        "targets": {},
+    },
+    "metrics.cindex.2e4": {
+        "title": "Harrell's C on 20,000 censored cases (tied times)",
+        "issue": 18,
+        "better": "lower",
+        "targets": {
+            "lifelines": ("<=", 1.0, "time ≤ lifelines'"),
+            "scikit-survival": ("<=", 1.0, "time ≤ scikit-survival's"),
+        },
+    },
+    "metrics.cindex_ci.500": {
+        "title": "Harrell's C + 1,000-resample bootstrap CI on 500 cases",
+        "issue": 18,
+        "better": "lower",
+        "targets": {"lifelines": ("<=", 1 / 10, "≥ 10× faster than lifelines called per resample")},
+    },
+    "metrics.regression.1e6": {
+        "title": "MAE, RMSE, R², Pearson, Spearman on 10⁶ pairs",
+        "issue": 18,
+        "better": "lower",
+        "targets": {"scikit-learn + SciPy": ("<=", 1.5, "time ≤ 1.5× scikit-learn + SciPy")},
     },
     "train.epoch.digits": {
         "title": "Training: one epoch of the digits model, data in memory",
@@ -122,6 +226,113 @@ COMPARISONS: dict[str, dict[str, Any]] = {
         "better": "lower",
         "subject": ("fusefn apply",),
         "targets": {"nn.Module (direct)": ("<=", 1.05, "apply ≤ 1.05× the module")},
+    },
+    "geometry.resample.ct": {
+        "title": "Resampling a 512×512×300 int16 CT + mask to 1.5 mm isotropic (image linear, mask nearest)",
+        "issue": 14,
+        "better": "lower",
+        "targets": {
+            C.MONAI: ("<=", 0.5, "≥ 2× faster than MONAI's Spacingd"),
+            "SimpleITK": ("<=", 1.0, "time ≤ SimpleITK's ResampleImageFilter"),
+        },
+    },
+    "read.dicom_series.ct": {
+        "title": "Reading a DICOM CT series (300 × 512×512 int16) with its geometry",
+        "issue": 14,
+        "better": "lower",
+        "targets": {C.MONAI: ("<=", 0.5, "≥ 2× faster than MONAI's LoadImage(PydicomReader)")},
+    },
+    "patches.96cube.256x256x160": {
+        "title": "Patch sampling: 96³ patches (pos:neg 1:1) from cached 1×256×256×160 volumes, delivered to the loop",
+        "issue": 15,
+        "better": "higher",
+        "subject": (C.FUSEFN, "fusefn, threads"),
+        "targets": {
+            C.MONAI: (">=", 5.0, "≥ 5× MONAI RandCropByPosNegLabeld over CacheDataset"),
+            "TorchIO 1.2.1": (">=", 5.0, "≥ 5× TorchIO Queue + LabelSampler"),
+        },
+    },
+    "gpu.step.resnet18_2d": {
+        "title": "GPU: ResNet-18 train step, 3×224², bf16, batch 64 — compiled vs eager",
+        "issue": 16,
+        "better": "higher",
+        "subject": ("fusefn compiled step",),
+        "targets": {},
+        "gpu_targets": {"fusefn eager step": (">=", 1.3, "compiled whole step ≥ 1.3× eager")},
+    },
+    "gpu.step.resnet18_2d.augment": {
+        "title": "GPU: ResNet-18 train step with the default image pipeline in the step",
+        "issue": 16,
+        "better": "higher",
+        "subject": ("fusefn compiled step + augmentation",),
+        "targets": {},
+        "gpu_targets": {"fusefn eager step + augmentation": (">=", 1.5, "augmentation in the graph: ≥ 1.5× eager")},
+    },
+    "gpu.step.unet3d": {
+        "title": "GPU: 3D UNet train step, 96³ patches, bf16, batch 2",
+        "issue": 16,
+        "better": "higher",
+        "subject": ("fusefn compiled step",),
+        "targets": {},
+    },
+    "gpu.step.unet3d.augment": {
+        "title": "GPU: 3D UNet train step with the default volume pipeline in the step",
+        "issue": 16,
+        "better": "higher",
+        "subject": ("fusefn compiled step + augmentation",),
+        "targets": {},
+    },
+    "gpu.augment.2d": {
+        "title": "GPU augmentation: default pipeline, 2D (256 × 1×256²)",
+        "issue": 16,
+        "better": "higher",
+        "subject": ("fusefn eager", "fusefn compiled"),
+        "targets": {},
+        "gpu_targets": {
+            "FuseMedML 0.4.1 (CPU)": (">=", 50.0, "≥ 50× FuseMedML's CPU throughput"),
+            "MONAI 1.6.1 (device tensors)": (">=", 3.0, "≥ 3× MONAI's GPU transforms"),
+        },
+    },
+    "gpu.augment.3d": {
+        "title": "GPU augmentation: default pipeline, 3D (64 × 1×96³)",
+        "issue": 16,
+        "better": "higher",
+        "subject": ("fusefn eager", "fusefn compiled"),
+        "targets": {},
+        "gpu_targets": {
+            "FuseMedML 0.4.1 (CPU)": (">=", 50.0, "≥ 50× FuseMedML's CPU throughput"),
+            "MONAI 1.6.1 (device tensors)": (">=", 3.0, "≥ 3× MONAI's GPU transforms"),
+        },
+    },
+    "gpu.pipeline.hdf5": {
+        "title": "GPU: HDF5 cache → compiled ResNet-18 step (images/s)",
+        "issue": 16,
+        "better": "higher",
+        "subject": ("fusefn compiled step, prefetch",),
+        "targets": {},
+        "gpu_targets": {"fusefn compiled step, no prefetch": (">=", 1.0, "prefetch no slower")},
+    },
+    "gpu.pipeline.hdf5.idle": {
+        "title": "GPU idle fraction, HDF5 cache → compiled ResNet-18 step (%)",
+        "issue": 16,
+        "better": "lower",
+        "subject": ("fusefn compiled step, prefetch",),
+        "targets": {},
+        "note": "target: the GPU ≥ 90 % busy, i.e. idle ≤ 10 % (an absolute figure)",
+    },
+    "gpu.sliding_window": {
+        "title": "GPU sliding-window inference, 3D UNet, 512×512×300, argmax",
+        "issue": 16,
+        "better": "lower",
+        "targets": {},
+        "gpu_targets": {C.MONAI: ("<=", 1 / 1.5, "≥ 1.5× MONAI's speed")},
+    },
+    "gpu.sliding_window.memory": {
+        "title": "GPU sliding-window inference: peak GPU memory (MiB)",
+        "issue": 16,
+        "better": "lower",
+        "targets": {},
+        "gpu_targets": {C.MONAI: ("<=", 0.5, "≤ 0.5× MONAI's peak memory")},
     },
     "models.compile.resnet18.224": {
         "title": "GPU: ResNet-18 step (batch 64, 1×224×224, bf16), compiled vs eager",

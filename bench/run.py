@@ -1,6 +1,7 @@
 """Run the benchmark scripts, then regenerate bench/RESULTS.md.
 
     python bench/run.py [--quick] [--device cpu|cuda] [--only cache,augment,...]
+    python bench/run.py --device cuda --suite gpu     # the GPU benchmark (issue 16), <= 8 min on one H100
 
 Each script runs in its own process (imports and thread settings do not leak between comparisons) and appends its
 rows to ``bench/results-<cpu|cuda>.jsonl``. A full run starts that file afresh; ``--only`` replaces just the rows
@@ -21,7 +22,20 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import _common as C
 import report
 
-BENCHES = ("cache", "augment", "metrics", "dice", "train", "models")
+BENCHES = (
+    "cache",
+    "augment",
+    "metrics",
+    "dice",
+    "train",
+    "models",
+    "resample",
+    "dicom",
+    "patches",
+    "sliding",
+    "analyze",
+    "survival",
+)
 
 
 def main(argv=None) -> int:
@@ -29,6 +43,12 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="reduced sizes: the whole suite in < 5 min on 2 cores")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     p.add_argument("--only", default="", help=f"comma-separated subset of {', '.join(BENCHES)}")
+    p.add_argument(
+        "--suite",
+        choices=("cpu", "gpu"),
+        default="cpu",
+        help="gpu: bench_gpu.py alone (compiled steps, GPU augmentation, input pipeline, sliding windows)",
+    )
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--threads", type=int, default=2)
@@ -41,6 +61,10 @@ def main(argv=None) -> int:
         p.error(f"--only: unknown benchmark(s) {unknown}; choose from {', '.join(BENCHES)}")
     if args.repeats < 5:
         print(f"note: --repeats {args.repeats} < 5: RESULTS.md asks for at least 5", file=sys.stderr)
+    if args.suite == "gpu":
+        if not args.device.startswith("cuda"):
+            p.error("--suite gpu needs --device cuda (bench/bench_gpu.py --dry runs it at tiny sizes on the CPU)")
+        only = ["gpu"]
     selected = only or list(BENCHES)
     results = args.results or C.results_path(args.device)
 

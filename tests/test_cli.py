@@ -39,6 +39,38 @@ def test_demo_refuses_an_out_that_is_a_file(tmp_path):
     assert f.read_text() == "x"
 
 
+def test_inspect_a_run_folder(demo_dir):
+    """The folder the README calls a run (a recipe's --out): its parts, model, best epoch and metrics."""
+    r = CliRunner().invoke(main, ["inspect", str(demo_dir)])
+    assert r.exit_code == 0, r.output
+    out = r.output
+    assert f"run {demo_dir}" in out
+    for part in ("model/", "infer/", "eval/"):
+        assert part in out
+    assert "model: fusefn.models.model:Model" in out
+    assert "best epoch" in out and "by validation.metrics.auc.macro" in out
+    assert "metrics (eval/metrics.json" in out and "accuracy" in out
+
+
+def test_analyze_reports_progress_only_when_the_bootstrap_is_long():
+    import io
+
+    from fusefn.analyze.resampling import ProgressLine
+
+    t = iter([0.0, 1.0, 2.0, 4.0, 4.5, 6.0, 9.0])
+    stream = io.StringIO()
+    p = ProgressLine(stream, after=3.0, clock=lambda: next(t))
+    for done in (1000, 2000, 3000, 4000, 5000, 6000):
+        p(done, 6000)
+    lines = stream.getvalue().splitlines()
+    # silent for 3 s, then at most a line a second, and always the last one
+    assert lines == [
+        "bootstrap: 3,000 / 6,000 resamples (4 s, about 4 s left)",
+        "bootstrap: 5,000 / 6,000 resamples (6 s, about 1 s left)",
+        "bootstrap: 6,000 / 6,000 resamples (9 s, about 0 s left)",
+    ]
+
+
 def test_inspect_model_dir_and_checkpoint(demo_dir):
     r = CliRunner().invoke(main, ["inspect", str(demo_dir / "model")])
     assert r.exit_code == 0, r.output
@@ -50,7 +82,7 @@ def test_inspect_model_dir_and_checkpoint(demo_dir):
 
 def test_inspect_errors(tmp_path):
     _one_line_error(CliRunner().invoke(main, ["inspect", str(tmp_path / "none.pt")]), "not found")
-    _one_line_error(CliRunner().invoke(main, ["inspect", str(tmp_path)]), "not a model_dir")
+    _one_line_error(CliRunner().invoke(main, ["inspect", str(tmp_path)]), "neither a run folder")
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
     _one_line_error(CliRunner().invoke(main, ["inspect", str(bad)]), "bad.pt")

@@ -1,36 +1,25 @@
 """The ``fusefn`` command line: demo, analyze, recipes, cache, visualize, inspect.
 
-Every error a user can cause ends with one line on stderr and a non-zero exit
-code; the traceback goes to the debug log only.
+Every error a user can cause ends with one line on stderr and exit code 2, and
+leaves nothing half-written (:mod:`fusefn.cli_errors`); the traceback goes to the
+debug log only.
 """
 
 from __future__ import annotations
 
-import logging
 import pathlib
 import sys
 
 import click
 
-from fusefn import keys
+from fusefn.analyze.segmentation import segmentation_command
+from fusefn.cli_errors import UserErrorGroup, check_out
 from fusefn.errors import FusefnError
 
 __all__ = ["main"]
 
 
-class _Group(click.Group):
-    """A click group that turns fusefn errors into one clear line and exit code 2."""
-
-    def invoke(self, ctx):
-        try:
-            return super().invoke(ctx)
-        except FusefnError as e:
-            logging.getLogger("fusefn").debug("command failed", exc_info=True)
-            click.echo(f"error: {e}", err=True)
-            sys.exit(2)
-
-
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=UserErrorGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="fusefn")
 def main() -> None:
     """fusefn: functional deep learning for medical images.
@@ -58,13 +47,14 @@ def main() -> None:
 )
 @click.option("--compile/--no-compile", default=False, show_default=True, help="torch.compile the train step.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-def demo(out: pathlib.Path, seed: int, debug: str, compile: bool, device: str) -> None:
+@click.option("--force", is_flag=True, help="Overwrite the run already in OUT (otherwise a different run there stops).")
+def demo(out: pathlib.Path, seed: int, debug: str, compile: bool, device: str, force: bool) -> None:
     """Train, infer and analyze the hello-world recipe (scikit-learn's digits) end to end."""
     from fusefn import recipe
     from fusefn.core import Rng
 
     digits = recipe.find("digits")
-    results = digits.run("all", out, rng=Rng(seed), debug=debug, compile=compile, device=device)
+    results = digits.run("all", out, rng=Rng(seed), debug=debug, compile=compile, device=device, force=force)
     click.echo(f"\ndemo done: {out.resolve()}")
     report = out / digits.report_name / "report.md"
     if report.exists():
@@ -101,7 +91,7 @@ def _static_data(name: str, cache_dir: pathlib.Path, seed: int):
 # --------------------------------------------------------------------------------- cache
 
 
-@main.group()
+@main.group(cls=UserErrorGroup)
 def cache() -> None:
     """Build, describe, check or delete HDF5 sample caches (one store per static-pipeline fingerprint)."""
 
@@ -214,47 +204,46 @@ def cache_clear(path: pathlib.Path, yes: bool, wait: bool) -> None:
     default=None,
     help="Cache root for a recipe's samples (default: a temporary folder).",
 )
-@click.option("--image-key", default=keys.IMAGE, show_default=True)
-@click.option("--mask-key", default=keys.MASK, show_default=True)
-@click.option("--label-key", default=keys.LABEL, show_default=True)
+@click.option("--image-key", default=None, help="Image key (default: the recipe's Recipe.image_key).")
+@click.option("--mask-key", default=None, help="Mask key to overlay (default: the recipe's Recipe.mask_key).")
+@click.option("--label-key", default=None, help="Label key (default: the recipe's Recipe.label_key).")
 def visualize(what: str, out: pathlib.Path, num: int, seed: int, cache_dir, image_key, mask_key, label_key) -> None:
     """Draw WHAT to PNG: a recipe's first samples (WHAT = recipe name) or an inference file's scores (.parquet/.csv)."""
     import tempfile
 
-    out.mkdir(parents=True, exist_ok=True)
+    check_out(out)
     if what.endswith((".parquet", ".csv")):
         written = _visualize_inference(pathlib.Path(what), out)
     else:
-        from fusefn.data import Dataset, collate
+        from fusefn import recipe
+        from fusefn.core import Rng
         from fusefn.data import visualize as vis
 
         with tempfile.TemporaryDirectory() as tmp:
-            store, source = _static_data(what, cache_dir or pathlib.Path(tmp), seed)
-            ids = source.ids[:num]
-            ds = Dataset(source=source.take(ids), cache=store).build()
-            batch = collate([ds[i] for i in range(len(ds))])
-            written = [
-                vis.show_batch(
-                    batch, out / f"{what}_samples.png", image_key=image_key, mask_key=mask_key, label_key=label_key
-                )
-            ]
+            keys_ = {"image_key": image_key, "mask_key": mask_key, "label_key": label_key}
+            path = vis.show_recipe_samples(
+                recipe.find(what), out, num=num, rng=Rng(seed), cache_dir=cache_dir or pathlib.Path(tmp), **keys_
+            )
+            written = [path]
     for path in written:
         click.echo(f"wrote {path}")
 
 
 def _visualize_inference(path: pathlib.Path, out: pathlib.Path) -> list[pathlib.Path]:
     """Histograms of the scores in an inference file, split by label when it has one."""
+    import io
+
     import numpy as np
     import polars as pl
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
+    from fusefn._atomic import write_bytes
+    from fusefn.data.tables import read_table
+
     if not path.is_file():
         raise FusefnError(f"inference file not found: {path}")
-    try:
-        frame = pl.read_parquet(path) if path.suffix == ".parquet" else pl.read_csv(path)
-    except Exception as e:
-        raise FusefnError(f"cannot read inference file {path}: {e}") from e
+    frame = read_table(path)
     label = next((c for c in ("label", "target") if c in frame.columns), None)
     scores = {}
     for name, dtype in frame.schema.items():
@@ -284,7 +273,10 @@ def _visualize_inference(path: pathlib.Path, out: pathlib.Path) -> list[pathlib.
         ax.set_title(name, fontsize=8)
     fig.tight_layout()
     target = out / f"{path.stem}_scores.png"
-    fig.savefig(target)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    out.mkdir(parents=True, exist_ok=True)
+    write_bytes(target, buf.getvalue())  # whole or not at all
     return [target]
 
 
@@ -294,52 +286,14 @@ def _visualize_inference(path: pathlib.Path, out: pathlib.Path) -> list[pathlib.
 @main.command()
 @click.argument("path", type=click.Path(path_type=pathlib.Path))
 def inspect(path: pathlib.Path) -> None:
-    """Describe a checkpoint (epoch, metrics, config) or a model_dir (checkpoints and best epochs).
+    """Describe a run folder (a recipe's --out: parts, config, best epoch, metrics), a model_dir or a checkpoint.
 
-    The file is read weights-only: inspecting a checkpoint from elsewhere never runs code from it.
+    Checkpoints are read weights-only: inspecting one from elsewhere never runs code from it.
     """
-    from fusefn.train import load_checkpoint
+    from fusefn.cli_inspect import describe
 
-    if path.is_dir():
-        ckdir = path / "checkpoints"
-        if not ckdir.is_dir():
-            raise FusefnError(
-                f"{path} is not a model_dir (no checkpoints/ folder); point at a checkpoint file or a model_dir"
-            )
-        files = sorted(ckdir.glob("*.pt"))
-        if not files:
-            raise FusefnError(f"no checkpoint in {ckdir}")
-        click.echo(f"model_dir {path}")
-        for f in files:
-            click.echo(f"  {f.name:45s} {f.stat().st_size / 2**20:7.2f} MiB")
-        last = ckdir / "last.pt"
-        shown = last if last.exists() else files[-1]
-        _describe_checkpoint(load_checkpoint(shown), path=shown)
-        return
-    _describe_checkpoint(load_checkpoint(path), path=path)
-
-
-def _describe_checkpoint(payload: dict, path: pathlib.Path) -> None:
-    from fusefn import nd
-
-    state = payload["state"]
-    n_params = sum(int(v.numel()) for v in state.params.values())
-    cfg = payload.get("model_config") or {}
-    click.echo(f"checkpoint {path}")
-    click.echo(f"  epoch {state.epoch}, step {state.step}, seed {state.rng.seed}, {n_params:,} parameters")
-    if isinstance(cfg, dict) and "__type__" in cfg:
-        click.echo(f"  model {cfg['__type__']} (fingerprint {payload.get('model_fingerprint')})")
-    opt = payload.get("optimizer_config")
-    if isinstance(opt, dict) and "__type__" in opt:
-        click.echo(f"  optimizer {opt['__type__']}")
-    for source, best in sorted(state.best.items()):
-        click.echo(f"  best {source}: {best.get('value')} at epoch {best.get('epoch')}")
-    if state.history:
-        last = state.history[-1]
-        flat = {k: v for k, v in nd.flatten(last).items() if isinstance(v, (int, float))}
-        click.echo(f"  last epoch results ({len(state.history)} epochs recorded):")
-        for k, v in flat.items():
-            click.echo(f"    {k:45s} {v:.4f}" if isinstance(v, float) else f"    {k:45s} {v}")
+    for line in describe(path):
+        click.echo(line)
 
 
 # ------------------------------------------------------------------------------- analyze
@@ -375,11 +329,30 @@ def _describe_checkpoint(payload: dict, path: pathlib.Path) -> None:
 )
 @click.option("--seed", type=int, default=1234, show_default=True, help="Seed of the bootstrap resampling.")
 @click.option("--level", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.95, show_default=True)
-@click.option("--method", type=click.Choice(["percentile", "basic", "normal"]), default="percentile", show_default=True)
+@click.option(
+    "--method",
+    type=click.Choice(["auto", "percentile", "basic", "normal", "bca"]),
+    default="auto",
+    show_default=True,
+    help="Interval method; auto: BCa for ECE and average precision (biased by resampling), percentile otherwise.",
+)
 @click.option("--threshold", type=float, default=None, help="Binary operating point [default: 0.5].")
+@click.option(
+    "--scores",
+    "score_kind",
+    type=click.Choice(["probabilities", "logits", "raw"]),
+    default="probabilities",
+    show_default=True,
+    help="What the scores are: probabilities (checked), logits (sigmoid/softmax applied), raw (ranks only).",
+)
 @click.option("--out", type=click.Path(file_okay=False, path_type=pathlib.Path), required=True, help="Output folder.")
 @click.option("--plots/--no-plots", default=True, show_default=True)
 @click.option("--skip-invalid", is_flag=True, help="Leave out (and list) samples with NaN scores or no label.")
+@click.option(
+    "--allow-partial",
+    is_flag=True,
+    help="Evaluate the ids that have a prediction when some targets have none (they are listed in a warning).",
+)
 def analyze_command(
     pred,
     target,
@@ -394,17 +367,25 @@ def analyze_command(
     level,
     method,
     threshold,
+    score_kind,
     out,
     plots,
     skip_invalid,
+    allow_partial,
 ) -> None:
     """Metrics with bootstrap CIs of an inference file: metrics.json, report.txt/.md and plots."""
+    import warnings
+
     from fusefn.analyze import analyze
+    from fusefn.analyze.resampling import ProgressLine
     from fusefn.core import Rng
 
+    check_out(out)
     names = tuple(n.strip() for n in class_names.split(",")) if class_names else None
-    try:
-        analyze(
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        results = _analyze_or_fail(
+            analyze,
             list(pred),
             target,
             out=out,
@@ -421,8 +402,24 @@ def analyze_command(
             threshold=threshold,
             plots=plots,
             skip_invalid=skip_invalid,
+            strict=not allow_partial,
+            scores=score_kind,
+            progress=ProgressLine(sys.stderr),
         )
-    except OSError as e:  # a full disk, an unwritable folder: one line; the error names the path, the set is whole
-        raise FusefnError(f"analyze: {e}") from e
+    for w in sorted({str(w.message) for w in caught}):
+        click.echo(f"warning: {w}", err=True)
     click.echo((out / "report.txt").read_text(), nl=False)
     click.echo(f"written: {out / 'metrics.json'}")
+    if results.get("notes"):
+        click.echo(f"{len(results['notes'])} value(s) outside their interval: see the notes (*) above", err=True)
+
+
+def _analyze_or_fail(analyze, *args, **kwargs) -> dict:
+    try:
+        return analyze(*args, **kwargs)
+    except OSError as e:  # a full disk, an unwritable folder: one line; the error names the path, the set is whole
+        raise FusefnError(f"analyze: {e}") from e
+
+
+# fusefn analyze-seg PRED REF --out --classes --labels --tolerance --percentile --n-boot --seed --allow-missing --no-plots
+main.add_command(segmentation_command)

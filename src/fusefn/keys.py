@@ -17,14 +17,18 @@ __all__ = [
     "SOURCE",
     "IMAGE",
     "AFFINE",
-    "SPACING",
+    "ORIGINAL_AFFINE",
+    "ORIGINAL_SHAPE",
     "LABEL",
     "MASK",
     "PATCH_ORIGIN",
+    "PATCH_INDICES",
+    "PATCH_CLASS",
     "TOTAL_LOSS",
     "HEAD",
     "probs",
     "logits",
+    "labels",
 ]
 
 SAMPLE_ID = "data.sample_id"
@@ -37,10 +41,14 @@ IMAGE = "data.input.img"
 """The image: C×H×W (2D) or C×D×H×W (3D), channels first."""
 
 AFFINE = "data.input.affine"
-"""The image's 4×4 voxel-to-world matrix (millimetres)."""
+"""The image's 4×4 voxel-to-world matrix: world in millimetres, RAS+ (nibabel's convention), voxel axes the
+image's trailing spatial axes in order (D, H, W). Every op that changes the voxel grid updates it."""
 
-SPACING = "data.input.spacing"
-"""The voxel spacing in millimetres, one value per spatial axis."""
+ORIGINAL_AFFINE = "data.input.original_affine"
+"""The affine of the grid the image was read on (the scanner's), kept so predictions can be mapped back."""
+
+ORIGINAL_SHAPE = "data.input.original_shape"
+"""The spatial shape of the grid the image was read on, next to :data:`ORIGINAL_AFFINE`."""
 
 LABEL = "data.gt.label"
 """The sample's class label (an int, or a vector for multi-label)."""
@@ -50,6 +58,13 @@ MASK = "data.gt.mask"
 
 PATCH_ORIGIN = "data.patch.origin"
 """Where a patch starts in its volume, in voxels."""
+
+PATCH_INDICES = "data.patch.indices"
+"""Where each class lies in a volume: ``{"fg" | "<class value>" | "bg": flat voxel indices}``, written once by
+:class:`fusefn.data.ops.ForegroundIndices` and cached with the volume."""
+
+PATCH_CLASS = "data.patch.class"
+"""The leaf a patch's centre was drawn from (``"fg"``, ``"bg"``, a class value as text, or ``"any"``)."""
 
 TOTAL_LOSS = "losses.total_loss"
 """The weighted sum of the losses, the value the optimizer minimises."""
@@ -66,3 +81,8 @@ def probs(head: str = HEAD) -> str:
 def logits(head: str = HEAD) -> str:
     """The key of ``head``'s logits."""
     return f"model.{head}.logits"
+
+
+def labels(head: str = HEAD) -> str:
+    """The key of ``head``'s predicted label map (the argmax of its scores; volume inference writes it)."""
+    return f"model.{head}.labels"

@@ -60,7 +60,16 @@ def recipe_run(run: Run) -> Run:
         p = params[key]
         v = p.type_cast_value(click.Context(click.Command("x")), value.split(",") if p.multiple else value)
         hp[key] = tuple(v) if isinstance(v, list) else v
-    return inner.make_run(run.out, rng=run.rng, debug=run.debug, compile=run.compile, device=run.device, hp=hp)
+    return inner.make_run(
+        run.out,
+        rng=run.rng,
+        debug=run.debug,
+        compile=run.compile,
+        device=run.device,
+        hp=hp,
+        force=run.force,
+        resume=run.resume,
+    )
 
 
 def fold_sources(pool: DataSource, k: int, *, rng: Rng) -> list[tuple[DataSource, DataSource]]:

@@ -24,8 +24,10 @@ AUC ≈ 0.95). Measured on the generated example (``make-example``, defaults: 2D
 
 from __future__ import annotations
 
+import io
 import json
 import pathlib
+import zipfile
 from collections.abc import Mapping
 
 import attrs
@@ -34,6 +36,8 @@ import numpy as np
 import torch
 
 from fusefn import Rng, augment, chain, keys, nd, optim, recipe, record, train
+from fusefn._atomic import write_bytes
+from fusefn.cli_errors import check_out
 from fusefn.data import DataSource, ops
 from fusefn.errors import ConfigError, SampleError
 from fusefn.losses import BCEWithLogits, CrossEntropy
@@ -66,13 +70,34 @@ def describe(path: pathlib.Path) -> Layout:
     path = pathlib.Path(path)
     if not path.is_file():
         raise RecipeInputError(f"--npz {path}: no such file (download one from medmnist.com, or run make-example)")
-    with np.load(path, allow_pickle=False) as z:
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic != b"PK\x03\x04":  # a .npz is a zip archive
+        raise RecipeInputError(
+            f"--npz {path}: not a NumPy .npz archive (it starts with {magic!r}, a .npz is a zip file); "
+            "give a MedMNIST .npz (download one from medmnist.com, or run make-example)"
+        )
+    try:
+        z = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+        raise RecipeInputError(
+            f"--npz {path}: not a NumPy .npz archive ({str(e).splitlines()[0] if str(e) else type(e).__name__}); "
+            "give a MedMNIST .npz (download one from medmnist.com, or run make-example)"
+        ) from None
+    if not isinstance(z, np.lib.npyio.NpzFile):
+        raise RecipeInputError(f"--npz {path}: a single .npy array, not a MedMNIST .npz archive")
+    with z:
         need = [f"{s}_{k}" for s in SPLITS.values() for k in ("images", "labels")]
         missing = [n for n in need if n not in z.files]
         if missing:
             raise RecipeInputError(f"--npz {path}: not the MedMNIST layout, missing {missing} (has {z.files})")
-        images, labels = z["train_images"], z["train_labels"]
-        info = json.loads(str(z["info"])) if "info" in z.files else {}
+        try:
+            images, labels = z["train_images"], z["train_labels"]
+            info = json.loads(str(z["info"])) if "info" in z.files else {}
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+            raise RecipeInputError(
+                f"--npz {path}: damaged or unreadable ({(str(e) or type(e).__name__).splitlines()[0]})"
+            ) from None
     labels = labels.reshape(len(labels), -1)
     if images.ndim == 3:
         dims, channels, shape = 2, 1, images.shape[1:]
@@ -334,7 +359,9 @@ def write_example(
         start += n
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(path, **arrays)
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    write_bytes(path, buf.getvalue())  # whole or not at all
     return path
 
 
@@ -379,7 +406,11 @@ OPTIONS = [
 @click.option("--seed", type=int, default=0, show_default=True)
 def make_example(path, task, dims, channels, size, seed):
     """Write a small synthetic .npz with MedMNIST's layout to PATH."""
-    write_example(path, task=task, dims=int(dims), channels=int(channels), size=size, rng=Rng(seed))
+    check_out(pathlib.Path(path).parent, "PATH")
+    try:
+        write_example(path, task=task, dims=int(dims), channels=int(channels), size=size, rng=Rng(seed))
+    except OSError as e:
+        raise RecipeInputError(f"cannot write {path}: {e.strerror or e}; choose a writable path") from None
     click.echo(f"wrote {path}")
 
 

@@ -9,7 +9,9 @@ samples are generated, in any order or process. Nothing touches a global RNG.
   label 1 when a lesion is present.
 * :func:`volume_phantom` — a noisy, textured 3D volume; label 1 when it holds faint blobs
   (spheres or ellipsoids), 0 when it holds none; ``task="shape"`` asks instead whether one
-  of several blobs is an elongated ellipsoid rather than a sphere (harder).
+  of several blobs is an elongated ellipsoid rather than a sphere (harder). It lies on a
+  scanner-like grid, :func:`volume_affine` (anisotropic voxels, a tilt, an offset), and
+  :func:`write_volume_phantom` writes it with its mask as NIfTI on that grid.
 
 >>> from fusefn import Rng
 >>> s = lesion_phantom(3, rng=Rng(0), size=32)
@@ -23,6 +25,8 @@ True
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from fusefn import Rng
@@ -35,6 +39,9 @@ __all__ = [
     "volume_phantom",
     "volume_phantoms",
     "clinical_features",
+    "volume_affine",
+    "write_volume_phantom",
+    "write_dicom_series",
 ]
 
 
@@ -181,7 +188,51 @@ def volume_phantom(
         img = img + g.uniform(*contrast) * (r2 <= 1.0)
         mask |= r2 <= 1.0
     img = np.clip(img, 0.0, 1.0).astype(np.float32)
-    return {"image": img[None], "mask": mask.astype(np.int64)[None], "label": label, "n_blobs": n}
+    return {
+        "image": img[None],
+        "mask": mask.astype(np.int64)[None],
+        "label": label,
+        "n_blobs": n,
+        "affine": volume_affine(index, rng=rng, size=size),
+    }
+
+
+def volume_affine(index: int, *, rng: Rng, size: int = 32) -> np.ndarray:
+    """The 4×4 voxel-to-world matrix (mm, RAS+) of volume ``index``: a scanner-like grid, drawn apart from the image.
+
+    Slices 2.5–3.5 mm apart, 0.7–0.9 mm pixels, the axes tilted up to 10° from the scanner's, the
+    volume's centre within 20 mm of the origin. Voxel axis 0 (slices) runs foot to head, 1 anterior
+    to posterior, 2 right to left, as a transverse CT series reads.
+    """
+    g = _stream(rng, "volume3d/affine", index)
+    spacing = np.array([g.uniform(2.5, 3.5), *([g.uniform(0.7, 0.9)] * 2)])
+    base = np.array([[0.0, 0.0, -1.0], [0.0, -1.0, 0.0], [1.0, 0.0, 0.0]])  # columns: S, P, L in RAS
+    axis = g.standard_normal(3)
+    angle = np.deg2rad(g.uniform(0, 10))
+    k = np.cross(np.eye(3), axis / np.linalg.norm(axis))  # Rodrigues: the rotation by angle about axis
+    tilt = np.eye(3) + np.sin(angle) * k + (1 - np.cos(angle)) * k @ k
+    a = np.eye(4)
+    a[:3, :3] = tilt @ base @ np.diag(spacing)
+    a[:3, 3] = g.uniform(-20, 20, 3) - a[:3, :3] @ np.full(3, (size - 1) / 2)
+    return a
+
+
+def write_volume_phantom(folder, index: int, *, rng: Rng, size: int = 32, task: str = "detect") -> dict:
+    """Write volume ``index`` and its mask as NIfTI on its grid: ``{"image": path, "mask": path, "label": int}``.
+
+    The files are ``volume_<index>.nii.gz`` and ``volume_<index>_mask.nii.gz`` (float32 and uint8), read
+    back by :class:`fusefn.data.ops.ReadNifti` as the same arrays and affine.
+    """
+    from fusefn.data.write import write_nifti
+
+    v = volume_phantom(index, rng=rng, size=size, task=task)
+    paths = {
+        "image": os.path.join(os.fspath(folder), f"volume_{index:05d}.nii.gz"),
+        "mask": os.path.join(os.fspath(folder), f"volume_{index:05d}_mask.nii.gz"),
+    }
+    write_nifti(paths["image"], v["image"], v["affine"])
+    write_nifti(paths["mask"], v["mask"], v["affine"], dtype=np.uint8)
+    return {**paths, "label": v["label"]}
 
 
 def volume_phantoms(n: int, *, rng: Rng, start: int = 0, **kwargs) -> dict:
@@ -210,3 +261,47 @@ def _stack(samples: list[dict], start: int, prefix: str) -> dict:
         "masks": np.stack([s["mask"] for s in samples]),
         "labels": np.asarray([s["label"] for s in samples], dtype=np.int64),
     }
+
+
+def write_dicom_series(
+    folder: str | os.PathLike,
+    volume: np.ndarray,
+    *,
+    spacing: tuple = (1.0, 1.0, 1.0),
+    origin: tuple = (0.0, 0.0, 0.0),
+    orientation: tuple = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0),
+    slope: float = 1.0,
+    intercept: float = 0.0,
+) -> None:
+    """Write ``volume`` (D×H×W int16, stored values) as a CT series, one file per slice (needs pydicom).
+
+    ``spacing`` is (slice, row, column) in mm; slice ``k`` lies at ``origin + k*spacing[0]*normal``
+    (LPS), rows along ``orientation[3:]``, columns along ``orientation[:3]``.
+    """
+    import pydicom
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    folder = os.fspath(folder)
+    os.makedirs(folder, exist_ok=True)
+    row, col = np.asarray(orientation[:3], float), np.asarray(orientation[3:], float)
+    normal, series = np.cross(row, col), generate_uid()
+    for k, plane in enumerate(np.asarray(volume)):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = pydicom.Dataset()
+        ds.file_meta = meta
+        ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+        ds.Modality, ds.SeriesInstanceUID, ds.InstanceNumber = "CT", series, k + 1
+        ds.ImageOrientationPatient = [float(x) for x in orientation]
+        ds.ImagePositionPatient = [float(x) for x in np.asarray(origin, float) + k * spacing[0] * normal]
+        ds.PixelSpacing = [float(spacing[1]), float(spacing[2])]
+        ds.SliceThickness = float(spacing[0])
+        ds.Rows, ds.Columns = plane.shape
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+        ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
+        ds.PixelData = np.ascontiguousarray(plane, dtype="<i2").tobytes()
+        ds.save_as(os.path.join(folder, f"slice{k:04d}.dcm"), enforce_file_format=True)

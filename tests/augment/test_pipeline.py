@@ -185,3 +185,36 @@ def test_pipelines_round_trip_through_config():
     for pipe in (default_image_pipeline(KEY, mask_keys=SEG), default_volume_pipeline(KEY), chain(*ALL_OPS_2D)):
         again = from_config(to_config(pipe))
         assert again == pipe and fingerprint(again) == fingerprint(pipe)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_apply_fixed_equals_apply_for_every_op_and_any_draw(seed):
+    """The fixed-shape path a compiled step runs gives apply's result; its params never depend on the draw's count."""
+    from fusefn import augment as A
+
+    pipe = A.chain(
+        A.default_image_pipeline("img", mask_keys="mask"),
+        A.Elastic(dims=2, image_keys="img", mask_keys="mask", p=0.5),
+        A.GaussianBlur(image_keys="img", p=0.5),
+        A.Cutout(image_keys="img", p=0.5),
+        A.Affine(image_keys="img", mask_keys="mask", point_keys="pts", rotate=(-20, 20), p=0.5),
+        A.RandomCrop(image_keys="img", mask_keys="mask", size=(24, 24), p=0.5),
+    )
+    g = torch.Generator().manual_seed(seed)
+    batch = {
+        "img": torch.rand(6, 1, 32, 32, generator=g),
+        "mask": torch.randint(0, 3, (6, 1, 32, 32), generator=g),
+        "pts": torch.rand(6, 4, 2, generator=g) * 31,
+    }
+    before = {k: v.clone() for k, v in batch.items()}
+    params = pipe.sample_like(batch, rng=Rng(seed))
+    fixed = pipe.fixed_params(params, 6)
+    for stage in fixed:
+        assert stage["index"].tolist() == list(range(6))
+        for value in stage.values():
+            if isinstance(value, torch.Tensor) and value.ndim:
+                assert value.shape[0] == 6
+    a, b = pipe.apply(batch, params), pipe.apply_fixed(batch, fixed)
+    for k in batch:
+        torch.testing.assert_close(b[k], a[k], atol=1e-6, rtol=0)
+    assert all(torch.equal(batch[k], before[k]) for k in batch)  # the input is not changed

@@ -21,8 +21,28 @@ def test_read_table_by_suffix_and_errors_name_the_file(tmp_path):
     with pytest.raises(FusefnError, match=r"unknown table format '\.xlsx'"):
         read_table(tmp_path / "p.xlsx")
     (tmp_path / "bad.parquet").write_bytes(b"not parquet")
-    with pytest.raises(FusefnError, match="cannot read .*bad.parquet"):
+    with pytest.raises(FusefnError, match="cannot read .*bad.parquet: not a Parquet file"):
         read_table(tmp_path / "bad.parquet")
+    (tmp_path / "empty.csv").write_bytes(b"")
+    with pytest.raises(FusefnError, match="empty.csv: the file is empty"):
+        read_table(tmp_path / "empty.csv")
+    (tmp_path / "bin.csv").write_bytes(b"\x89PNG\r\n\x1a\n\0\0\0")
+    with pytest.raises(FusefnError, match="bin.csv: binary"):
+        read_table(tmp_path / "bin.csv")
+    df.write_parquet(tmp_path / "pq.csv")
+    with pytest.raises(FusefnError, match="pq.csv: a Parquet file"):
+        read_table(tmp_path / "pq.csv")
+
+
+def test_semicolon_tables_with_decimal_commas_are_read_as_numbers(tmp_path):
+    """What a spreadsheet in a comma-decimal locale saves as "CSV"."""
+    (tmp_path / "excel.csv").write_text("id;score;label\na;0,25;0\nb;0,75;1\nc;1;1\n")
+    df = read_table(tmp_path / "excel.csv")
+    assert df["score"].to_list() == [0.25, 0.75, 1.0] and df["label"].to_list() == [0, 1, 1]
+    (tmp_path / "semi.csv").write_text("id;score\na;0.5\n")  # semicolons, decimal points
+    assert read_table(tmp_path / "semi.csv")["score"].to_list() == [0.5]
+    (tmp_path / "comma.csv").write_text('id,note\na,"x;y;z"\n')  # a semicolon inside a value does not count
+    assert read_table(tmp_path / "comma.csv")["note"].to_list() == ["x;y;z"]
 
 
 def test_fold_files_get_a_fold_column_and_targets_are_joined_in_prediction_order(tmp_path):

@@ -247,3 +247,22 @@ def test_stacked_score_columns_equal_matrix():
     m2 = AUCROC(pred="s", target="y")
     r1, r2 = run(m1, {**cols, "y": y}), run(m2, {"s": s, "y": y})
     assert list(r1.values()) == list(r2.values())
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, 6), st.booleans()), min_size=1, max_size=40),
+)
+def test_auc_by_sorting_equals_the_tie_block_auc_and_scikit_learn(pairs):
+    from fusefn.metrics import _curves
+
+    score = np.array([s / 4 for s, _ in pairs], dtype=np.float64)  # few values: many ties
+    pos = np.array([p for _, p in pairs])
+    order, starts, _ = _curves.tie_blocks(score)
+    blocks = _curves.auc(*_curves.block_counts(pos, order, starts))[0]
+    fast = _curves.auc_sorted(score, pos)
+    if pos.all() or not pos.any():
+        assert np.isnan(fast) and np.isnan(blocks)
+        return
+    assert fast == pytest.approx(blocks, abs=1e-12)
+    assert fast == pytest.approx(skm.roc_auc_score(pos, score), abs=1e-12)

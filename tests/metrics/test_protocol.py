@@ -12,6 +12,30 @@ from fusefn.protocols import Reducer
 
 # each public metric class built with the fewest arguments it accepts
 MINIMAL = {
+    "MAE": lambda: metrics.MAE(pred="s", target="s2"),
+    "MSE": lambda: metrics.MSE(pred="s", target="s2"),
+    "RMSE": lambda: metrics.RMSE(pred="s", target="s2"),
+    "R2": lambda: metrics.R2(pred="s", target="s2"),
+    "Pearson": lambda: metrics.Pearson(pred="s", target="s2"),
+    "Spearman": lambda: metrics.Spearman(pred="s", target="s2"),
+    "MultiLabelAUC": lambda: metrics.MultiLabelAUC(pred=("s", "s2"), target=("y", "y")),
+    "MultiLabelAveragePrecision": lambda: metrics.MultiLabelAveragePrecision(pred=("s", "s2"), target=("y", "y")),
+    "MultiLabelSensitivity": lambda: metrics.MultiLabelSensitivity(pred=("s", "s2"), target=("y", "y")),
+    "MultiLabelSpecificity": lambda: metrics.MultiLabelSpecificity(pred=("s", "s2"), target=("y", "y")),
+    "HarrellC": lambda: metrics.HarrellC(pred="s2", time="s", event="y"),
+    "UnoC": lambda: metrics.UnoC(pred="s2", time="s", event="y"),
+    "CumulativeDynamicAUC": lambda: metrics.CumulativeDynamicAUC(pred="s2", time="s", event="y", times=(0.5,)),
+    "IntegratedBrierScore": lambda: metrics.IntegratedBrierScore(
+        pred=("s2", "s2"), time="s", event="y", times=(0.4, 0.6)
+    ),
+    "KaplanMeier": lambda: metrics.KaplanMeier(time="s", event="y", times=(0.5,)),
+    "LogRank": lambda: metrics.LogRank(group="g", time="s", event="y"),
+    "YoudenJ": lambda: metrics.YoudenJ(pred="s", target="y"),
+    "SensitivityAtSpecificity": lambda: metrics.SensitivityAtSpecificity(pred="s", target="y", specificity=0.8),
+    "SpecificityAtSensitivity": lambda: metrics.SpecificityAtSensitivity(pred="s", target="y", sensitivity=0.8),
+    "ASSD": lambda: metrics.ASSD(pred="lab", target="t", classes=(1,)),
+    "SurfaceDice": lambda: metrics.SurfaceDice(pred="lab", target="t", classes=(1,)),
+    "VolumeDifference": lambda: metrics.VolumeDifference(pred="lab", target="t", classes=(1,)),
     "AUCROC": lambda: metrics.AUCROC(pred="s", target="y"),
     "AveragePrecision": lambda: metrics.AveragePrecision(pred="s", target="y"),
     "PartialAUC": lambda: metrics.PartialAUC(pred="s", target="y", max_fpr=0.5),

@@ -125,4 +125,4 @@ def test_hausdorff95_matches_brute_force_surface_distances():
     for v in range(2):
         d = cdist(surf(p[v]), surf(t[v]))
         ref.append(max(np.percentile(d.min(axis=1), 95), np.percentile(d.min(axis=0), 95)))
-    assert r["1"] == pytest.approx(np.mean(ref), abs=1e-9)
+    assert r["1"] == pytest.approx(np.mean(ref), rel=1e-6)  # the percentile in float32, as MONAI takes it

@@ -1,6 +1,7 @@
 """The generated phantoms are deterministic from (seed, index), well-formed and learnable."""
 
 import numpy as np
+import pytest
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
@@ -88,3 +89,34 @@ def test_labels_can_be_read_without_drawing_the_images():
     for i in range(30):
         assert ph.lesion_phantom(rng=Rng(5), index=i, size=16)["n_lesions"] == ph.lesion_count(rng=Rng(5), index=i)
         assert ph.volume_phantom(rng=Rng(5), index=i, size=8)["label"] == ph.volume_label(rng=Rng(5), index=i)
+
+
+def test_volume_affine_is_a_scanner_like_grid_and_written_with_the_phantom(tmp_path):
+    pytest.importorskip("nibabel")
+    from fusefn.data.ops import ReadNifti
+
+    a = ph.volume_affine(4, rng=Rng(0), size=16)
+    spacing = np.linalg.norm(a[:3, :3], axis=0)
+    assert 2.5 <= spacing[0] <= 3.5 and np.allclose(spacing[1], spacing[2]) and 0.7 <= spacing[1] <= 0.9
+    centre = a @ [7.5, 7.5, 7.5, 1]
+    assert np.abs(centre[:3]).max() <= 20
+    assert np.array_equal(ph.volume_phantom(4, rng=Rng(0), size=16)["affine"], a)
+    paths = ph.write_volume_phantom(tmp_path, 4, rng=Rng(0), size=16)
+    v = ph.volume_phantom(4, rng=Rng(0), size=16)
+    img = ReadNifti(path=paths["image"])({"data": {"sample_id": "v"}})["data"]["input"]
+    mask = ReadNifti(path=paths["mask"])({"data": {"sample_id": "v"}})["data"]["input"]
+    np.testing.assert_array_equal(img["img"], v["image"])
+    np.testing.assert_array_equal(mask["img"], v["mask"])
+    np.testing.assert_allclose(img["affine"], a, atol=1e-4)
+    assert paths["label"] == v["label"]
+
+
+def test_dicom_series_reads_back_with_its_spacing(tmp_path):
+    pytest.importorskip("pydicom")
+    from fusefn.data.ops.dicom_series import read_dicom_series
+
+    stored = np.arange(3 * 4 * 5, dtype=np.int16).reshape(3, 4, 5)
+    ph.write_dicom_series(tmp_path, stored, spacing=(2.0, 0.5, 0.75), origin=(1.0, 2.0, 3.0), intercept=-1024.0)
+    vol, affine, _ = read_dicom_series(tmp_path)
+    np.testing.assert_array_equal(vol[0], stored - 1024.0)
+    np.testing.assert_allclose(affine, [[0, 0, -0.75, -1], [0, -0.5, 0, -2], [2, 0, 0, 3], [0, 0, 0, 1]], atol=1e-9)

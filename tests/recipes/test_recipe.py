@@ -177,3 +177,112 @@ def test_classification_metrics_and_default_hp():
 def test_check_trained_names_the_folder(tmp_path):
     with pytest.raises(recipe.RecipeInputError, match="run `train` first"):
         recipe.check_trained(tmp_path / "model")
+
+
+# ------------------------------------------------------------------ runs protected (issue 20, item 3)
+
+
+def _training_recipe() -> recipe.Recipe:
+    """A recipe whose train phase fits a tiny CNN with recipe.fit (what every built-in recipe does)."""
+    import torch
+
+    from fusefn import models, optim
+    from fusefn.losses import CrossEntropy
+
+    class Data(torch.utils.data.Dataset):
+        def __len__(self):
+            return 16
+
+        def __getitem__(self, i):
+            img = torch.full((1, 8, 8), float(i % 2))
+            return {"data": {"sample_id": f"s{i}", "input": {"img": img}, "gt": {"label": torch.tensor(i % 2)}}}
+
+    def train(run):
+        model = models.Model(
+            backbone=models.SmallCNN(in_channels=1, channels=(4,)),
+            heads=(models.ClassifierHead(name="head_0", num_classes=2),),
+        )
+        ce = CrossEntropy(pred="model.head_0.logits", target="data.gt.label")
+        state = recipe.fit(run, model, {"ce": ce}, optim.adamw(lr=run.hp["lr"]), Data(), epochs=2, batch_size=8)
+        click.echo(f"trained to epoch {state.epoch} with {len(state.history)} epochs of history")
+
+    return recipe.Recipe(
+        name="tiny", doc="Tiny.", options=(click.option("--lr", type=float, default=1e-2),), train=train
+    )
+
+
+def test_train_refuses_a_finished_run_unless_forced_or_resumed(tmp_path):
+    cli = _training_recipe().cli()
+    args = ["train", "--out", str(tmp_path), "--device", "cpu"]
+    assert CliRunner().invoke(cli, args).exit_code == 0
+    best = (tmp_path / "model" / "checkpoints" / "best_train.losses.total_loss.pt").read_bytes()
+    r = CliRunner().invoke(cli, [*args, "--lr", "0.05"])
+    assert r.exit_code == 2
+    line = r.output.strip().splitlines()[-1]
+    assert (
+        line.startswith("error: model_dir")
+        and "differs: optimizer" in line
+        and "--force" in line
+        and "--resume" in line
+    )
+    assert (tmp_path / "model" / "checkpoints" / "best_train.losses.total_loss.pt").read_bytes() == best
+    r = CliRunner().invoke(cli, [*args, "--resume"])
+    assert r.exit_code == 0 and "trained to epoch 2 with 2 epochs" in r.output  # nothing left to train
+    r = CliRunner().invoke(cli, [*args, "--lr", "0.05", "--force"])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "model" / "checkpoints" / "best_train.losses.total_loss.pt").read_bytes() != best
+
+
+def test_recipe_run_from_python_takes_force(tmp_path):
+    tiny = _training_recipe()
+    tiny.run("train", tmp_path, device="cpu")
+    with pytest.raises(FusefnError, match="holds the checkpoints of another run"):
+        tiny.run("train", tmp_path, device="cpu")
+    tiny.run("train", tmp_path, device="cpu", force=True)
+
+
+def test_recipes_declare_their_keys():
+    from fusefn import keys
+    from fusefn_recipes import lesions2d
+
+    assert lesions2d.RECIPE.mask_key == lesions2d.SEG and lesions2d.RECIPE.image_key == keys.IMAGE
+    with pytest.raises(ConfigError, match="Recipe.mask_key"):
+        recipe.Recipe(name="x", train=lambda run: None, mask_key="data..mask")
+
+
+# ------------------------------------------------------------------ quoted figures hold (issue 20, item 9)
+
+REPO = __import__("pathlib").Path(__file__).resolve().parents[2]
+
+
+def _quoted_digits_figure() -> tuple[float, float, float]:
+    """The digits figure as docs/recipes.md quotes it: ``test accuracy V [L, U]`` (the README quotes V)."""
+    import re
+
+    row = next(
+        line for line in (REPO / "docs" / "recipes.md").read_text().splitlines() if line.startswith("| `digits`")
+    )
+    found = re.search(r"test accuracy (\d\.\d+) \[(\d\.\d+), (\d\.\d+)\]", row)
+    assert found, f"docs/recipes.md: no 'test accuracy V [L, U]' in the digits row: {row}"
+    readme = (REPO / "README.md").read_text()
+    assert f"test accuracy {found.group(1)}" in readme, "README.md and docs/recipes.md quote different digits figures"
+    return tuple(float(g) for g in found.groups())
+
+
+@pytest.mark.slow
+def test_the_quoted_digits_figure_is_what_a_default_run_gives(tmp_path):
+    # what the README promises: a default run repeats its figure (on 2 CPU threads; docs/faq.md says what it needs)
+    import torch
+
+    from fusefn_recipes import digits
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        got = digits.RECIPE.run("all", tmp_path, device="cpu")
+    finally:
+        torch.set_num_threads(threads)
+    value, lower, upper = _quoted_digits_figure()
+    digits_of = len(str(value).split(".")[1])
+    assert round(got["accuracy"], digits_of) == value, (got["accuracy"], value)
+    assert [round(x, 3) for x in got["accuracy_ci"]] == [lower, upper], (got["accuracy_ci"], lower, upper)

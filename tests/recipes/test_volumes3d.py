@@ -2,11 +2,13 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
 
 from fusefn import Rng
+from fusefn.data.ops import ReadNifti
 from fusefn_recipes import phantoms
 from fusefn_recipes import volumes3d as v3
 
@@ -38,6 +40,14 @@ def test_all_fast_writes_report_and_montages(tmp_path, backbone):
     assert "| ROC AUC |" in report and "montage_label" in report
     assert list(rd.glob("montage_label*.png"))
     assert 0 <= json.loads((rd / "metrics.json").read_text())["ROC AUC"]["value"] <= 1
+    # the montage volumes as NIfTI on their grids: what the static op made, read back by ReadNifti
+    written = sorted((rd / "volumes").glob("volume_*_blobs.nii.gz"))
+    assert written
+    sid = written[0].name.removesuffix("_blobs.nii.gz")
+    made = v3.MakeVolume(rng=Rng(0), size=16, with_mask=True)({"data": {"sample_id": sid}})["data"]
+    back = ReadNifti(path=str(rd / "volumes" / f"{sid}.nii.gz"))({"data": {"sample_id": sid}})["data"]["input"]
+    np.testing.assert_array_equal(back["img"], made["input"]["img"].numpy())
+    np.testing.assert_allclose(back["affine"], made["input"]["affine"], atol=1e-4)
 
 
 def test_make_volume_is_the_phantom():
@@ -45,8 +55,23 @@ def test_make_volume_is_the_phantom():
     p = phantoms.volume_phantom(3, rng=Rng(1), size=12)
     assert torch.equal(s["data"]["input"]["img"], torch.from_numpy(p["image"]))
     assert s["data"]["gt"]["label"] == p["label"] == phantoms.volume_label(3, rng=Rng(1))
+    assert s["data"]["input"]["original_shape"] == (12, 12, 12)
+    np.testing.assert_array_equal(s["data"]["input"]["affine"], phantoms.volume_affine(3, rng=Rng(1), size=12))
+    np.testing.assert_array_equal(s["data"]["input"]["original_affine"], s["data"]["input"]["affine"])
     with pytest.raises(Exception, match="volume_x"):
         v3.MakeVolume()({"data": {"sample_id": "volume_x"}})
+
+
+def test_static_pipeline_keeps_the_affine_in_the_cache(tmp_path):
+    from fusefn import nd
+    from fusefn.data import H5Cache
+
+    cache = H5Cache(root=tmp_path, pipeline=v3.MakeVolume(rng=Rng(2), size=8), progress=False)
+    assert cache.build(["volume_00001", "volume_00002"]).computed == 2
+    with cache.open() as reader:
+        s = reader.read("volume_00002")
+    np.testing.assert_array_equal(nd.get(s, "data.input.affine"), phantoms.volume_affine(2, rng=Rng(2), size=8))
+    assert nd.get(s, "data.input.original_shape") == (8, 8, 8)
 
 
 def test_help_lists_the_phases_and_options():

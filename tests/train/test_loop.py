@@ -38,7 +38,7 @@ def _acc():
 def test_settings_defaults_are_the_agreed_ones():
     assert (LoaderSettings().batch_size, LoaderSettings().workers, LoaderSettings().shuffle) == (32, 0, True)
     assert LoaderSettings().drop_last is False and LoaderSettings().collate is None
-    assert (StepSettings().compile, StepSettings().precision, StepSettings().accumulate) == (False, "fp32", 1)
+    assert (StepSettings().compile, StepSettings().precision, StepSettings().accumulate) == (False, "auto", 1)
     rule = CheckpointRule()
     assert (rule.best, rule.start_saving_epochs, rule.every, rule.durable) == (None, None, 1, False)
 

@@ -68,7 +68,7 @@ def _run(script, model_dir, kill_after=0, kill_mid=0):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kill", [{"kill_after": 3}, {"kill_mid": 64 * 3 + 30}])
+@pytest.mark.parametrize("kill", [{"kill_after": 3}, {"kill_mid": 2 * 64 * 3 + 30}])
 def test_sigkill_then_resume_is_bit_identical(tmp_path, kill):
     script = tmp_path / "run.py"
     script.write_text(SCRIPT)

@@ -35,28 +35,63 @@ The command line is ``fusefn analyze`` (:mod:`fusefn.cli`).
 from fusefn.analyze.analysis import analyze
 from fusefn.analyze.inputs import PRED, TARGET, AnalysisInputs, group_key, read_predictions, select_inputs
 from fusefn.analyze.plots import plot_confusion, plot_reliability, plot_roc
-from fusefn.analyze.report import format_report, format_value, to_json, write_markdown, write_results
-from fusefn.analyze.suite import OPERATING_POINT_STATS, classification_metrics, reliability, roc_curves, run_suite
+from fusefn.analyze.report import (
+    format_report,
+    format_value,
+    markdown_header,
+    standard_figures,
+    to_json,
+    write_markdown,
+    write_results,
+)
+from fusefn.analyze.resampling import resample_suite
+from fusefn.analyze.suite import (
+    BIASED,
+    OPERATING_POINT_STATS,
+    classification_metrics,
+    interval_methods,
+    outside_notes,
+    reliability,
+    roc_curves,
+    run_suite,
+)
 
 __all__ = [
+    "BIASED",
     "OPERATING_POINT_STATS",
     "PRED",
     "TARGET",
     "AnalysisInputs",
     "analyze",
     "classification_metrics",
+    "evaluate_segmentations",
+    "parse_classes",
     "format_report",
     "format_value",
     "group_key",
+    "interval_methods",
+    "markdown_header",
+    "outside_notes",
     "plot_confusion",
     "plot_reliability",
     "plot_roc",
     "read_predictions",
     "reliability",
+    "resample_suite",
     "roc_curves",
     "run_suite",
     "select_inputs",
+    "standard_figures",
     "to_json",
     "write_markdown",
     "write_results",
 ]
+
+
+def __getattr__(name: str):
+    # the segmentation evaluation carries its click command: loaded when asked for, so the library stays click-free
+    if name in ("evaluate_segmentations", "parse_classes"):
+        from fusefn.analyze import segmentation
+
+        return getattr(segmentation, name)
+    raise AttributeError(f"module 'fusefn.analyze' has no attribute {name!r}")

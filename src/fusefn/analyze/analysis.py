@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import datetime
+import importlib.metadata
 import os
 import pathlib
 import warnings
 from collections.abc import Sequence
 
+import numpy as np
 import polars as pl
 
 from fusefn._atomic import atomic_dir
-from fusefn.analyze.inputs import as_list, read_predictions, select_inputs
+from fusefn.analyze.inputs import TARGET, as_list, read_predictions, select_inputs
 from fusefn.analyze.plots import plot_confusion, plot_reliability, plot_roc
-from fusefn.analyze.report import write_markdown, write_results
+from fusefn.analyze.report import standard_figures, write_markdown, write_results
+from fusefn.analyze.resampling import Progress
 from fusefn.analyze.suite import reliability, roc_curves, run_suite
 from fusefn.core import Rng
+from fusefn.errors import ConfigError
 
 __all__ = ["analyze"]
 
@@ -26,6 +31,21 @@ OUTPUTS = ("metrics.json", "report.txt", "report.md", "*.png", ".*.tmp")
 
 def _name(source) -> str:
     return "<frame>" if isinstance(source, pl.DataFrame) else str(source)
+
+
+def _threshold_rule(binary: bool, threshold: float | None) -> str:
+    if not binary:
+        return "argmax: the class with the highest score"
+    if threshold is None:
+        return "the default, on the positive-class probability; not tuned on these data"
+    return "given by the user (--threshold / threshold=)"
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("fusefn")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def analyze(
@@ -42,11 +62,13 @@ def analyze(
     ci: int = 10_000,
     rng: Rng = _RNG,
     level: float = 0.95,
-    method: str = "percentile",
+    method: str = "auto",
     threshold: float | None = None,
     plots: bool = True,
     strict: bool = True,
     skip_invalid: bool = False,
+    scores: str = "probabilities",
+    progress: Progress | None = None,
 ) -> dict:
     """Analyze predictions: metrics with bootstrap CIs, per-fold / per-group values, report and plots.
 
@@ -65,10 +87,18 @@ def analyze(
         class_names: names of the classes (default the score column names, or 0..C-1).
         ci: bootstrap resamples (0: no intervals), stratified by the target.
         rng: the resampling stream (the intervals and the ROC band); its seed is recorded in the report.
+        method: interval method: ``"auto"`` (BCa for ECE and average precision, whose resamples are
+            biased; percentile for the others), or ``"percentile"``, ``"basic"``, ``"normal"``, ``"bca"``
+            for all. A value outside its own interval gets a note in ``results["notes"]`` and the report.
         threshold: operating point for binary decisions (default 0.5, or argmax).
-        strict: when False, target ids without a prediction are left out (with a warning).
+        strict: when False, target ids without a prediction are left out (with a warning): the
+            command line's ``--allow-partial``.
         skip_invalid: leave out samples with a NaN / infinite score or a missing label, listing
             them under ``"skipped"``, instead of stopping with an error naming them.
+        scores: ``"probabilities"`` (checked: in [0, 1], class scores summing to 1), ``"logits"``
+            (sigmoid / softmax applied first) or ``"raw"`` (ranking scores: no calibration; a binary
+            ``threshold`` must be given).
+        progress: ``progress(done, total)`` after each chunk of bootstrap resamples.
 
     Returns:
         The results dict written to ``metrics.json``: ``results["metrics"][name]`` is
@@ -91,16 +121,21 @@ def analyze(
         group=group,
         class_names=class_names,
         skip_invalid=skip_invalid,
+        scores=scores,
     )
+    binary = inputs.num_classes == 2
+    if scores == "raw" and binary and threshold is None:
+        raise ConfigError("raw scores are not probabilities: give the binary decision threshold (--threshold)")
     if inputs.skipped:
         warnings.warn(f"analyze: {len(inputs.skipped)} sample(s) skipped (see metrics.json 'skipped')", stacklevel=2)
-    binary = inputs.num_classes == 2
+    target_values = inputs.batch[TARGET]
     results: dict = {
         "inputs": {
             "pred": [_name(f) for f in as_list(pred)],
             "target": None if target is None else _name(target),
             "id": id,
             "score": list(inputs.score),
+            "scores": scores,
             "label": inputs.label,
             "groups": list(inputs.groups),
         },
@@ -109,13 +144,20 @@ def analyze(
             "seed": rng.seed,
             "level": level,
             "method": method,
+            "stratified": "by target",
             "threshold": 0.5 if binary and threshold is None else threshold,
+            "threshold_rule": _threshold_rule(binary, threshold),
         },
         "num_samples": inputs.num_samples,
+        "class_counts": {name: int(np.count_nonzero(target_values == i)) for i, name in enumerate(inputs.class_names)},
+        "fusefn_version": _version(),
+        "date": datetime.date.today().isoformat(),
         "skipped": list(inputs.skipped),
         "class_names": list(inputs.class_names),
     }
-    results.update(run_suite(inputs, ci=ci, rng=rng, level=level, method=method, threshold=threshold))
+    results.update(
+        run_suite(inputs, ci=ci, rng=rng, level=level, method=method, threshold=threshold, progress=progress)
+    )
     if out is None:
         return results
     with atomic_dir(out, owned=OUTPUTS) as tmp:
@@ -130,8 +172,7 @@ def _write(out: pathlib.Path, results: dict, inputs, *, ci: int, rng: Rng, level
         curves, band = roc_curves(inputs, ci=ci, rng=rng)
         plot_roc(curves, band, out / "roc.png", level=level)
         plot_confusion(results["confusion_matrix"]["matrix"], inputs.class_names, out / "confusion_matrix.png")
-        figures = [("ROC curve", "roc.png"), ("confusion matrix", "confusion_matrix.png")]
         if "ece" in results["metrics"]:
             plot_reliability(reliability(inputs), out / "reliability.png")
-            figures.append(("reliability diagram", "reliability.png"))
+        figures = standard_figures(results)
     write_markdown(out, results, level=level, figures=figures)

@@ -13,7 +13,15 @@ import numpy as np
 
 from fusefn._atomic import write_bytes
 
-__all__ = ["format_report", "format_value", "to_json", "write_results", "write_markdown"]
+__all__ = [
+    "format_report",
+    "format_value",
+    "markdown_header",
+    "standard_figures",
+    "to_json",
+    "write_markdown",
+    "write_results",
+]
 
 
 def to_json(obj: Any) -> Any:
@@ -55,8 +63,29 @@ def _rows(results: Mapping, prefix: str = "") -> list[tuple[str, Any, Any, Any]]
     return rows
 
 
+def _method_text(results: Mapping) -> str:
+    s = results.get("settings", {})
+    methods = results.get("methods") or {}
+    if s.get("method") == "auto" and methods:
+        bca = [k for k, m in methods.items() if m == "bca"]
+        return f"BCa for {', '.join(bca)}, percentile for the others" if bca else "percentile"
+    return {"bca": "BCa"}.get(s.get("method"), str(s.get("method")))
+
+
+def _counts_text(results: Mapping) -> str:
+    counts = results.get("class_counts") or {}
+    return ", ".join(f"{k}: {v}" for k, v in counts.items())
+
+
+def _notes(results: Mapping) -> list[str]:
+    return list(results.get("notes") or [])
+
+
 def format_report(results: Mapping, level: float = 0.95, markdown: bool = False) -> str:
-    """An aligned text table (or a Markdown table) of metric, value and CI from ``results["metrics"]``."""
+    """An aligned text table (or a Markdown table) of metric, value and CI from ``results["metrics"]``.
+
+    A value outside its own interval is marked ``*`` and explained in a note under the table.
+    """
     rows = _rows(results.get("metrics", {}))
     for group_name, g in results.get("groups", {}).items():
         rows.extend(_rows(g, f"{group_name}."))
@@ -64,19 +93,75 @@ def format_report(results: Mapping, level: float = 0.95, markdown: bool = False)
     table = [("metric", "value", ci_head)]
     for name, v, lo, hi in rows:
         ci = "" if lo is None else f"[{format_value(lo)}, {format_value(hi)}]"
+        if lo is not None and _outside(v, lo, hi):
+            ci += " *"
         table.append((name, format_value(v), ci))
+    notes = _notes(results)
     if markdown:
         lines = ["| metric | value | " + ci_head + " |", "| --- | ---: | --- |"]
         lines += [f"| {a} | {b} | {c} |" for a, b, c in table[1:]]
+        if notes:
+            lines += [""] + [f"\\* {n}" + "  " for n in notes]
         return "\n".join(lines) + "\n"
     w = [max(len(r[i]) for r in table) for i in range(3)]
     lines = [f"{a:<{w[0]}}  {b:>{w[1]}}  {c}".rstrip() for a, b, c in table]
     lines.insert(1, "-" * (w[0] + w[1] + w[2] + 4))
-    header = [f"samples: {results.get('num_samples')}, classes: {', '.join(results.get('class_names', []))}"]
-    if results.get("settings", {}).get("ci"):
-        s = results["settings"]
-        header.append(f"bootstrap: {s['ci']} resamples, {s['method']}, stratified by target, seed {s['seed']}")
+    counts = _counts_text(results)
+    header = [
+        f"samples: {results.get('num_samples')}"
+        + (f" ({counts})" if counts else f", classes: {', '.join(results.get('class_names', []))}")
+    ]
+    s = results.get("settings", {})
+    if s.get("ci"):
+        header.append(
+            f"bootstrap: {s['ci']} resamples, {_method_text(results)}, stratified by target, seed {s['seed']}"
+        )
+    if s.get("threshold") is not None:
+        header.append(f"threshold: {s['threshold']:g} ({s.get('threshold_rule', 'given')})")
+    lines += [f"* {n}" for n in notes]
     return "\n".join([*header, "", *lines]) + "\n"
+
+
+def _outside(v, lo, hi) -> bool:
+    try:
+        return bool(np.isfinite([v, lo, hi]).all() and not lo <= v <= hi)
+    except TypeError:
+        return False
+
+
+def markdown_header(results: Mapping, level: float = 0.95) -> str:
+    """The opening of ``report.md``: a title, the inputs, N with class counts, the bootstrap, the threshold,
+    fusefn's version and the date."""
+    inp = results.get("inputs", {})
+    s = results.get("settings", {})
+    preds = inp.get("pred") or []
+    title = ", ".join(pathlib.Path(p).name for p in preds) if preds else "predictions"
+    lines = [f"# Analysis of {title}", ""]
+    lines.append(f"- **inputs**: predictions {', '.join(f'`{p}`' for p in preds) or '(a frame)'}")
+    if inp.get("target"):
+        lines[-1] += f", targets `{inp['target']}` joined on `{inp.get('id')}`"
+    cols = (
+        f"scores `{', '.join(inp.get('score', []))}` ({inp.get('scores', 'probabilities')}), label `{inp.get('label')}`"
+    )
+    if inp.get("groups"):
+        cols += f", groups {', '.join(f'`{g}`' for g in inp['groups'])}"
+    lines.append(f"- **columns**: {cols}")
+    lines.append(f"- **samples**: {results.get('num_samples')} ({_counts_text(results)})")
+    if results.get("skipped"):
+        lines[-1] += f"; {len(results['skipped'])} skipped (listed in metrics.json)"
+    if s.get("ci"):
+        lines.append(
+            f"- **bootstrap**: {s['ci']} resamples, stratified by target, {round(level * 100, 1):g}% intervals by "
+            f"{_method_text(results)}, seed {s['seed']}"
+        )
+    else:
+        lines.append("- **bootstrap**: none (no intervals)")
+    if s.get("threshold") is not None:
+        lines.append(f"- **decision threshold**: {s['threshold']:g} — {s.get('threshold_rule', '')}")
+    else:
+        lines.append(f"- **decision**: {s.get('threshold_rule', 'argmax')}")
+    lines.append(f"- **fusefn** {results.get('fusefn_version', '?')}, {results.get('date', '')}")
+    return "\n".join(lines) + "\n\n"
 
 
 def write_results(out: str | os.PathLike, results: Mapping, *, level: float = 0.95) -> None:
@@ -87,13 +172,50 @@ def write_results(out: str | os.PathLike, results: Mapping, *, level: float = 0.
     write_bytes(out / "report.txt", format_report(results, level).encode())
 
 
-def write_markdown(
-    out: str | os.PathLike, results: Mapping, *, level: float = 0.95, figures: Sequence[tuple[str, str]] = ()
-) -> None:
-    """``out/report.md``: the table in Markdown, then each ``(title, file name)`` figure embedded.
+def standard_figures(results: Mapping) -> list[tuple[str, str, str]]:
+    """``(title, file name, caption)`` of the analyzer's figures for ``results``: ROC, confusion matrix and, when
+    the scores are probabilities, the reliability diagram.
 
-    The figures are embedded so that one file shows the whole analysis.
+    >>> [t for t, _, _ in standard_figures({"metrics": {"auc": {}}, "settings": {"ci": 0, "threshold": 0.5}})]
+    ['ROC curve', 'confusion matrix']
     """
-    md = format_report(results, level, markdown=True)
-    md += "".join(f"\n### {title}\n\n![{title}]({name})\n" for title, name in figures)
+    s = results.get("settings", {})
+    ci, level = s.get("ci") or 0, s.get("level", 0.95)
+    band = f" The band holds the central {round(level * 100, 1):g}% of {min(ci, 1000)} resampled curves." if ci else ""
+    thr = s.get("threshold")
+    decision = f"at the threshold {thr:g}" if thr is not None else "taking the class with the highest score"
+    figures = [
+        ("ROC curve", "roc.png", f"True against false positive rate over every threshold.{band}"),
+        (
+            "confusion matrix",
+            "confusion_matrix.png",
+            f"Counts of target (rows) against decision (columns), {decision}.",
+        ),
+    ]
+    if "ece" in results.get("metrics", {}):
+        caption = (
+            "Observed accuracy against the top-label confidence in 15 equal-width bins; "
+            "the diagonal is perfect calibration."
+        )
+        figures.append(("reliability diagram", "reliability.png", caption))
+    return figures
+
+
+def write_markdown(
+    out: str | os.PathLike,
+    results: Mapping,
+    *,
+    level: float = 0.95,
+    figures: Sequence[tuple[str, str] | tuple[str, str, str]] = (),
+) -> None:
+    """``out/report.md``: the header (:func:`markdown_header`), the table, then each figure embedded.
+
+    ``figures`` are ``(title, file name)`` or ``(title, file name, caption)``; they are embedded so
+    that one file shows the whole analysis.
+    """
+    md = markdown_header(results, level) + format_report(results, level, markdown=True)
+    for title, name, *caption in figures:
+        md += f"\n### {title}\n\n![{title}]({name})\n"
+        if caption:
+            md += f"\n{caption[0]}\n"
     write_bytes(pathlib.Path(out) / "report.md", md.encode())

@@ -13,7 +13,9 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from fusefn.analyze.inputs import PRED, TARGET, AnalysisInputs, group_key
+from fusefn.analyze.resampling import CELLS_FROM, Progress, make_cells, resample_suite
 from fusefn.core import Rng
+from fusefn.errors import ConfigError
 from fusefn.metrics import (
     AUCROC,
     ECE,
@@ -21,15 +23,30 @@ from fusefn.metrics import (
     Accuracy,
     AveragePrecision,
     BalancedAccuracy,
-    Bootstrap,
     ConfusionMatrix,
     GroupBy,
     ROCCurve,
     evaluate,
 )
-from fusefn.metrics.bootstrap import iter_resample_counts
+from fusefn.metrics.bootstrap import METHODS, iter_resample_counts, summarize
 
-__all__ = ["classification_metrics", "run_suite", "roc_curves", "reliability", "OPERATING_POINT_STATS"]
+__all__ = [
+    "BIASED",
+    "INTERVAL_METHODS",
+    "OPERATING_POINT_STATS",
+    "classification_metrics",
+    "interval_methods",
+    "outside_notes",
+    "reliability",
+    "roc_curves",
+    "run_suite",
+]
+
+BIASED = ("average_precision", "ece")
+"""Metrics whose resamples are biased (a resample repeats samples): ``method="auto"`` gives them BCa intervals."""
+
+INTERVAL_METHODS = ("auto", *METHODS)
+"""``auto`` (BCa for :data:`BIASED`, percentile otherwise) or one method for every metric."""
 
 OPERATING_POINT_STATS = ("sensitivity", "specificity", "precision", "npv", "f1")
 """The per-class statistics of the confusion matrix reported under ``operating_point``."""
@@ -72,21 +89,72 @@ def classification_metrics(
     return point
 
 
+def interval_methods(names: Sequence[str], method: str = "auto") -> dict[str, str]:
+    """The interval method of each metric: ``method`` for all, or with ``"auto"`` BCa for :data:`BIASED` ones.
+
+    >>> interval_methods(["auc", "ece"])
+    {'auc': 'percentile', 'ece': 'bca'}
+    """
+    if method not in INTERVAL_METHODS:
+        raise ConfigError(f"run_suite.method must be one of {', '.join(INTERVAL_METHODS)}, got {method!r}")
+    if method != "auto":
+        return {n: method for n in names}
+    return {n: "bca" if n in BIASED else "percentile" for n in names}
+
+
+def outside_notes(metrics: Mapping, methods: Mapping[str, str], level: float = 0.95) -> list[str]:
+    """One sentence per value that lies outside its own interval, saying so and why that happens.
+
+    >>> outside_notes({"ece": {"value": 0.01, "lower": 0.011, "upper": 0.026, "mean": 0.018}}, {"ece": "bca"})[0][:60]
+    'ece 0.0100 lies below its 95% bca interval [0.0110, 0.0260]:'
+    """
+    notes = []
+
+    def walk(name, node, method):
+        if isinstance(node, Mapping) and "lower" in node and "value" in node:
+            v, lo, hi = node["value"], node["lower"], node["upper"]
+            if any(x is None or not np.isfinite(x) for x in (v, lo, hi)) or lo <= v <= hi:
+                return
+            side = "below" if v < lo else "above"
+            mean = node.get("mean")
+            drift = "" if mean is None else f" (resampled mean {mean:.4f})"
+            notes.append(
+                f"{name} {v:.4f} lies {side} its {round(level * 100):g}% {method} interval [{lo:.4f}, {hi:.4f}]: "
+                f"resampling biases this statistic{drift}, so nearly all resamples fall on one side of the "
+                "estimate; the interval gives the spread, read the estimate as it is"
+                + ("" if method == "bca" else " (--method bca corrects the interval for the bias)")
+            )
+        elif isinstance(node, Mapping):
+            for k, sub in node.items():
+                walk(f"{name}.{k}", sub, method)
+
+    for name, node in metrics.items():
+        walk(name, node, methods.get(name, "percentile"))
+    return notes
+
+
 def run_suite(
     inputs: AnalysisInputs,
     *,
     ci: int,
     rng: Rng,
     level: float = 0.95,
-    method: str = "percentile",
+    method: str = "auto",
     threshold: float | None = None,
+    progress: Progress | None = None,
 ) -> dict:
-    """``{"metrics", "groups", "confusion_matrix", "warnings"}`` of the analysis (see :func:`fusefn.analyze.analyze`).
+    """``{"metrics", "groups", "confusion_matrix", "methods", "notes", "warnings"}`` of the analysis.
 
     Args:
-        ci: bootstrap resamples (0: no intervals), stratified by the target.
+        ci: bootstrap resamples (0: no intervals), stratified by the target; every metric is
+            evaluated on the same resamples (:func:`fusefn.analyze.resampling.resample_suite`).
         rng: the resampling stream of every interval.
+        method: the interval method of every metric, or ``"auto"``: BCa for the statistics a
+            resample biases (:data:`BIASED`: ECE, average precision), percentile for the others.
         threshold: binary operating point (default 0.5); ignored for multi-class scores.
+        progress: ``progress(done, total)`` after each chunk of resamples.
+
+    ``notes`` holds a sentence for each value outside its own interval (see :func:`outside_notes`).
     """
     batch, names = inputs.batch, inputs.class_names
     binary = inputs.num_classes == 2
@@ -94,29 +162,45 @@ def run_suite(
     scores = batch[PRED]
     point = classification_metrics(names, threshold=thr, probs_like=bool(np.all((scores >= 0) & (scores <= 1))))
     confusion = ConfusionMatrix(pred=PRED, target=TARGET, threshold=thr, num_classes=len(names), class_names=names)
-
-    def boot(metric):
-        return Bootstrap(metric, n=ci, rng=rng, level=level, stratify=TARGET, method=method)
+    methods = interval_methods([*point, "operating_point"], method)
 
     results: dict = {"metrics": {}, "groups": {}}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        suite = {name: boot(m) if ci else m for name, m in point.items()}
-        suite["confusion_matrix"] = confusion
-        if ci:
-            suite["operating_point"] = boot(confusion)
-        values = evaluate(suite, batch)
-        for name in point:
-            value = values[name]
-            if name == "ece" and not ci:
-                value = {"ece": value["ece"], "mce": value["mce"]}
-            results["metrics"][name] = value if ci else _leaves(value)
+        values = evaluate({**point, "confusion_matrix": confusion}, batch)
         cm_value = values["confusion_matrix"]
         shown = [names[1]] if binary else list(names)
         if ci:
-            cm_ci = values["operating_point"]["classes"]
-            per = {c: {s: cm_ci[c][s] for s in OPERATING_POINT_STATS} for c in shown}
+            resampled = {**point, "operating_point": confusion}
+            exact = {**values, "operating_point": cm_value}
+            boots, jack = resample_suite(
+                resampled,
+                batch,
+                n=ci,
+                rng=rng,
+                jackknife=[n for n in resampled if methods[n] == "bca"],
+                values=exact,
+                progress=progress,
+            )
+            for name in point:
+                results["metrics"][name] = summarize(
+                    values[name], boots[name], level, methods[name], name, jack.get(name)
+                )
+            op = summarize(
+                cm_value,
+                boots["operating_point"],
+                level,
+                methods["operating_point"],
+                "operating_point",
+                jack.get("operating_point"),
+            )
+            per = {c: {s: op["classes"][c][s] for s in OPERATING_POINT_STATS} for c in shown}
         else:
+            for name in point:
+                value = values[name]
+                if name == "ece":
+                    value = {"ece": value["ece"], "mce": value["mce"]}
+                results["metrics"][name] = _leaves(value)
             per = _leaves({c: {s: cm_value["classes"][c][s] for s in OPERATING_POINT_STATS} for c in shown})
         results["metrics"]["operating_point"] = per[shown[0]] if binary else per
         for i, g in enumerate(inputs.groups):
@@ -127,6 +211,8 @@ def run_suite(
             }
             results["groups"][g] = evaluate(per_group, batch)
         results["confusion_matrix"] = cm_value
+    results["methods"] = methods if ci else {}
+    results["notes"] = outside_notes(results["metrics"], methods, level) if ci else []
     results["warnings"] = sorted({str(w.message) for w in caught})
     return results
 
@@ -149,8 +235,15 @@ def roc_curves(inputs: AnalysisInputs, *, ci: int, rng: Rng) -> tuple[dict, dict
         curves = roc.compute(state)
         band = None
         if ci:
-            chunks = iter_resample_counts(min(ci, _ROC_BAND_RESAMPLES), state[TARGET], rng=rng)
-            band = _stack_bands([roc.resampled(state, counts) for counts in chunks])
+            n = min(ci, _ROC_BAND_RESAMPLES)
+            pred = state[PRED]
+            if pred.ndim == 1 and pred.size > CELLS_FROM and np.unique(state[TARGET]).size == 2:
+                # a figure: the band of the curve through the cells' (1024 quantile bins) points
+                cells = make_cells(pred, state[TARGET])
+                cols, chunks = roc.extract(cells.batch), cells.iter_draws(n, rng=rng)
+            else:
+                cols, chunks = state, iter_resample_counts(n, state[TARGET], rng=rng)
+            band = _stack_bands([roc.resampled(cols, counts) for counts in chunks])
     if len(names) == 2:
         curves, band = {names[1]: curves}, ({names[1]: band} if band is not None else None)
     return curves, band

@@ -279,6 +279,10 @@ class Augmentation:
 
     __slots__ = ()
     __chain__ = staticmethod(_combine)
+    # params entries drawn for the active samples only (leading size = number active); widened by fixed_params
+    _active_fields: tuple = ()
+    # whether ``apply`` (the gate) decides if a sample changes at all; crops change every sample
+    _gated: bool = True
 
     def all_keys(self) -> tuple:
         """Every key the op reads or writes."""
@@ -321,3 +325,54 @@ class Augmentation:
     def __call__(self, batch: Mapping, *, rng: Rng) -> dict:
         """``apply(batch, sample_like(batch, rng=rng))``."""
         return self.apply(batch, self.sample_like(batch, rng=rng))
+
+    def fixed_params(self, params, batch_size: int):
+        """``params`` whose shapes depend on the batch size only, never on how many samples the gate chose.
+
+        ``index`` becomes every sample and the values drawn for the active samples only are
+        spread over the batch (zeros elsewhere). With :meth:`apply_fixed` this is what a
+        compiled graph takes: one graph whatever the draw (no recompiles, CUDA-graph safe).
+        """
+        return _widened(params, self._active_fields, batch_size)
+
+    def apply_fixed(self, batch: Mapping, params) -> dict:
+        """:meth:`apply` under :meth:`fixed_params`: every sample is transformed, the unchosen ones put back.
+
+        Same result as ``apply`` with the unwidened params (the samples the gate skipped are the
+        input's own values, by ``torch.where``); fixed shapes and no data-dependent branch, so it
+        traces into one graph (``torch.compile(fullgraph=True)``). Costs the work of a full batch.
+        """
+        out, _ = self._apply(batch, params, frozenset())
+        return keep_unchosen(batch, out, self.all_keys(), params["apply"]) if self._gated else out
+
+
+def keep_unchosen(batch: Mapping, out: Mapping, keys: tuple, apply: torch.Tensor) -> dict:
+    """``out`` with the samples ``apply`` leaves out taken back from ``batch`` (by ``torch.where``)."""
+    updates = {}
+    for k in keys:
+        old, new = nd.get(batch, k, None), nd.get(out, k, None)
+        changed = isinstance(old, torch.Tensor) and isinstance(new, torch.Tensor) and new is not old
+        if changed and new.shape == old.shape:
+            on = apply.view((-1,) + (1,) * (new.ndim - 1))
+            updates[k] = torch.where(on, new, old)
+    return nd.assoc_many(out, updates) if updates else out
+
+
+def _widened(params: Mapping, fields: tuple, n: int) -> dict:
+    index = params["index"]
+    out = dict(params)
+    out["index"] = torch.arange(n, device=index.device)
+    if index.shape[0] == n:
+        return out
+    for name in fields:
+        value = params[name]
+        if isinstance(value, Mapping):
+            out[name] = {k: spread(t, index, n) for k, t in value.items()}
+        else:
+            out[name] = spread(value, index, n)
+    return out
+
+
+def spread(t: torch.Tensor, index: torch.Tensor, n: int) -> torch.Tensor:
+    """``t`` (one row per active sample) as ``n`` rows, zeros where no sample was active."""
+    return t.new_zeros((n, *t.shape[1:])).index_copy_(0, index, t)

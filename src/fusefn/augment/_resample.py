@@ -39,10 +39,37 @@ def grid_from_inverse(inverse: torch.Tensor, spatial: tuple, dtype, in_spatial: 
     in_spatial = spatial if in_spatial is None else in_spatial
     scale = torch.tensor([2.0 / s for s in in_spatial], dtype=inverse.dtype, device=inverse.device)
     theta = (inverse[:, :d, :] * scale[None, :, None]).flip(1).to(dtype)  # (n, d, d+1), rows x, y, z
-    base = centred_base(spatial, device=inverse.device, dtype=dtype)
-    # bmm over an expanded base writes the grid contiguous, which grid_sample reads faster than a strided one
-    grid = torch.bmm(base.expand(theta.shape[0], -1, -1), theta.transpose(1, 2))
-    return grid.view(inverse.shape[0], *spatial, d)
+    n = theta.shape[0]
+    # an affine grid is a sum of one term per axis: broadcasting d small outer terms writes the grid in one
+    # pass, where a matmul over a (pixels × d+1) base reads and writes several times as much
+    grid = theta[:, :, d].reshape((n,) + (1,) * d + (d,))
+    for axis, size in enumerate(spatial):
+        coords = torch.arange(size, device=theta.device, dtype=dtype) - (size - 1) / 2
+        shape = [n] + [1] * d + [d]
+        shape[1 + axis] = size
+        grid = grid + (coords[None, :, None] * theta[:, None, :, axis]).reshape(shape)
+    return grid
+
+
+def grid_sample(x: torch.Tensor, grid: torch.Tensor, mode: str, padding: str) -> torch.Tensor:
+    """``F.grid_sample`` (align_corners=False) that also spreads one 3D volume over the CPU threads.
+
+    PyTorch's 3D CPU kernel is parallel over the batch only, so one volume would use one
+    thread. Cutting the output into depth slabs makes each slab a batch entry over the same
+    (expanded, not copied) input: the same values, on every thread.
+    """
+    k = torch.get_num_threads()
+    n, c = x.shape[:2]
+    if x.ndim != 5 or n != 1 or k < 2 or x.device.type != "cpu" or torch.compiler.is_compiling():
+        return F.grid_sample(x, grid, mode, padding, align_corners=False)
+    depth = grid.shape[1]
+    while k > 1 and depth % k:
+        k -= 1
+    if k < 2:
+        return F.grid_sample(x, grid, mode, padding, align_corners=False)
+    slabs = grid.reshape(k, depth // k, *grid.shape[2:])
+    y = F.grid_sample(x.expand(k, *x.shape[1:]), slabs, mode, padding, align_corners=False)
+    return y.transpose(0, 1).reshape(1, c, depth, *y.shape[3:])
 
 
 def resample_keys(
@@ -91,13 +118,13 @@ def resample_keys(
         for k, x in images.items():
             if x.dtype not in grids:
                 grids[x.dtype] = grid_fn(spatial, x.dtype, sl)
-            y = F.grid_sample(x.index_select(0, idx), grids[x.dtype], "bilinear", padding, align_corners=False)
+            y = grid_sample(x.index_select(0, idx), grids[x.dtype], "bilinear", padding)
             outs[k].index_copy_(0, idx, y)
         for k, m in masks.items():
             if fdtype[k] not in grids:
                 grids[fdtype[k]] = grid_fn(spatial, fdtype[k], sl)
             sub = m.index_select(0, idx).to(fdtype[k])
-            y = F.grid_sample(sub, grids[fdtype[k]], "nearest", padding, align_corners=False)
+            y = grid_sample(sub, grids[fdtype[k]], "nearest", padding)
             outs[k].index_copy_(0, idx, y.to(m.dtype))
     return nd.assoc_many(batch, outs), owned | frozenset(outs)
 

@@ -32,6 +32,7 @@ from ._common import (
     Augmentation,
     as_tuple,
     bernoulli,
+    chunked,
     gate,
     get_key,
     keys_tuple,
@@ -196,21 +197,57 @@ class Affine(Augmentation):
         return to_device(params, device)
 
     def _apply(self, batch: Mapping, params: Mapping, owned: frozenset):
-        op = type(self).__name__
-        index = params["index"]
+        rest, moves = self._indexable(batch, params)
         out, owned = resample_keys(
             batch,
             owned,
-            op=op,
+            op=type(self).__name__,
             dims=self.dims,
             image_keys=self.image_keys,
             mask_keys=self.mask_keys,
-            index=index,
-            grid_fn=lambda spatial, dtype, sl: grid_from_inverse(params["inverse"][index[sl]], spatial, dtype),
+            index=rest,
+            grid_fn=lambda spatial, dtype, sl: grid_from_inverse(params["inverse"][rest[sl]], spatial, dtype),
             padding=self.padding,
         )
+        if moves:
+            out, owned = _index_moves(batch, out, owned, self.image_keys + self.mask_keys, moves)
+        return self.map_coords(batch, out, params, owned)
+
+    def _indexable(self, batch: Mapping, params: Mapping):
+        """``(samples to resample, [(sample, perm, flipped axes)])``: flips and axis swaps are done by indexing.
+
+        A sample whose inverse is a signed permutation with no translation moves whole pixels:
+        ``permute``/``flip`` give it exactly, for a fraction of a resampling. Eager CPU only: the
+        check reads the matrices on the host, which a compiled graph or a GPU queue should not wait for.
+        """
+        index = params["index"]
+        ref = get_key(batch, (self.image_keys + self.mask_keys)[0], type(self).__name__)
+        d = self.dims
+        if index.shape[0] == 0 or ref.ndim != d + 2 or not chunked(ref):
+            return index, []
+        inv = params["inverse"].index_select(0, index)
+        a, t = inv[:, :d, :d], inv[:, :d, d]
+        unit = a.abs() == 1
+        ok = ((a == 0) | unit).all(2).all(1) & (unit.sum(1) == 1).all(1) & (unit.sum(2) == 1).all(1) & (t == 0).all(1)
+        if not bool(ok.any()):
+            return index, []
+        spatial, moves = tuple(ref.shape[2:]), []
+        for pos in ok.nonzero().flatten().tolist():
+            m = a[pos]
+            perm = [int(m[:, k].abs().argmax()) for k in range(d)]  # output axis k reads input axis perm[k]
+            if any(spatial[perm[k]] != spatial[k] for k in range(d)):
+                ok[pos] = False  # a swap of unequal axes also shifts the centre: resampled
+                continue
+            flips = [k for k in range(d) if float(m[perm[k], k]) < 0]
+            if perm != list(range(d)) or flips:
+                moves.append((int(index[pos]), perm, flips))
+        return index[~ok], moves
+
+    def map_coords(self, batch: Mapping, out: Mapping, params: Mapping, owned: frozenset):
+        """``out`` with the point and box keys of ``batch`` mapped forward by ``params``' matrices."""
         if not (self.point_keys or self.box_keys):
             return out, owned
+        op = type(self).__name__
         ref_key = (self.image_keys + self.mask_keys)[0]
         spatial = tuple(get_key(batch, ref_key, op).shape[2:])
         centre = torch.tensor([(s - 1) / 2 for s in spatial], dtype=torch.float64, device=params["matrix"].device)
@@ -233,6 +270,20 @@ class Affine(Augmentation):
             mapped = _map_points(corners.flatten(1, 2), params, centre).unflatten(1, corners.shape[1:3])
             updates[k] = torch.cat([mapped.amin(dim=-2), mapped.amax(dim=-2)], dim=-1)
         return nd.assoc_many(out, updates), owned | frozenset(updates)
+
+
+def _index_moves(batch: Mapping, out: Mapping, owned: frozenset, keys: tuple, moves: list):
+    updates = {}
+    for k in keys:
+        src, dst = get_key(batch, k, "Affine"), nd.get(out, k)
+        if k not in owned:
+            dst = dst.clone()
+        for j, perm, flips in moves:
+            y = src[j].permute(0, *(1 + a for a in perm))
+            # flip copies; a bare permute is a view of src, which may be dst itself
+            dst[j] = y.flip([1 + a for a in flips]) if flips else y.contiguous()
+        updates[k] = dst
+    return nd.assoc_many(out, updates), owned | frozenset(updates)
 
 
 def _check_coords(x: torch.Tensor, dims: int, op: str, key: str, *, per_point: int):

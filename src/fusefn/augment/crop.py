@@ -77,6 +77,8 @@ class RandomCrop(Augmentation):
     :class:`~fusefn.augment.Affine`) are shifted by the crop start.
     """
 
+    _gated = False  # every sample is cropped; the gate picks a random or the centre position
+
     dims: int = attrs.field(default=2, validator=v.in_((2, 3)))
     image_keys: tuple = attrs.field(default=(), converter=keys_tuple, validator=v.keys)
     mask_keys: tuple = attrs.field(default=(), converter=keys_tuple, validator=v.keys)
@@ -145,6 +147,8 @@ class RandomResizedCrop(Augmentation):
     Images are resampled bilinearly, masks by nearest neighbour, point/box keys mapped to
     the output grid; a sample that is not drawn (probability ``1 − p``) is resized whole.
     """
+
+    _gated = False  # every sample is cropped and resized
 
     dims: int = attrs.field(default=2, validator=v.in_((2, 3)))
     image_keys: tuple = attrs.field(default=(), converter=keys_tuple, validator=v.keys)

@@ -163,6 +163,8 @@ class GaussianNoise(Augmentation):
         p: probability that a sample gets noise.
     """
 
+    _active_fields = ("noise",)
+
     image_keys: tuple = attrs.field(converter=keys_tuple, validator=_KEYS)
     std: float | tuple = attrs.field(default=0.03, converter=as_tuple, validator=_std_range)
     p: float = attrs.field(default=1.0, validator=v.unit_interval)

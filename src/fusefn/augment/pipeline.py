@@ -1,7 +1,9 @@
 """A chain of augmentations that samples every op's params up front, then applies them in order.
 
 Consecutive :class:`~fusefn.augment.Affine` ops on the same keys are fused: their
-matrices are multiplied at sampling time and the batch is resampled once.
+matrices are multiplied at sampling time and the batch is resampled once. An
+:class:`~fusefn.augment.Elastic` right after them on the same keys joins that one resampling
+(its displacement composed with the affine into one grid, ``augment._fused``).
 
 >>> import torch
 >>> from fusefn import Rng
@@ -25,24 +27,35 @@ from fusefn import validators as v
 from fusefn.core import chain, record
 from fusefn.errors import ConfigError
 
+from . import _fused
 from ._common import Augmentation
 from .affine import Affine, compose_affine_params
+from .elastic import Elastic
 from .intensity import GaussianNoise, Intensity
 
 __all__ = ["Pipeline", "chain", "default_image_pipeline", "default_volume_pipeline", "light_image_pipeline"]
 
 
 def _stages(ops: tuple) -> tuple:
-    """``(first, last)`` op index of each stage: runs of ops with one fuse key (affines), else single ops."""
+    """``(first, last)`` op index of each stage: runs of ops with one fuse key (affines), else single ops.
+
+    An :class:`~fusefn.augment.Elastic` right after a run of affines on the same keys joins their stage.
+    """
     out, i = [], 0
     while i < len(ops):
         j = i + 1
         key = ops[i].fuse_key()
         while key is not None and j < len(ops) and ops[j].fuse_key() == key:
             j += 1
+        if j < len(ops) and _fused.fusable(ops[i], ops[j]):
+            j += 1
         out.append((i, j))
         i = j
     return tuple(out)
+
+
+def _is_fused(ops: tuple, i: int, j: int) -> bool:
+    return j - i > 1 and isinstance(ops[j - 1], Elastic)
 
 
 @record
@@ -66,10 +79,12 @@ class Pipeline(Augmentation):
             shapes = op.out_shapes(shapes)
         params = []
         for i, j in _stages(self.ops):
-            p = drawn[i]
-            for q in drawn[i + 1 : j]:
+            fused = _is_fused(self.ops, i, j)
+            affines = drawn[i : j - 1] if fused else drawn[i:j]
+            p = affines[0]
+            for q in affines[1:]:
                 p = compose_affine_params(p, q)
-            params.append(p)
+            params.append(_fused.compose(p, drawn[j - 1], batch_size) if fused else p)
         return tuple(params)
 
     def like_keys(self) -> tuple:
@@ -77,12 +92,32 @@ class Pipeline(Augmentation):
         return self.all_keys()
 
     def _apply(self, batch: Mapping, params, owned: frozenset):
+        for i, j, p in self._staged(params):
+            if _is_fused(self.ops, i, j):
+                batch, owned = _fused.apply(self.ops[i], self.ops[j - 1], batch, p, owned)
+            else:
+                batch, owned = self.ops[i]._apply(batch, p, owned)
+        return batch, owned
+
+    def _staged(self, params) -> list:
         stages = _stages(self.ops)
         if len(params) != len(stages):
             raise ConfigError(f"Pipeline: got {len(params)} params entries for {len(stages)} stages")
-        for (i, _), p in zip(stages, params):
-            batch, owned = self.ops[i]._apply(batch, p, owned)
-        return batch, owned
+        return [(i, j, p) for (i, j), p in zip(stages, params)]
+
+    def fixed_params(self, params, batch_size: int) -> tuple:
+        return tuple(
+            _fused.fixed_params(p, batch_size) if _is_fused(self.ops, i, j) else self.ops[i].fixed_params(p, batch_size)
+            for i, j, p in self._staged(params)
+        )
+
+    def apply_fixed(self, batch: Mapping, params) -> dict:
+        for i, j, p in self._staged(params):
+            if _is_fused(self.ops, i, j):
+                batch = _fused.apply_fixed(self.ops[i], self.ops[j - 1], batch, p)
+            else:
+                batch = self.ops[i].apply_fixed(batch, p)
+        return batch
 
 
 def default_image_pipeline(key: str = keys.IMAGE, *, mask_keys=(), p: float = 0.5) -> Pipeline:

@@ -40,16 +40,23 @@ from fusefn.data.cache import (
     verify_store,
 )
 from fusefn.data.dataset import Dataset, TorchDatasetAdapter, collate, loader, uncollate, wrap_torch_dataset
+from fusefn.data.ops.dicom_series import DicomSeriesError, read_dicom_series
 from fusefn.data.order import EpochSampler, index_batches
 from fusefn.data.pipeline import run_pipeline
 from fusefn.data.samplers import BalancedBatchSampler
 from fusefn.data.sources import DataSource, split_folds
 from fusefn.data.tables import frame_to_batch, load_predictions, read_table
+from fusefn.data.write import write_nifti
 
 __all__ = [
     "BalancedBatchSampler",
     "BuildReport",
+    "PatchDataset",
+    "PatchSampler",
     "DataSource",
+    "DicomSeriesError",
+    "read_dicom_series",
+    "write_nifti",
     "Dataset",
     "EpochSampler",
     "frame_to_batch",
@@ -78,6 +85,11 @@ __all__ = [
 
 
 def __getattr__(name: str):
+    # patches imports torch, which `import fusefn.data` does not otherwise load
+    if name in ("PatchDataset", "PatchSampler"):
+        from fusefn.data import patches
+
+        return getattr(patches, name)
     # matplotlib loads only when figures are asked for
     if name == "visualize":
         import importlib

@@ -19,6 +19,7 @@ every id problem (duplicates, ids on one side only) is an error naming the ids.
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,19 +36,68 @@ __all__ = ["read_table", "load_predictions", "frame_to_batch"]
 _PathLike = (str, os.PathLike)
 
 
+def _sniff(head: bytes) -> dict:
+    """``read_csv`` options for a text table from its first bytes: the separator, and decimal commas with ``;``.
+
+    A header line with more ``;`` than ``,`` is a semicolon table (what spreadsheets write in
+    locales with a decimal comma); its numbers then use decimal commas when a data line holds a
+    digit, a comma and a digit.
+    """
+    text = head.decode("utf-8", errors="replace")
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    first = lines[0] if lines else ""
+    if first.count("\t") > max(first.count(","), first.count(";")):
+        return {"separator": "\t"}
+    if first.count(";") > first.count(","):
+        body = "\n".join(lines[1:])
+        return {"separator": ";", "decimal_comma": bool(re.search(r"\d,\d", body))}
+    return {"separator": ","}
+
+
 def read_table(path: str | os.PathLike) -> pl.DataFrame:
-    """A CSV (``.csv``, ``.tsv``, ``.txt``) or Parquet (``.parquet``, ``.pq``) file as a Polars frame."""
+    """A CSV (``.csv``, ``.tsv``, ``.txt``) or Parquet (``.parquet``, ``.pq``) file as a Polars frame.
+
+    Text tables may be comma-, tab- or semicolon-separated (the latter with decimal commas, as
+    spreadsheets write them in many locales): the separator is read from the header line. An empty
+    file, a binary file under a text name, or a file that is not a table is a one-line error naming it.
+
+    >>> import pathlib, tempfile
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "excel.csv"
+    >>> _ = p.write_text("id;score;label\\na;0,25;0\\nb;0,75;1\\n")
+    >>> read_table(p)["score"].to_list()
+    [0.25, 0.75]
+    """
     p = Path(path)
     if not p.is_file():
-        raise FusefnError(f"file not found: {p}")
+        raise FusefnError(f"file not found: {p}" if not p.exists() else f"{p} is a folder, not a table file")
     suffix = p.suffix.lower()
+    try:
+        with open(p, "rb") as f:
+            head = f.read(8192)
+    except OSError as e:
+        raise FusefnError(f"cannot read {p}: {e.strerror or e}") from None
+    if not head:
+        raise FusefnError(f"cannot read {p}: the file is empty; expected a table with a header line")
+    parquet = head[:4] == b"PAR1"
+    if suffix in (".parquet", ".pq") and not parquet:
+        raise FusefnError(f"cannot read {p}: not a Parquet file (no PAR1 magic); name it .csv if it is a text table")
+    if suffix in (".csv", ".tsv", ".txt") and (parquet or b"\0" in head):
+        what = "a Parquet file" if parquet else "binary, not text"
+        raise FusefnError(
+            f"cannot read {p}: {what}; expected a text table (CSV){', or name it .parquet' if parquet else ''}"
+        )
     try:
         if suffix in (".parquet", ".pq"):
             return pl.read_parquet(p)
         if suffix in (".csv", ".tsv", ".txt"):
-            return pl.read_csv(p, separator="\t" if suffix == ".tsv" else ",")
-    except Exception as e:  # polars raises many kinds; the user needs the file name
-        raise FusefnError(f"cannot read {p}: {e}") from None
+            opts = {"separator": "\t"} if suffix == ".tsv" else _sniff(head)
+            return pl.read_csv(p, **opts)
+    except Exception as e:  # polars raises many kinds; the user needs the file name and the first line of why
+        first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
+        if "more fields" in first:
+            first += " (a line has more values than the header: a decimal comma such as 0,25 in a comma-separated file?"
+            first += " save it with ';' separators, or quote such values)"
+        raise FusefnError(f"cannot read {p}: {first}") from None
     raise FusefnError(f"unknown table format {suffix!r} for {p} (use .csv or .parquet)")
 
 
@@ -116,7 +166,10 @@ def load_predictions(
         msg = f"{extra.len()} target ids have no prediction: {shown}{' …' if extra.len() > 5 else ''}"
         if strict:
             raise SampleError(
-                msg + " (pass strict=False to evaluate the predicted ids only)", sample_id=extra[0], key=id
+                msg
+                + " (--allow-partial on the command line, strict=False in Python, evaluates the predicted ids only)",
+                sample_id=extra[0],
+                key=id,
             )
         warnings.warn(msg + "; they are left out", stacklevel=2)
     return df.join(tg, on=id, how="inner", suffix="_target", maintain_order="left")

@@ -15,6 +15,7 @@ leave the folder), with ``index.json`` mapping the names back to the ids.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import math
@@ -26,8 +27,9 @@ import numpy as np
 from fusefn import nd
 from fusefn._atomic import atomic_dir, atomic_path, write_bytes
 from fusefn._types import is_tensor
+from fusefn.core import Rng
 from fusefn.errors import SampleError
-from fusefn.keys import IMAGE, LABEL, MASK, SAMPLE_ID
+from fusefn.keys import AFFINE, IMAGE, LABEL, MASK, SAMPLE_ID
 
 __all__ = [
     "safe_name",
@@ -39,7 +41,12 @@ __all__ = [
     "show_sample",
     "show_samples",
     "show_volume",
+    "show_recipe_samples",
+    "AUTO",
 ]
+
+AUTO = "auto"
+"""``mask_key`` default: overlay ``data.gt.mask`` when the sample has one (any other key given must be there)."""
 
 _KEEP = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-.#@+=,~()[]")
 
@@ -132,9 +139,10 @@ def _scalar_text(v) -> str:
 def _required(sample: Mapping, key: str, op: str):
     if not nd.contains(sample, key):
         sid = nd.get(sample, SAMPLE_ID, None)
-        raise SampleError(
-            f"no {key!r} to show; the sample has {sorted(nd.keys(sample))}", sample_id=sid, key=key, op=op
-        )
+        have = sorted(nd.flatten(sample))
+        near = difflib.get_close_matches(key, have, n=1)
+        hint = f" (did you mean {near[0]!r}?)" if near else ""
+        raise SampleError(f"no {key!r} to show{hint}; the sample has {have}", sample_id=sid, key=key, op=op)
     return nd.get(sample, key)
 
 
@@ -153,8 +161,11 @@ def _draw(ax, sample: Mapping, image_key, mask_key, label_key, pred_key, title_p
     sid = nd.get(sample, SAMPLE_ID, None)
     img = _rgb_scale(_image2d(_required(sample, image_key, "visualize"), sid, image_key))
     ax.imshow(img, cmap="gray" if img.ndim == 2 else None, interpolation="nearest")
-    if mask_key is not None and nd.contains(sample, mask_key):
-        mask = _image2d(nd.get(sample, mask_key), sid, mask_key)
+    if mask_key in (AUTO, MASK):  # the well-known mask key: drawn where the sample has one
+        mask_key = MASK if nd.contains(sample, MASK) else None
+    if mask_key is not None:
+        # a mask key that was asked for and is not there is a mistake, not an image without a mask
+        mask = _image2d(_required(sample, mask_key, "visualize (mask)"), sid, mask_key)
         _check_mask(mask.shape[:2], img.shape[:2], sid, mask_key, "visualize")
         ax.imshow(np.ma.masked_where(mask <= 0, mask), cmap="autumn", alpha=0.45, interpolation="nearest")
     parts = [f"{title_prefix}{sid}" if sid is not None else title_prefix]
@@ -170,11 +181,16 @@ def show_sample(
     sample: Mapping,
     path,
     image_key: str = IMAGE,
-    mask_key: str | None = MASK,
+    mask_key: str | None = AUTO,
     label_key: str | None = LABEL,
     pred_key: str | None = None,
 ) -> pathlib.Path:
-    """One sample: its image, the mask overlaid (when present), label and prediction in the title."""
+    """One sample: its image, the mask overlaid, label and prediction in the title.
+
+    ``mask_key``: :data:`AUTO` (or ``data.gt.mask`` itself) overlays ``data.gt.mask`` when the sample
+    has one; any other key must be in the sample (a SampleError names it and the keys there are);
+    ``None``: no mask.
+    """
     fig = _figure(4, 4.3)
     _draw(fig.add_subplot(1, 1, 1), sample, image_key, mask_key, label_key, pred_key)
     fig.tight_layout()
@@ -185,7 +201,7 @@ def show_batch(
     batch: Mapping,
     path,
     image_key: str = IMAGE,
-    mask_key: str | None = MASK,
+    mask_key: str | None = AUTO,
     label_key: str | None = LABEL,
     pred_key: str | None = None,
     max_items: int = 16,
@@ -208,7 +224,7 @@ def show_samples(
     samples: Iterable[Mapping],
     folder,
     image_key: str = IMAGE,
-    mask_key: str | None = MASK,
+    mask_key: str | None = AUTO,
     label_key: str | None = LABEL,
     pred_key: str | None = None,
 ) -> list[pathlib.Path]:
@@ -234,7 +250,7 @@ def show_samples(
 
 
 def show_before_after(
-    before: Mapping, after: Mapping, path, image_key: str = IMAGE, mask_key: str | None = MASK
+    before: Mapping, after: Mapping, path, image_key: str = IMAGE, mask_key: str | None = AUTO
 ) -> pathlib.Path:
     """The same sample before and after a pipeline (e.g. the dynamic ops or an augmentation), side by side."""
     fig = _figure(8, 4.3)
@@ -244,14 +260,27 @@ def show_before_after(
     return save_figure(fig, path)
 
 
-def show_volume(volume, path, n_slices: int = 6, mask=None, title: str | None = None, key: str = IMAGE) -> pathlib.Path:
-    """A 3D volume (``D×H×W``, ``C×D×H×W``, or a sample dict) as axial/coronal/sagittal slice montages."""
+_VIEWS = {"L": "sagittal", "R": "sagittal", "A": "coronal", "P": "coronal", "S": "axial", "I": "axial"}
+
+
+def show_volume(
+    volume, path, n_slices: int = 6, mask=None, title: str | None = None, key: str = IMAGE, affine=None
+) -> pathlib.Path:
+    """A 3D volume (``D×H×W``, ``C×D×H×W``, or a sample dict) as slice montages along each voxel axis.
+
+    With an affine (``affine=``, or ``keys.AFFINE`` in the sample) every view is drawn at its true aspect from
+    the voxel spacing, named by the anatomical direction its slicing axis runs along (axial, coronal,
+    sagittal), and each slice is titled with its index and its world position in mm (RAS+). Without one the
+    voxels are drawn square and the views are named by voxel axis.
+    """
     sid = None
     if isinstance(volume, Mapping):
         sid = nd.get(volume, SAMPLE_ID, None)
         title = title or str(sid if sid is not None else "")
         if mask is None and nd.contains(volume, MASK):
             mask = nd.get(volume, MASK)
+        if affine is None and nd.contains(volume, AFFINE):
+            affine = nd.get(volume, AFFINE)
         volume = _required(volume, key, "show_volume")
     v = _np(volume).astype(np.float32)
     if v.ndim == 4:
@@ -265,22 +294,45 @@ def show_volume(volume, path, n_slices: int = 6, mask=None, title: str | None = 
         m = _np(mask)
         m = m[0] if m.ndim == 4 else m
         _check_mask(m.shape, v.shape, sid, MASK, "show_volume")
+    a = None if affine is None else np.asarray(_np(affine), dtype=np.float64)
+    if a is not None and a.shape != (4, 4):
+        raise SampleError(f"show_volume needs a 4×4 affine, got shape {a.shape}", sample_id=sid, key=AFFINE)
+    spacing = np.ones(3) if a is None else np.linalg.norm(a[:3, :3], axis=0)
     lo, hi = float(v.min()), float(v.max())
     fig = _figure(2 * n_slices, 6.4)
-    for r, (axis, name) in enumerate(((0, "axial"), (1, "coronal"), (2, "sagittal"))):
-        picks = np.linspace(0, v.shape[axis] - 1, n_slices + 2)[1:-1].round().astype(int)
+    for r in range(3):
+        name, world = _view(a, r)
+        rows, cols = [ax for ax in range(3) if ax != r]
+        picks = np.linspace(0, v.shape[r] - 1, n_slices + 2)[1:-1].round().astype(int)
         for c, k in enumerate(picks):
             ax = fig.add_subplot(3, n_slices, r * n_slices + c + 1)
-            ax.imshow(np.take(v, k, axis=axis), cmap="gray", vmin=lo, vmax=hi, interpolation="nearest")
+            # aspect = a pixel's height over its width: the spacing of the displayed rows over that of the columns
+            aspect = spacing[rows] / spacing[cols]
+            ax.imshow(np.take(v, k, axis=r), cmap="gray", vmin=lo, vmax=hi, interpolation="nearest", aspect=aspect)
             if m is not None:
-                ms = np.take(m, k, axis=axis)
-                ax.imshow(np.ma.masked_where(ms <= 0, ms), cmap="autumn", alpha=0.45, interpolation="nearest")
-            ax.set_title(f"{name} {k}", fontsize=7)
+                ms = np.take(m, k, axis=r)
+                ax.imshow(
+                    np.ma.masked_where(ms <= 0, ms), cmap="autumn", alpha=0.45, interpolation="nearest", aspect=aspect
+                )
+            where = ""
+            if a is not None:
+                centre = (np.asarray(v.shape, np.float64) - 1) / 2
+                centre[r] = k
+                where = f"\n{'xyz'[world]} = {float((a @ [*centre, 1.0])[world]):.1f} mm"
+            ax.set_title(f"{name} {k}{where}", fontsize=7)
             ax.set_axis_off()
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     return save_figure(fig, path)
+
+
+def _view(affine, axis: int) -> tuple[str, int]:
+    """The view slicing along voxel ``axis`` shows, and the world axis (0 x, 1 y, 2 z) that voxel axis runs along."""
+    if affine is None:
+        return ("axial", "coronal", "sagittal")[axis], axis
+    world = int(np.argmax(np.abs(affine[:3, axis])))
+    return _VIEWS["RAS"[world]], world
 
 
 def show_histogram(sample: Mapping, path, image_key: str = IMAGE, bins: int = 64) -> pathlib.Path:
@@ -301,3 +353,40 @@ def show_histogram(sample: Mapping, path, image_key: str = IMAGE, bins: int = 64
     ax.set_xlabel(image_key, fontsize=8)
     fig.tight_layout()
     return save_figure(fig, path)
+
+
+def show_recipe_samples(
+    recipe,
+    out,
+    *,
+    num: int = 16,
+    rng: Rng,
+    cache_dir,
+    image_key: str | None = None,
+    mask_key: str | None = None,
+    label_key: str | None = None,
+) -> pathlib.Path:
+    """``out/<recipe>_samples.png``: the first ``num`` samples of a recipe's static pipeline, with its keys.
+
+    The keys default to what the recipe declares (``Recipe.image_key``, ``mask_key``, ``label_key``),
+    so its masks are drawn; a key given that the samples do not have is a SampleError naming the
+    keys they have. ``cache_dir`` holds the samples built (``Recipe.static_data(cache_dir, rng=rng)``).
+    """
+    from fusefn.data import Dataset, collate
+    from fusefn.errors import ConfigError
+
+    if recipe.static_data is None:
+        raise ConfigError(f"recipe {recipe.name!r} has no static pipeline to draw (its Recipe.static_data is None)")
+    store, source = recipe.static_data(pathlib.Path(cache_dir), rng=rng)
+    ds = Dataset(source=source.take(source.ids[:num]), cache=store).build()
+    batch = collate([ds[i] for i in range(len(ds))])
+    out = pathlib.Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    return show_batch(
+        batch,
+        out / f"{recipe.name}_samples.png",
+        image_key=image_key or recipe.image_key,
+        mask_key=mask_key or recipe.mask_key,
+        label_key=label_key or recipe.label_key,
+        max_items=num,
+    )

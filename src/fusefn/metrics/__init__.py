@@ -29,8 +29,25 @@ from fusefn.metrics.detection import BoxDetection
 from fusefn.metrics.distributed import gather
 from fusefn.metrics.evaluation import evaluate
 from fusefn.metrics.group import GroupBy
-from fusefn.metrics.segmentation import Dice, Hausdorff95, IoU
+from fusefn.metrics.multilabel import (
+    MultiLabelAUC,
+    MultiLabelAveragePrecision,
+    MultiLabelSensitivity,
+    MultiLabelSpecificity,
+)
+from fusefn.metrics.operating import SensitivityAtSpecificity, SpecificityAtSensitivity, YoudenJ
+from fusefn.metrics.regression import MAE, MSE, R2, RMSE, Pearson, Spearman
+from fusefn.metrics.segmentation import Dice, Hausdorff95, IoU, VolumeDifference
 from fusefn.metrics.stats import DeLong, McNemar
+from fusefn.metrics.surface import ASSD, SurfaceDice
+from fusefn.metrics.survival import (
+    CumulativeDynamicAUC,
+    HarrellC,
+    IntegratedBrierScore,
+    KaplanMeier,
+    LogRank,
+    UnoC,
+)
 
 __all__ = [
     "AUCROC",
@@ -43,9 +60,12 @@ __all__ = [
     "BoxDetection",
     "ConfusionMatrix",
     "DeLong",
+    "ASSD",
     "Dice",
     "GroupBy",
     "Hausdorff95",
+    "SurfaceDice",
+    "VolumeDifference",
     "IoU",
     "McNemar",
     "Metric",
@@ -54,4 +74,23 @@ __all__ = [
     "UndefinedMetricWarning",
     "evaluate",
     "gather",
+    "MAE",
+    "MSE",
+    "RMSE",
+    "R2",
+    "Pearson",
+    "Spearman",
+    "MultiLabelAUC",
+    "MultiLabelAveragePrecision",
+    "MultiLabelSensitivity",
+    "MultiLabelSpecificity",
+    "HarrellC",
+    "UnoC",
+    "CumulativeDynamicAUC",
+    "IntegratedBrierScore",
+    "KaplanMeier",
+    "LogRank",
+    "YoudenJ",
+    "SensitivityAtSpecificity",
+    "SpecificityAtSensitivity",
 ]

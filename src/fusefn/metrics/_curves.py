@@ -53,6 +53,22 @@ def auc(p: np.ndarray, n: np.ndarray) -> np.ndarray:
         return np.where((n1 > 0) & (n0 > 0), num / (n1 * n0), np.nan)
 
 
+def auc_sorted(score: np.ndarray, pos: np.ndarray) -> float:
+    """ROC AUC of one unweighted score column (ties one half); NaN where a class is absent.
+
+    Sorts the positive and the negative scores by value (numpy's vectorised sort; an argsort
+    and the gathers it needs cost more) and counts, for every positive, the negatives below it
+    and tied with it by binary search over the sorted negatives. The sums are exact integers.
+    """
+    sp, sn = np.sort(score[pos]), np.sort(score[~pos])
+    if sp.size == 0 or sn.size == 0:
+        return float("nan")
+    below = np.searchsorted(sn, sp, "left")
+    upto = np.searchsorted(sn, sp, "right")
+    lo, hi = int(below.sum(dtype=np.int64)), int(upto.sum(dtype=np.int64))
+    return (lo + 0.5 * (hi - lo)) / (sp.size * sn.size)
+
+
 def roc_points(p: np.ndarray, n: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """FPR and TPR per row, starting at (0, 0), one point per tie block (descending threshold)."""
     tps = np.concatenate([np.zeros((p.shape[0], 1)), np.cumsum(p, axis=1)], axis=1)

@@ -311,15 +311,20 @@ class _Ranking(ColumnStore):
     def _per_class(self, cols: Mapping, counts: np.ndarray | None) -> list[tuple[int, np.ndarray]]:
         out = []
         for c, s in self._columns(cols["pred"]):
-            order, starts, _ = _curves.tie_blocks(s)
             pos = cols["target"] == c
             if counts is None:
-                out.append((c, self._stat(*_curves.block_counts(pos, order, starts))))
+                out.append((c, self._column(s, pos)))
                 continue
-            out.append((c, self._resampled_column(s, pos, order, starts, counts)))
+            out.append((c, self._resampled_column(s, pos, counts)))
         return out
 
-    def _resampled_column(self, s, pos, order, starts, counts) -> np.ndarray:
+    def _column(self, s: np.ndarray, pos: np.ndarray) -> np.ndarray:
+        """The statistic of one score column over the data as it is (a 1-element array)."""
+        order, starts, _ = _curves.tie_blocks(s)
+        return self._stat(*_curves.block_counts(pos, order, starts))
+
+    def _resampled_column(self, s, pos, counts) -> np.ndarray:
+        order, starts, _ = _curves.tie_blocks(s)
         parts = [
             self._stat(*_curves.block_counts(pos, order, starts, counts[rows]))
             for rows in _curves.row_chunks(counts.shape[0], s.size)
@@ -375,10 +380,14 @@ class AUCROC(_Ranking):
     def _stat(self, p, n):
         return _curves.auc(p, n)
 
-    def _resampled_column(self, s, pos, order, starts, counts) -> np.ndarray:
+    def _column(self, s: np.ndarray, pos: np.ndarray) -> np.ndarray:
+        # two value sorts and two merges: no argsort, no gathers (faster than torchmetrics on 10^6 scores)
+        return np.array([_curves.auc_sorted(s, pos)])
+
+    def _resampled_column(self, s, pos, counts) -> np.ndarray:
         n1, n0 = int(pos.sum()), int((~pos).sum())
         if n1 * n0 > _curves.PAIRWISE_MAX:
-            return super()._resampled_column(s, pos, order, starts, counts)
+            return super()._resampled_column(s, pos, counts)
         return _curves.auc_pairwise(s[pos], s[~pos], counts[:, pos], counts[:, ~pos])
 
 

@@ -16,7 +16,6 @@ pass over the voxels.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Mapping
 
 import attrs
@@ -35,8 +34,29 @@ from fusefn.metrics._base import (
     undefined,
     validate_key,
 )
+from fusefn.metrics.surface import _FIELDS as _SURFACE_FIELDS
+from fusefn.metrics.surface import (
+    _classes,
+    _SurfaceRecord,
+    assd,
+    bounding_box,
+    check_classes,
+    class_masks,
+    hd95,
+    nsd,
+    surface_distances,
+)
 
-__all__ = ["Dice", "IoU", "Hausdorff95", "hausdorff95", "joint_histogram"]
+__all__ = [
+    "CASE_METRICS",
+    "Dice",
+    "Hausdorff95",
+    "IoU",
+    "VolumeDifference",
+    "case_scores",
+    "hausdorff95",
+    "joint_histogram",
+]
 
 
 def joint_histogram(target: np.ndarray, pred: np.ndarray, num_labels: int) -> np.ndarray:
@@ -59,22 +79,6 @@ def joint_histogram(target: np.ndarray, pred: np.ndarray, num_labels: int) -> np
         code = target.astype(np.int64).ravel(order="K") * num_labels + pred.astype(np.int64).ravel(order="K")
         hist = np.bincount(code, minlength=num_labels * num_labels)
     return hist.reshape(num_labels, num_labels).astype(np.float64)
-
-
-def _classes(value):
-    if value is None:
-        return None
-    return tuple(v if isinstance(v, int) else tuple(int(x) for x in v) for v in value)
-
-
-def _label_group(instance, attribute, value):
-    """One label (an int >= 0) or a non-empty tuple of them, scored as one mask."""
-    group = (value,) if isinstance(value, int) else value
-    if not group or any(x < 0 for x in group):
-        raise ConfigError(f"{type(instance).__name__}.{attribute.name} has a bad entry {value!r}")
-
-
-_check_classes = v.and_(v.min_len(1), v.deep_iterable(_label_group))
 
 
 def _stack(hists: list, n: int) -> np.ndarray:
@@ -241,7 +245,7 @@ _FIELDS_DOC = """
 class _OverlapRecord(_Overlap):
     pred: str | tuple = attrs.field(converter=key_field, validator=validate_key)
     target: str | tuple = attrs.field(converter=key_field, validator=validate_key)
-    classes: tuple | None = attrs.field(default=None, converter=_classes, validator=v.optional(_check_classes))
+    classes: tuple | None = attrs.field(default=None, converter=_classes, validator=v.optional(check_classes))
     class_names: tuple | None = attrs.field(default=None, converter=attrs.converters.optional(tuple))
     average: str = attrs.field(default="volume", validator=v.in_(("volume", "micro")))
     soft: bool = False
@@ -263,33 +267,21 @@ class IoU(_OverlapRecord):
 
 
 def hausdorff95(pred: np.ndarray, target: np.ndarray, spacing=None) -> float:
-    """Symmetric 95th-percentile Hausdorff distance between the surfaces of two boolean masks.
+    """Symmetric 95th-percentile Hausdorff distance between the surfaces of two boolean masks (MONAI's definition).
 
-    The larger of the two directed 95th percentiles (surface voxel to nearest surface voxel
-    of the other mask), in units of ``spacing``. NaN when either mask is empty.
+    The larger of the two directed 95th percentiles (surface voxel to nearest surface voxel of the
+    other mask), in units of ``spacing``. NaN when both masks are empty, ``inf`` when one is.
     """
-    from scipy import ndimage
-
-    pred, target = pred.astype(bool), target.astype(bool)
-    if not pred.any() or not target.any():
-        return float("nan")
-    sampling = None if spacing is None else tuple(float(s) for s in spacing)
-
-    def surface(m):
-        return m & ~ndimage.binary_erosion(m, border_value=0)
-
-    sp, st = surface(pred), surface(target)
-    to_target = ndimage.distance_transform_edt(~st, sampling=sampling)
-    to_pred = ndimage.distance_transform_edt(~sp, sampling=sampling)
-    return float(max(np.percentile(to_target[sp], 95), np.percentile(to_pred[st], 95)))
+    return hd95(surface_distances(pred, target, spacing))
 
 
 @record
-class Hausdorff95(MetricBase):
+class Hausdorff95(_SurfaceRecord):
     """95th-percentile Hausdorff distance per class or label group, per volume then averaged.
 
-    State: the per-volume distances, (V, K). Volumes where a mask is empty are left out
-    of the average (NaN with a warning when none remains).
+    MONAI's ``HausdorffDistanceMetric(percentile=95)``; state: the per-volume distances, (V, K).
+    Volumes where a mask is empty (NaN / ``inf``) are left out of the average (NaN with a
+    warning when none remains).
 
     >>> import numpy as np
     >>> t = np.zeros((1, 8, 8), int); t[0, 2:5, 2:5] = 1
@@ -299,60 +291,136 @@ class Hausdorff95(MetricBase):
     {'1': 1.0, 'mean': 1.0}
     """
 
-    pred: str | tuple = attrs.field(converter=key_field, validator=validate_key)
-    target: str | tuple = attrs.field(converter=key_field, validator=validate_key)
-    classes: tuple = attrs.field(converter=_classes, validator=_check_classes)
-    class_names: tuple | None = attrs.field(default=None, converter=attrs.converters.optional(tuple))
-    spacing: tuple | None = attrs.field(default=None, converter=attrs.converters.optional(tuple))
+    __doc__ += _SURFACE_FIELDS
+    _column = "hd95"
 
-    def _names(self) -> list[str]:
-        if self.class_names:
-            if len(self.class_names) != len(self.classes):
-                raise ConfigError(f"class_names has {len(self.class_names)} names for {len(self.classes)} classes")
-            return list(self.class_names)
-        return ["+".join(map(str, (c,) if isinstance(c, int) else c)) for c in self.classes]
+    def _volume(self, p, t, sp):
+        return hd95(surface_distances(p, t, sp))
 
-    def init(self) -> np.ndarray:
-        return np.zeros((0, len(self.classes)))
 
-    def extract(self, batch: Mapping) -> dict[str, np.ndarray]:
-        pk = key_name(self.pred)
-        pred, target = read(batch, self.pred), read(batch, self.target)
-        if pred.shape != target.shape or pred.dtype.kind not in "iub" or target.dtype.kind not in "iub":
-            raise SampleError(f"needs integer label maps of equal shape, got {pred.shape} and {target.shape}", key=pk)
-        groups = [(c,) if isinstance(c, int) else c for c in self.classes]
-        out = np.array(
-            [[hausdorff95(np.isin(p, g), np.isin(t, g), self.spacing) for g in groups] for p, t in zip(pred, target)]
-        ).reshape(-1, len(groups))
-        return {"hd95": out}
+def _voxel_volume(spacing, affine) -> float:
+    if affine is not None:
+        a = np.asarray(affine, dtype=np.float64)
+        n = a.shape[-1] - 1
+        return float(abs(np.linalg.det(a[:n, :n])))
+    return float(np.prod(spacing)) if spacing is not None else 1.0
 
-    def accumulate(self, state: np.ndarray, cols: Mapping) -> np.ndarray:
-        return np.concatenate([state, cols["hd95"]])
 
-    def merge(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        return np.concatenate([a, b])
+@record
+class VolumeDifference(_SurfaceRecord):
+    """Predicted minus reference volume per class (mm³, or relative to the reference), per volume then averaged.
 
-    def compute(self, state: np.ndarray) -> dict:
-        out = {}
-        for name, col in zip(self._names(), state.T):
-            ok = ~np.isnan(col)
-            out[name] = (
-                float(col[ok].mean())
-                if ok.any()
-                else undefined(f"Hausdorff95 of {name!r}: no volume has both masks non-empty")
-            )
-        vals = [v for v in out.values() if not np.isnan(v)]
-        out["mean"] = float(np.mean(vals)) if vals else float("nan")
-        return out
+    The voxel volume is ``|det|`` of the affine's linear part (or the product of ``spacing``).
+    ``relative``: ``(V_pred - V_ref) / V_ref``, NaN for a volume with an empty reference.
 
-    def resampled(self, cols: Mapping, counts: np.ndarray) -> dict:
-        w = counts.astype(np.float64)
-        out = {}
-        for name, col in zip(self._names(), cols["hd95"].T):
-            ok = ~np.isnan(col)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                out[name] = (w @ np.where(ok, col, 0.0)) / (w @ ok)
-        with np.errstate(invalid="ignore"), warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            out["mean"] = np.nanmean(np.stack(list(out.values())), axis=0)
-        return out
+    >>> import numpy as np
+    >>> t = np.zeros((1, 4, 4), int); t[0, :2, :2] = 1
+    >>> p = np.zeros((1, 4, 4), int); p[0, :2, :3] = 1
+    >>> m = VolumeDifference(pred="p", target="t", classes=(1,), spacing=(2.0, 0.5))
+    >>> m.compute(m.update(m.init(), {"p": p, "t": t}))
+    {'1': 2.0, 'mean': 2.0}
+    """
+
+    __doc__ += _SURFACE_FIELDS
+    relative: bool = False
+    _column = "volume_diff"
+
+    def _geometry(self, batch: Mapping, n: int) -> list:
+        if self.affine is None:
+            return [_voxel_volume(self.spacing, None)] * n
+        aff = read(batch, self.affine)
+        aff = np.broadcast_to(aff, (n, *aff.shape)) if aff.ndim == 2 else aff
+        return [_voxel_volume(None, a) for a in aff]
+
+    def _volume(self, p, t, voxel):
+        vp, vt = float(p.sum()) * voxel, float(t.sum()) * voxel
+        if not self.relative:
+            return vp - vt
+        return (vp - vt) / vt if vt > 0 else float("nan")
+
+
+# ---------------------------------------------------------------------------- every metric of one case
+
+CASE_METRICS = ("dice", "iou", "hd95", "assd", "nsd", "volume_pred", "volume_ref", "volume_diff", "volume_diff_rel")
+"""What :func:`case_scores` returns per class: overlap, surface distances (mm), volumes (mm³) and their difference."""
+
+
+def _foreground_box(pred: np.ndarray, ref: np.ndarray) -> tuple[slice, ...] | None:
+    """Bounding box (+1 voxel) of the non-zero voxels of either label map."""
+    nz = pred != 0
+    nz |= ref != 0
+    return bounding_box(nz, margin=1)
+
+
+def case_scores(
+    pred: np.ndarray,
+    ref: np.ndarray,
+    classes,
+    *,
+    spacing=None,
+    voxel_volume: float | None = None,
+    tolerance: float = 1.0,
+    percentile: float = 95.0,
+) -> dict[str, dict[str, float]]:
+    """Every metric of :data:`CASE_METRICS` for each class of one predicted / reference label-map pair.
+
+    Raw definitions (MONAI's for the distances): both masks empty → Dice, IoU, HD95, ASSD, NSD NaN;
+    one empty → Dice, IoU, NSD 0 and HD95, ASSD ``inf``; ``volume_diff_rel`` NaN when the reference is empty.
+    Only the bounding box of the non-zero voxels is visited per class, each surface once; classes whose
+    masks are identical in this case (labels absent from both maps) share one computation.
+
+    Args:
+        classes: labels or tuples of labels (merged into one mask), as for :class:`Dice`.
+        spacing: mm per voxel axis (default 1). voxel_volume: mm³ per voxel (default the product of ``spacing``).
+        tolerance: NSD tolerance τ in mm. percentile: of the Hausdorff distance.
+
+    >>> t = np.zeros((6, 6), int); t[1:4, 1:4] = 1; t[2, 2] = 2
+    >>> p = t.copy(); p[4, 1:4] = 1
+    >>> r = case_scores(p, t, (1, (1, 2)), spacing=(1.0, 1.0))
+    >>> round(r["1+2"]["dice"], 4), r["1+2"]["hd95"], r["1+2"]["volume_diff"]
+    (0.8571, 1.0, 3.0)
+    """
+    pred, ref = np.asarray(pred), np.asarray(ref)
+    if pred.shape != ref.shape:
+        raise ValueError(f"label maps differ in shape: {pred.shape} vs {ref.shape}")
+    groups = [(c,) if isinstance(c, int) else tuple(c) for c in _classes(tuple(classes))]
+    names = ["+".join(map(str, g)) for g in groups]
+    voxel = float(np.prod(spacing)) if voxel_volume is None and spacing is not None else (voxel_volume or 1.0)
+    box = tuple(slice(None) for _ in pred.shape) if any(0 in g for g in groups) else _foreground_box(pred, ref)
+    if box is None:  # nothing but background in either map
+        pc = rc = np.zeros((1,) * pred.ndim, dtype=np.int64)
+    else:
+        pc, rc = pred[box], ref[box]
+    n = max(int(pc.max(initial=0)), int(rc.max(initial=0)), max(max(g) for g in groups)) + 1
+    if min(int(pc.min(initial=0)), int(rc.min(initial=0))) < 0:
+        raise ValueError("label maps hold a negative label")
+    hist = joint_histogram(rc, pc, n)
+    out, done = {}, {}
+    for name, g in zip(names, groups):
+        present_p = tuple(x for x in g if hist[:, x].sum() > 0)
+        present_r = tuple(x for x in g if hist[x, :].sum() > 0)
+        inter = hist[list(g)][:, list(g)].sum()
+        vp, vr = hist[:, list(g)].sum(), hist[list(g), :].sum()
+        # a group's masks are its labels present in each map: groups with the same present labels share them
+        key = (present_p, present_r)
+        if key not in done:
+            if not present_p and not present_r:
+                dist = (np.zeros(0), np.zeros(0))
+            else:
+                pm, rm = class_masks(pc, [g])[0], class_masks(rc, [g])[0]
+                dist = surface_distances(pm, rm, spacing)
+            done[key] = dist
+        dist = done[key]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[name] = {
+                "dice": float(2 * inter / (vp + vr)) if vp + vr else float("nan"),
+                "iou": float(inter / (vp + vr - inter)) if vp + vr else float("nan"),
+                "hd95": hd95(dist, percentile),
+                "assd": assd(dist),
+                "nsd": nsd(dist, tolerance),
+                "volume_pred": float(vp) * voxel,
+                "volume_ref": float(vr) * voxel,
+                "volume_diff": float(vp - vr) * voxel,
+                "volume_diff_rel": float((vp - vr) / vr) if vr else float("nan"),
+            }
+    return out

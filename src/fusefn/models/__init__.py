@@ -18,6 +18,7 @@ torch.Size([2, 10])
 """
 
 from fusefn.models._layers import ModelInputError
+from fusefn.models._record import UnportableModelWarning
 from fusefn.models.backbones import (
     MLP,
     InceptionResNetV2,
@@ -53,6 +54,7 @@ __all__ = [
     "SegmentationHead3D",
     "SmallCNN",
     "UNet",
+    "UnportableModelWarning",
     "Wrapper",
     "apply",
     "as_module",

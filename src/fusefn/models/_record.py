@@ -18,7 +18,7 @@ from fusefn.models._layers import init_tensors
 from fusefn.models._skeleton import run
 from fusefn.models._weights import load_weights
 
-__all__ = ["ModelRecord", "check_record"]
+__all__ = ["ModelRecord", "check_record", "UnportableModelWarning", "main_references", "warn_if_unportable"]
 
 
 def check_record(model, where: str) -> None:
@@ -145,3 +145,62 @@ def _mismatch(model, module, params, buffers) -> FusefnError | None:
 def _explain_mismatch(model, module, params, buffers):
     problem = _mismatch(model, module, params, buffers)
     raise problem or FusefnError(f"apply({type(model).__name__}): a name appears in both params and buffers")
+
+
+class UnportableModelWarning(UserWarning):
+    """A model's config names a class or function another process cannot import (one defined in ``__main__``)."""
+
+
+_MAIN_MODULES = ("__main__", "__mp_main__")
+
+
+def main_references(config) -> list[str]:
+    """The ``module:qualname`` paths in a config (:func:`fusefn.core.to_config`) that live in a script's ``__main__``.
+
+    >>> main_references({"__type__": "fusefn.models:Wrapper", "module": {"__ref__": "__main__:Net"}})
+    ['__main__:Net']
+    """
+    found: list[str] = []
+    if isinstance(config, dict):
+        for k, value in config.items():
+            if k in ("__ref__", "__type__") and isinstance(value, str) and value.partition(":")[0] in _MAIN_MODULES:
+                found.append(value)
+            else:
+                found += main_references(value)
+    elif isinstance(config, list):
+        for value in config:
+            found += main_references(value)
+    return found
+
+
+def unportable_message(paths) -> str:
+    """Why a model naming ``paths`` (in ``__main__``) cannot be loaded elsewhere, and the fix."""
+    names = ", ".join(p.partition(":")[2] for p in paths)
+    return (
+        f"the model uses {names}, defined in the script that runs (module __main__): another process (infer, "
+        f"load_model, a notebook) cannot import it by name. Fix: move {names} to a module of your own (e.g. "
+        f"my_project/nets.py) and import it from there; or, to load in a script that defines it too, pass "
+        f"allowed=[{names}]"
+    )
+
+
+def warn_if_unportable(model) -> bool:
+    """Warn (:class:`UnportableModelWarning`) when ``model``'s config names a class defined in ``__main__``.
+
+    Returns whether it warned. A model that cannot be saved as config at all is left to ``to_config``'s error.
+    """
+    import warnings
+
+    from fusefn.core import to_config
+
+    try:
+        paths = main_references(to_config(model))
+    except FusefnError:
+        return False
+    if paths:
+        warnings.warn(
+            "saving a model that cannot be loaded elsewhere: " + unportable_message(paths),
+            UnportableModelWarning,
+            stacklevel=3,
+        )
+    return bool(paths)

@@ -107,6 +107,9 @@ def fit(
         batch_size, workers, batch_sampler: the loader settings (``fusefn.data.collate`` batches).
         callbacks: run after the one writing ``metrics.csv`` (:class:`fusefn.train.CsvMetrics`).
         progress: progress bars; default: when stderr is a terminal.
+
+    ``model_dir`` holding another run's checkpoints is refused unless ``run.force`` (``--force``:
+    they are replaced) or ``run.resume`` (``--resume``: that run goes on from its last checkpoint).
     """
     import sys
 
@@ -137,6 +140,8 @@ def fit(
             device=run.device,
             callbacks=(train.CsvMetrics(), *callbacks),
             progress=sys.stderr.isatty() if progress is None else progress,
+            resume="last" if run.resume else None,
+            overwrite=run.force,
         )
 
 

@@ -3,7 +3,7 @@
 A recipe defines up to three phases ``train(run)``, ``infer(run)``, ``analyze(run)``
 taking a :class:`~fusefn.recipe.Run` and its own click options (their values reach
 the phases as ``run.hp``). :meth:`Recipe.cli` makes the click group ``train | infer |
-analyze | all`` with the common options ``--out --seed --debug --compile --device``;
+analyze | all`` with the common options ``--out --seed --debug --compile --device --force --resume``;
 :meth:`Recipe.run` runs the same phases from Python.
 
 >>> import click, tempfile
@@ -26,16 +26,18 @@ from __future__ import annotations
 import logging
 import os
 import pathlib
-import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import attrs
 import click
 
+from fusefn import keys
 from fusefn import log as flog
+from fusefn import validators as v
+from fusefn.cli_errors import UserErrorGroup
 from fusefn.core import Rng, record
-from fusefn.errors import ConfigError, FusefnError
+from fusefn.errors import ConfigError
 from fusefn.recipe.report import staged_report
 from fusefn.recipe.run import Run, prepare_out, resolve_device
 
@@ -71,18 +73,6 @@ def default_hp(options: Sequence) -> dict:
     return _probe(options).main([], standalone_mode=False)
 
 
-class _Group(click.Group):
-    """Errors a user can cause end as one line on stderr and exit code 2."""
-
-    def invoke(self, ctx):
-        try:
-            return super().invoke(ctx)
-        except FusefnError as e:
-            logging.getLogger("fusefn").debug("recipe failed", exc_info=True)
-            click.echo(f"error: {e}", err=True)
-            sys.exit(2)
-
-
 def _common_options(default_out: str) -> list:
     return [
         click.option(
@@ -109,6 +99,15 @@ def _common_options(default_out: str) -> list:
             help="torch.compile the train and eval steps.",
         ),
         click.option("--device", default="auto", show_default=True, help="`auto`, `cpu`, `cuda`, `cuda:1`, …"),
+        click.option(
+            "--force", is_flag=True, default=False, help="Train even where OUT/model holds a run: replace it."
+        ),
+        click.option(
+            "--resume",
+            is_flag=True,
+            default=False,
+            help="Go on training the run in OUT/model from its last checkpoint.",
+        ),
     ]
 
 
@@ -131,6 +130,8 @@ class Recipe:
         commands: more click commands of the recipe's group (e.g. one that writes an example input).
         default_out: the default ``--out``.
         infer_name, report_name: where the inference file and the report go under ``--out``.
+        image_key, mask_key, label_key: the keys of its samples' image, mask (``None``: no mask) and
+            label, declared once: ``fusefn visualize`` draws them.
     """
 
     name: str
@@ -145,6 +146,9 @@ class Recipe:
     default_out: str | None = None
     infer_name: str = "infer/predictions.parquet"
     report_name: str = "report"
+    image_key: str = attrs.field(default=keys.IMAGE, validator=v.key)
+    mask_key: str | None = attrs.field(default=None, validator=v.optional(v.key))
+    label_key: str | None = attrs.field(default=keys.LABEL, validator=v.optional(v.key))
 
     def __attrs_post_init__(self):
         if self.analyze is None and self.train is None and self.infer is None:
@@ -168,8 +172,13 @@ class Recipe:
         """The recipe's click parameters by name (to convert a ``name=value`` string)."""
         return _params(self.options)
 
-    def make_run(self, out, *, rng: Rng, debug="default", compile=False, device="auto", hp=None) -> Run:
-        """The :class:`Run` of this recipe in ``out`` with its default hyper-parameters updated by ``hp``."""
+    def make_run(
+        self, out, *, rng: Rng, debug="default", compile=False, device="auto", hp=None, force=False, resume=False
+    ) -> Run:
+        """The :class:`Run` of this recipe in ``out`` with its default hyper-parameters updated by ``hp``.
+
+        ``force`` / ``resume``: what training does where ``out/model`` holds a run (see :class:`Run`).
+        """
         values = self.hp()
         unknown = sorted(set(hp or {}) - set(values))
         if unknown:
@@ -183,6 +192,8 @@ class Recipe:
             compile=compile,
             device=resolve_device(device),
             hp=values,
+            force=force,
+            resume=resume,
             infer_name=self.infer_name,
             report_name=self.report_name,
         )
@@ -222,28 +233,41 @@ class Recipe:
         debug="default",
         compile=False,
         device="auto",
+        force=False,
+        resume=False,
         **hp,
     ) -> Any:
         """Run ``command`` (a phase or ``all``) in ``out`` from Python, as the command line would; errors are raised.
 
-        ``rng`` is the run's stream (``--seed N`` on the command line is ``rng=Rng(N)``); ``hp`` sets
-        the recipe's own options by parameter name.
+        ``rng`` is the run's stream (``--seed N`` on the command line is ``rng=Rng(N)``); ``force`` and
+        ``resume`` are ``--force`` and ``--resume``; ``hp`` sets the recipe's own options by parameter name.
         """
         todo = self.phases if command == "all" else (command,)
         if any(p not in self.phases for p in todo):
             raise ConfigError(f"recipe {self.name}: no phase {command!r}; it has {', '.join(self.phases)} and all")
         out = out if out is not None else self.default_out or f"runs/{self.name}"
-        run = self.make_run(out, rng=rng, debug=debug, compile=compile, device=device, hp=hp)
+        run = self.make_run(
+            out, rng=rng, debug=debug, compile=compile, device=device, hp=hp, force=force, resume=resume
+        )
         return self.execute(run, todo)
 
     def cli(self) -> click.Group:
         """The click group ``train | infer | analyze | all`` of this recipe."""
-        group = _Group(name=self.name, help=self.doc, context_settings={"help_option_names": ["-h", "--help"]})
+        group = UserErrorGroup(name=self.name, help=self.doc, context_settings={"help_option_names": ["-h", "--help"]})
         options = [*_common_options(self.default_out or f"runs/{self.name}"), *self.options]
 
         def make(cmd: str, todo: tuple[str, ...], help_text: str) -> None:
-            def command(out, seed, debug_mode, compile_, device, **hp):
-                run = self.make_run(out, rng=Rng(seed), debug=debug_mode, compile=compile_, device=device, hp=hp)
+            def command(out, seed, debug_mode, compile_, device, force, resume, **hp):
+                run = self.make_run(
+                    out,
+                    rng=Rng(seed),
+                    debug=debug_mode,
+                    compile=compile_,
+                    device=device,
+                    hp=hp,
+                    force=force,
+                    resume=resume,
+                )
                 return self.execute(run, todo)
 
             command.__name__ = cmd

@@ -40,6 +40,8 @@ class Run:
         rng: the run's random stream (the recipe's ``--seed``, converted once).
         debug: a :mod:`fusefn.debug` mode or its name (``fast`` caps samples and epochs).
         hp: the recipe's own hyper-parameters (its click options by parameter name).
+        force: train even where ``model_dir`` holds another run's checkpoints (they are replaced).
+        resume: train on from the last checkpoint of ``model_dir`` (its run goes on).
         infer_name, report_name: the inference file and the report folder, relative to ``out``.
     """
 
@@ -50,6 +52,8 @@ class Run:
     compile: bool = False
     device: str = "cpu"
     hp: Mapping = attrs.field(factory=dict, eq=False)
+    force: bool = False
+    resume: bool = False
     infer_name: str = "infer/predictions.parquet"
     report_name: str = "report"
 

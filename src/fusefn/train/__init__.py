@@ -11,6 +11,8 @@
 """
 
 from fusefn.train import distributed
+from fusefn.train._compile import COMPILE_MODES, MEMORY_FORMATS, GraphBreakError
+from fusefn.train.batch_norm import BatchNormStats, has_batch_norm, recompute_batch_norm
 from fusefn.train.batches import default_collate, epoch_batches, is_map_dataset
 from fusefn.train.callbacks import Callback, CsvMetrics, EarlyStopping, RunContext, TensorBoard, TimeStats
 from fusefn.train.checkpoint import (
@@ -36,13 +38,26 @@ from fusefn.train.distributed import (
 )
 from fusefn.train.fit import fit
 from fusefn.train.infer import infer
+from fusefn.train.infer_volumes import SlidingWindowSettings
 from fusefn.train.loading import load_ensemble, load_model
 from fusefn.train.loop import EpochMeans, ValidationError, eval_epoch, summary_table, train_epoch
+from fusefn.train.prefetch import device_batches
+from fusefn.train.run_dir import RunDirError, read_run
 from fusefn.train.settings import CheckpointRule, LoaderSettings, StepSettings
+from fusefn.train.sliding_window import sliding_window
 from fusefn.train.state import TrainState, init_state, tree_clone, tree_to
 from fusefn.train.step import NonFiniteLossError, make_eval_step, make_train_step, total_loss
 
 __all__ = [
+    "COMPILE_MODES",
+    "MEMORY_FORMATS",
+    "GraphBreakError",
+    "device_batches",
+    "BatchNormStats",
+    "RunDirError",
+    "has_batch_norm",
+    "read_run",
+    "recompute_batch_norm",
     "BestEpochSource",
     "BestEpochs",
     "Callback",
@@ -90,4 +105,6 @@ __all__ = [
     "tree_clone",
     "tree_to",
     "world_size",
+    "SlidingWindowSettings",
+    "sliding_window",
 ]

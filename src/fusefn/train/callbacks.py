@@ -53,7 +53,14 @@ class RunContext:
 
 
 class Callback:
-    """Base with no-op hooks."""
+    """Base with no-op hooks.
+
+    ``reads()`` lists the epoch-result keys a callback needs (``"validation.metrics.auc"``):
+    ``fit`` checks them before the first epoch, so a misspelt key fails at once.
+    """
+
+    def reads(self) -> tuple[str, ...]:
+        return ()
 
     def on_fit_start(self, run: RunContext) -> None:
         return None
@@ -168,6 +175,9 @@ class EarlyStopping(Callback):
     optimization: str = attrs.field(default="min", validator=v.in_(("min", "max")))
     patience: int = attrs.field(default=5, validator=v.positive_int)
     min_delta: float = 0.0
+
+    def reads(self) -> tuple[str, ...]:
+        return (self.source,)
 
     def should_stop(self, history) -> bool:
         """Whether training should stop after the last entry of ``history``."""

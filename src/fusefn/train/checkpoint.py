@@ -3,6 +3,7 @@
 Layout under ``model_dir``::
 
     model.json                 the model record as config (fusefn.core.to_config), so infer can rebuild it
+    run.json                   the run's id and configuration (fusefn.train.run_dir); every checkpoint carries the id
     checkpoints/last.pt        after every epoch (and on Ctrl-C)
     checkpoints/best_<source>.pt   when the epoch is the best so far for that source
     checkpoints/epoch_<n>.pt   when n >= start_saving_epochs and (n - start) % gap == 0
@@ -54,11 +55,13 @@ __all__ = [
     "write_json_atomic",
     "config_diff",
     "FORMAT",
+    "RUN_FILE",
 ]
 
 FORMAT = "fusefn-checkpoint/2"
 _FORMAT_1 = "fusefn-checkpoint/1"  # the whole payload pickled: read when weights-only loading can, or trusted
-_CONFIG_KEYS = ("model_config", "optimizer_config", "model_fingerprint", "optimizer_fingerprint")
+_CONFIG_KEYS = ("model_config", "optimizer_config", "model_fingerprint", "optimizer_fingerprint", "run_id")
+RUN_FILE = "run.json"  # the run record of a model_dir (fusefn.train.run_dir)
 _log = logging.getLogger(__name__)
 
 
@@ -189,6 +192,9 @@ def checkpoint_path(model_dir: str | os.PathLike, which: str | int | os.PathLike
     if isinstance(which, os.PathLike) or (isinstance(which, str) and ("/" in which or which.endswith(".pt"))):
         return pathlib.Path(which)
     if which == "best":
+        preferred = _run_best(model_dir)
+        if preferred is not None and (ckdir / f"{preferred}.pt").is_file():
+            return ckdir / f"{preferred}.pt"
         found = sorted(ckdir.glob("best_*.pt")) if ckdir.is_dir() else []
         if not found:
             raise CheckpointError(
@@ -196,6 +202,15 @@ def checkpoint_path(model_dir: str | os.PathLike, which: str | int | os.PathLike
             )
         return found[0]
     return ckdir / f"{which}.pt"
+
+
+def _run_best(model_dir: pathlib.Path) -> str | None:
+    """``best_<source>`` of the run's first best-epoch source (from its run.json), if recorded."""
+    try:
+        sources = json.loads((model_dir / RUN_FILE).read_text())["config"]["best"]
+        return best_name(sources[0]) if sources and isinstance(sources[0], str) else None
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        return None
 
 
 def _atomic_write(path: pathlib.Path, write, durable: bool = True) -> None:
@@ -250,6 +265,7 @@ def save_checkpoint(
     optimizer=None,
     extra=None,
     durable: bool = False,
+    run_id: str | None = None,
 ) -> None:
     """Write ``state`` (+ the model/optimizer config and fingerprints) to ``path`` atomically.
 
@@ -257,7 +273,9 @@ def save_checkpoint(
     is serialised once and written to each. ``durable`` fsyncs each file (power-loss safe).
     Tensors are stored as tensors; NumPy arrays as their bytes; everything else (history,
     metric states, best epochs, optimizer scalars, ``extra``) as JSON, so the file loads with
-    ``torch.load(path, weights_only=True)``. A value that only pickle could store (an arbitrary
+    ``torch.load(path, weights_only=True)``. ``run_id`` names the run of the model directory
+    (:mod:`fusefn.train.run_dir`), so a checkpoint left by another run is never loaded as this one's.
+    A value that only pickle could store (an arbitrary
     object in a metric state or ``extra``) is a CheckpointError naming where it is.
     Raises CheckpointError naming the path when the disk is full or not writable;
     the previous file at that path stays intact.
@@ -268,6 +286,7 @@ def save_checkpoint(
         "optimizer_config": to_config(optimizer) if optimizer is not None else None,
         "model_fingerprint": fingerprint(model) if model is not None else None,
         "optimizer_fingerprint": fingerprint(optimizer) if optimizer is not None else None,
+        "run_id": run_id,
     }
     doc, tensors = _document(tree_to(_state_dict(state), "cpu"), configs, extra)
     _write(paths, doc, tensors, durable)

@@ -16,6 +16,7 @@ import math
 import os
 import pathlib
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -28,7 +29,9 @@ from fusefn._atomic import sweep_temporaries
 from fusefn.core import Rng, fingerprint, to_config
 from fusefn.errors import ConfigError, FusefnError
 from fusefn.losses import InvalidTargetError
+from fusefn.models._record import warn_if_unportable
 from fusefn.train import distributed as dist_
+from fusefn.train.batch_norm import DEFAULT_BATCH_NORM, BatchNormStats, has_batch_norm, recompute_batch_norm
 from fusefn.train.batches import epoch_batches
 from fusefn.train.callbacks import Callback, EarlyStopping, RunContext
 from fusefn.train.checkpoint import (
@@ -44,7 +47,9 @@ from fusefn.train.checkpoint import (
 )
 from fusefn.train.device import select_device
 from fusefn.train.loop import ValidationError, eval_epoch, summary_table, train_epoch
+from fusefn.train.run_dir import claim_run_dir, run_config, run_config_part
 from fusefn.train.settings import CheckpointRule, LoaderSettings, StepSettings
+from fusefn.train.start_checks import check_batch_keys, check_epoch_keys, epoch_keys
 from fusefn.train.state import TrainState, init_state
 from fusefn.train.step import NonFiniteLossError, make_eval_step, make_train_step
 
@@ -74,12 +79,14 @@ def fit(
     validate_first: bool = False,
     callbacks: Sequence[Callback] = (),
     resume: str | int | os.PathLike | None = None,
+    overwrite: bool = False,
     plateau: optim.ReduceLROnPlateau | None = None,
+    batch_norm: BatchNormStats | None = DEFAULT_BATCH_NORM,
     progress: bool = True,
     apply: Callable | None = None,
     init: Callable | None = None,
 ) -> TrainState:
-    """Train ``model`` for ``epochs`` epochs and write checkpoints under ``model_dir``.
+    """Train ``model`` for ``epochs`` epochs, write checkpoints under ``model_dir``; returns the final TrainState.
 
     Args:
         losses: ``{name: loss}``; their sum is ``losses.total_loss``.
@@ -91,18 +98,19 @@ def fit(
         seed: the run's ``Rng(seed)``: parameters, shuffling, augmentation and dropout derive from it.
         validate_first: a validation pass before training (epoch 0 of the history).
         resume: ``"last"`` (start fresh when there is none), ``"best"``, an epoch number or a path.
+        overwrite: replace the checkpoints of another run in ``model_dir`` (else that is refused:
+            :mod:`fusefn.train.run_dir`; ``resume`` continues that run instead).
         plateau: a ReduceLROnPlateau reducer whose scale multiplies the learning rate.
+        batch_norm: batch-norm statistics recomputed after every training epoch from unaugmented
+            training samples (:mod:`fusefn.train.batch_norm` says why); ``None``: the running averages.
+        progress: progress bars, and one line per epoch when logging does not show fit's tables.
         apply, init: the model's functions (default ``fusefn.models.apply`` / ``init``).
 
-    Under torchrun, fit runs inside :func:`~fusefn.train.distributed.process_group` (joined
-    here and left on return unless the caller holds one). ``epoch_results`` (one per epoch,
-    in ``state.history``) is ``{"epoch", "learning_rate", "train": {"losses", "metrics"}, "validation"}``.
-
-    A failing validation (a non-finite loss, labels a loss cannot take, a metric's error) raises
-    :class:`~fusefn.train.loop.ValidationError` naming the epoch once ``last`` holds its training.
-
-    Returns:
-        the final TrainState.
+    Every key a metric, loss, callback or best-epoch rule reads is checked before the first epoch
+    (:mod:`fusefn.train.start_checks`). Under torchrun, fit runs inside
+    :func:`~fusefn.train.distributed.process_group`. ``epoch_results`` (one per epoch, in ``state.history``)
+    is ``{"epoch", "learning_rate", "train": {"losses", "metrics"}, "validation"}``. A failing validation
+    raises :class:`~fusefn.train.loop.ValidationError` naming the epoch once ``last`` holds its training.
     """
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
         raise ConfigError(f"fit: epochs must be an int >= 0, got {epochs!r}")
@@ -110,25 +118,25 @@ def fit(
     with contextlib.ExitStack() as scope:
         scope.enter_context(dist_.process_group())
         main, dev, show = dist_.is_main(), select_device(device), progress and dist_.is_main()
-        if main:
-            _prepare(model_dir)
         modes = _metrics_by_mode(metrics, train_metrics, validation_metrics, validation_data is not None)
         best = BestEpochs(sources=checkpoints.sources(validation_data is not None))
-        _check_sources([*best.sources, *_plateau_sources(plateau)], losses, modes)
+        _check_keys(model, losses, modes, best.sources, plateau, callbacks, train_data)
+        parts = (model, losses, optimizer, seed, modes, best.sources, train_data, validation_data, augment, batch_norm)
+        run_id = _claim(model_dir, *parts, main=main, resume=resume, overwrite=overwrite)
         state = _resumed(model_dir, resume, model, optimizer, dev)
         if state is None:
             state = init_state(model, optimizer, rng=Rng(seed), init=init, device=dev)
-        if main:
-            write_json_atomic(model_dir / "model.json", to_config(model))
-        train_step = make_train_step(model, losses, optimizer, apply=apply, **_step_kw(step))
-        eval_step = make_eval_step(model, losses, apply=apply, precision=step.precision, compile=step.compile)
-        epoch_kw = {"metrics": modes["train"], "augment": augment, "accumulate": step.accumulate, "device": dev}
+        train_step = make_train_step(model, losses, optimizer, apply=apply, **step.train_kwargs())
+        eval_step = make_eval_step(model, losses, apply=apply, **step.eval_kwargs())
+        io_kw = {"device": dev, "prefetch": step.prefetch}
+        epoch_kw = {"metrics": modes["train"], "augment": augment, "accumulate": step.accumulate, **io_kw}
         save = functools.partial(_save, model_dir, main=main, model=model, optimizer=optimizer, rule=checkpoints)
+        save = functools.partial(save, run_id=run_id)
 
         def validate(st: TrainState, epoch: int) -> dict:
             batches, count = epoch_batches(validation_data, **_batch_kw(loader))
             with _bar(count, f"epoch {epoch} validation", show) as bar:
-                return eval_epoch(eval_step, st, batches, metrics=modes["validation"], device=dev, progress=bar)
+                return eval_epoch(eval_step, st, batches, metrics=modes["validation"], progress=bar, **io_kw)
 
         run = RunContext(model_dir=model_dir, epochs=epochs, state=state)
         cbs = tuple(callbacks) if main else ()
@@ -150,6 +158,7 @@ def fit(
             run.state = state
             if train_res is None:
                 _interrupted(save, state, epoch)
+            state = run.state = _batch_norm(batch_norm, model, state, train_data, loader, epoch, dev, apply)
             res = {"epoch": epoch, "learning_rate": lr, "train": train_res}
             if validation_data is not None:
                 res["validation"] = _validated(validate, state, res, save, model_dir)
@@ -160,7 +169,7 @@ def fit(
             )
             save(checkpoints.names(epoch, improved), state)
             dist_.barrier()
-            if _end_epoch(run, cbs, res, improved, time.perf_counter() - t0, batches.wait_s):
+            if _end_epoch(run, cbs, res, improved, time.perf_counter() - t0, batches.wait_s, show):
                 break
     return state
 
@@ -179,12 +188,23 @@ def _batch_kw(loader: LoaderSettings, train_rng: Rng | None = None) -> dict:
 
 
 def _save(
-    model_dir: pathlib.Path, names: Sequence[str], state: TrainState, *, main: bool, model, optimizer, rule
+    model_dir: pathlib.Path, names: Sequence[str], state: TrainState, *, main: bool, model, optimizer, rule, run_id
 ) -> None:
-    """Checkpoints ``names`` of ``state`` (rank 0 writes them)."""
+    """Checkpoints ``names`` of ``state`` (rank 0 writes them), each carrying the run's id."""
     if main:
         paths = [model_dir / "checkpoints" / f"{n}.pt" for n in names]
-        save_checkpoint(paths, state, model=model, optimizer=optimizer, durable=rule.durable)
+        save_checkpoint(paths, state, model=model, optimizer=optimizer, durable=rule.durable, run_id=run_id)
+
+
+def _batch_norm(settings, model, state: TrainState, data, loader: LoaderSettings, epoch: int, device, apply):
+    """``state`` with its batch-norm statistics recomputed for the epoch's weights (when the model has any)."""
+    if settings is None or apply is not None or not has_batch_norm(model):
+        return state
+    kw = {**_batch_kw(loader), "rng": state.rng.child("batch_norm")}
+    batches, _ = epoch_batches(data, epoch, **kw)
+    return recompute_batch_norm(
+        model, state, batches, rng=state.rng.child("batch_norm", epoch), max_samples=settings.samples, device=device
+    )
 
 
 def _interrupted(save: Callable, state: TrainState, epoch: int) -> None:
@@ -216,10 +236,6 @@ def _validated(validate: Callable, state: TrainState, res: Mapping, save: Callab
     return out
 
 
-def _step_kw(step: StepSettings) -> dict:
-    return {"compile": step.compile, "precision": step.precision, "accumulate": step.accumulate}
-
-
 def _lr(optimizer, state: TrainState):
     return optim.learning_rate(optimizer, state.opt_state, state.lr_scale)
 
@@ -249,17 +265,56 @@ def _plateau_sources(plateau) -> tuple:
     return () if plateau is None else (BestEpochSource(source=plateau.source),)
 
 
-def _check_sources(sources: Sequence[BestEpochSource], losses: Mapping, metrics_by_mode: Mapping) -> None:
-    available = ["learning_rate"]
-    for mode, ms in metrics_by_mode.items():
-        available += [f"{mode}.{keys.TOTAL_LOSS}"] + [f"{mode}.losses.{k}" for k in losses]
-        available += [f"{mode}.metrics.{k}" for k in ms]
-    for src in sources:
-        if not any(src.source == a or src.source.startswith(a + ".") for a in available):
-            raise ConfigError(
-                f"best epoch source {src.source!r} will not exist in the epoch results; available: "
-                + ", ".join(available)
-            )
+def _check_keys(model, losses: Mapping, modes: Mapping, sources, plateau, callbacks, train_data) -> None:
+    """Every key the metrics, losses, callbacks and best-epoch rules read, checked before the first epoch."""
+    readers = [("best epoch source", s) for s in sources] + [("plateau source", p) for p in (plateau,) if p]
+    readers += [(f"callback {type(cb).__name__} source", cb) for cb in callbacks]
+    check_epoch_keys(readers, epoch_keys(losses, modes))
+    components = {f"loss {k!r}": loss for k, loss in losses.items()}
+    components.update({f"{mode} metric {k!r}": m for mode, ms in modes.items() for k, m in ms.items()})
+    check_batch_keys(components, model=model, losses=losses, data=train_data)
+
+
+def _claim(
+    model_dir: pathlib.Path,
+    model,
+    losses,
+    optimizer,
+    seed,
+    modes,
+    sources,
+    train_data,
+    validation_data,
+    augment,
+    batch_norm,
+    *,
+    main: bool,
+    resume,
+    overwrite: bool,
+) -> str:
+    """The run id of this fit in ``model_dir``: the directory prepared and claimed (``fusefn.train.run_dir``)."""
+    extra = {
+        "augment": None if augment is None else run_config_part(augment),
+        "batch_norm": run_config_part(batch_norm),
+    }
+    config = run_config(
+        model,
+        losses,
+        optimizer,
+        rng=Rng(seed),
+        metrics=modes,
+        best=sources,
+        train_data=train_data,
+        validation_data=validation_data,
+        extra=extra,
+    )
+    if main:
+        _prepare(model_dir)
+        warn_if_unportable(model)
+    record = claim_run_dir(model_dir, config, resume=resume, overwrite=overwrite, write=main)
+    if main:
+        write_json_atomic(model_dir / "model.json", to_config(model))
+    return record["run_id"]
 
 
 def _resumed(model_dir: pathlib.Path, resume, model, optimizer, device) -> TrainState | None:
@@ -294,7 +349,9 @@ def _plateau(plateau, state: TrainState, results: Mapping) -> dict:
     return {"scheduler_state": sched, "lr_scale": sched["scale"]}
 
 
-def _end_epoch(run: RunContext, cbs: Sequence[Callback], res: Mapping, improved, epoch_s: float, wait_s: float) -> bool:
+def _end_epoch(
+    run: RunContext, cbs: Sequence[Callback], res: Mapping, improved, epoch_s: float, wait_s: float, show: bool = False
+) -> bool:
     """Timings, the epoch's log and the callbacks; whether one asked to stop (the same answer on every rank)."""
     epoch = res["epoch"]
     run.timings = {"epoch_s": epoch_s, "data_wait_s": wait_s, "history_s": [*run.timings.get("history_s", []), epoch_s]}
@@ -302,10 +359,37 @@ def _end_epoch(run: RunContext, cbs: Sequence[Callback], res: Mapping, improved,
         marks = ", ".join(f"best {s.source}" for s in improved)
         tail = f"; {marks}" if marks else ""
         _log.info("epoch %d/%d (%.1f s%s)\n%s", epoch, run.epochs, epoch_s, tail, summary_table(res))
+        if show and not (_log.isEnabledFor(logging.INFO) and _log.hasHandlers()):
+            # nobody shows the logged table: one line on stderr, so a plain script sees its run progress
+            tqdm.write(epoch_line(res, run.epochs, epoch_s, improved), file=sys.stderr)
     stop = False
     for cb in cbs:
         stop = bool(cb.on_epoch_end(run, epoch, res)) or stop
     return dist_.broadcast_object(stop)
+
+
+def epoch_line(res: Mapping, epochs: int, epoch_s: float, improved=()) -> str:
+    """One line of an epoch's results: its total losses and its metrics, per mode, and the bests it set.
+
+    >>> epoch_line({"epoch": 2, "train": {"losses": {"total_loss": 0.5}, "metrics": {"auc": {"macro": 0.9}}},
+    ...             "validation": {"losses": {"total_loss": 0.61}, "metrics": {}}}, 5, 1.25)
+    'epoch 2/5 (1.2 s)  train loss 0.5000 auc.macro 0.9000 | validation loss 0.6100'
+    """
+    parts = []
+    for mode in ("train", "validation"):
+        sub = res.get(mode)
+        if not sub:
+            continue
+        words = [mode, "loss", _fmt(nd.get(sub, keys.TOTAL_LOSS, default=None))]
+        flat = nd.flatten(sub.get("metrics") or {})
+        words += [f"{k} {_fmt(v)}" for k, v in list(flat.items())[:8] if isinstance(v, (int, float))]
+        parts.append(" ".join(words))
+    best = "; best " + ", ".join(s.source for s in improved) if improved else ""
+    return f"epoch {res['epoch']}/{epochs} ({epoch_s:.1f} s)  " + " | ".join(parts) + best
+
+
+def _fmt(value) -> str:
+    return "-" if value is None else f"{value:.4f}"
 
 
 @contextlib.contextmanager

@@ -10,6 +10,11 @@ the Parquet file's row order. Several model directories make an ensemble: floati
 outputs are averaged, and for probability columns a ``<column>_vote`` column holds the
 majority vote of the members' argmax.
 
+Volumes (``sliding_window=SlidingWindowSettings(...)``, :mod:`fusefn.train.infer_volumes`): one case
+at a time through :func:`~fusefn.train.sliding_window.sliding_window`, streamed to a label map,
+post-processed, stored in the ``.h5`` file and, with ``nifti_dir``, written as a NIfTI mask on the
+case's original grid.
+
 A sample whose loading fails (a :class:`~fusefn.errors.SampleError`) does not stop
 the job: the others are written and the failures listed in ``<name>.failed.json``;
 so is an array the HDF5 file cannot hold (with its ``column``).
@@ -203,7 +208,7 @@ def infer(
     data,
     *,
     output_file: str | os.PathLike,
-    output_columns: Sequence[str] | Mapping[str, str] = (keys.probs(),),
+    output_columns: Sequence[str] | Mapping[str, str] | None = None,
     checkpoint: str | int | os.PathLike = "best",
     batch_size: int = 64,
     collate_fn=None,
@@ -211,13 +216,26 @@ def infer(
     device: str | torch.device = "auto",
     max_inline: int = 4096,
     allowed=(),
+    sliding_window=None,
+    postprocess=None,
+    nifti_dir: str | os.PathLike | None = None,
 ) -> pl.DataFrame:
     """Run the trained model(s) of ``model_dir`` over ``data`` and write ``output_file`` (Parquet).
 
     Args:
         model_dir: one directory written by ``fit``, or several (an ensemble).
         data: a map-style dataset of sample dicts or an iterable of batch_dicts.
-        output_columns: keys to save (column named as the key), or ``{column: key}``.
+        output_columns: keys to save (column named as the key), or ``{column: key}``; default
+            :func:`keys.probs() <fusefn.keys.probs>` (none besides the label map in volume mode).
+        sliding_window: a :class:`~fusefn.train.SlidingWindowSettings` turns on volume mode
+            (:mod:`fusefn.train.infer_volumes`): one case at a time (``batch_size`` and ``collate_fn``
+            unused), windows blended and streamed to a label map stored in the ``.h5`` sidecar under
+            its ``label_key``; ensemble members are averaged window by window.
+        postprocess: volume mode: ``sample -> sample`` run on the label map (e.g. ``chain`` of
+            :class:`~fusefn.data.ops.KeepLargestComponent`, ...) before it is stored.
+        nifti_dir: volume mode: write each case's mask there, on its original grid, as
+            ``<safe_name(sample_id)>.nii.gz`` (column ``mask_file``); each file atomic, written as its
+            case finishes.
         checkpoint: ``"best"``, ``"last"``, ``"best_<source>"``, an epoch number or a path.
         max_inline: per-sample arrays with more values (or 2+ dims) go to ``<output>.h5``.
         allowed: modules or objects, besides fusefn's, the saved model config may name
@@ -229,7 +247,14 @@ def infer(
     dirs = [model_dir] if isinstance(model_dir, (str, os.PathLike)) else list(model_dir)
     if not dirs:
         raise ConfigError("infer: no model_dir given")
-    cols = _columns(output_columns)
+    volumes = sliding_window is not None
+    if not volumes and (postprocess is not None or nifti_dir is not None):
+        raise ConfigError(
+            "infer: postprocess and nifti_dir are for volumes; pass sliding_window=SlidingWindowSettings(...)"
+        )
+    if output_columns is None:
+        output_columns = () if volumes else (keys.probs(),)
+    cols = _columns(output_columns) if output_columns or not volumes else {}
     output_file = pathlib.Path(output_file)
     if output_file.exists() and output_file.is_dir():
         raise ConfigError(f"infer: output_file {output_file} is a directory; give a .parquet file path")
@@ -238,6 +263,30 @@ def infer(
         if not p.is_file():
             raise CheckpointError(f"checkpoint not found: {p}; train first (or pass another checkpoint)")
     dev = select_device(device)
+    if volumes:
+        from fusefn.train.infer_volumes import run_volumes
+
+        ids, merged, failed = run_volumes(
+            dirs,
+            data,
+            cols,
+            checkpoint=checkpoint,
+            settings=sliding_window,
+            postprocess=postprocess,
+            nifti_dir=nifti_dir,
+            device=dev,
+            allowed=allowed,
+            num_workers=num_workers,
+        )
+        if not ids:
+            raise SampleError(f"infer: every case failed; first: {failed[0]['error'] if failed else '?'}")
+    else:
+        ids, merged, failed = _run_all(dirs, data, cols, checkpoint, batch_size, collate_fn, num_workers, dev, allowed)
+    return _write_outputs(output_file, ids, merged, failed, max_inline)
+
+
+def _run_all(dirs, data, cols, checkpoint, batch_size, collate_fn, num_workers, dev, allowed):
+    """``(ids, columns, failed)`` of batched inference; several members averaged (probabilities also voted)."""
     batch_kw = {"batch_size": batch_size, "collate": collate_fn, "workers": num_workers}
     runs = [_run_one(d, data, cols, checkpoint, batch_kw, dev, allowed) for d in dirs]
     ids, failed = runs[0][0], runs[0][2]
@@ -259,6 +308,11 @@ def infer(
                 merged[f"{c}_vote"] = _vote(members)
         else:
             merged[c] = first
+    return ids, merged, failed
+
+
+def _write_outputs(output_file: pathlib.Path, ids: list, merged: dict, failed: list, max_inline: int) -> pl.DataFrame:
+    """Write the Parquet file, its ``.h5`` sidecar and ``.failed.json`` as a set; the frame written."""
     big = {c: v for c, v in merged.items() if _is_big(v, max_inline)}
     table = {"sample_id": ids}
     for c, v in merged.items():

@@ -22,7 +22,9 @@ from collections.abc import Sequence
 from fusefn.core import from_config
 from fusefn.errors import ConfigError
 from fusefn.models import Ensemble
+from fusefn.models._record import main_references, unportable_message
 from fusefn.train.checkpoint import CheckpointError, checkpoint_path, load_checkpoint
+from fusefn.train.run_dir import check_checkpoint
 from fusefn.train.state import TrainState
 
 __all__ = ["load_model", "load_ensemble"]
@@ -39,11 +41,14 @@ def load_model(model_dir: str | os.PathLike, checkpoint="best", *, device="cpu",
             module names, modules, or the classes and functions themselves.
 
     Raises:
-        CheckpointError: no checkpoint, an unreadable one, or one that holds pickled objects.
-        ConfigError: the config names something neither fusefn's nor ``allowed`` (saying how to allow it).
+        CheckpointError: no checkpoint, an unreadable one, one that holds pickled objects, or one left in
+            ``model_dir`` by an earlier run (:class:`~fusefn.train.run_dir.RunDirError`).
+        ConfigError: the config names something neither fusefn's nor ``allowed`` (saying how to allow it),
+            or a class defined in the ``__main__`` script of the training process (saying how to fix it).
     """
     path = checkpoint_path(model_dir, checkpoint)
     payload = load_checkpoint(path, device=device)
+    check_checkpoint(model_dir, path, payload.get("run_id"))
     cfg = payload.get("model_config")
     if cfg is None:
         cfg_file = pathlib.Path(model_dir) / "model.json"
@@ -59,6 +64,9 @@ def load_model(model_dir: str | os.PathLike, checkpoint="best", *, device="cpu",
     try:
         return from_config(cfg, allowed=allowed), payload["state"]
     except ConfigError as e:
+        scripts = main_references(cfg)
+        if scripts:
+            raise ConfigError(f"cannot rebuild the model of {source}: {unportable_message(scripts)}") from None
         raise ConfigError(f"cannot rebuild the model of {source}: {e}") from None
 
 

@@ -26,7 +26,8 @@ from fusefn.core import record
 from fusefn.errors import FusefnError
 from fusefn.losses import InvalidTargetError, check_targets
 from fusefn.train import distributed as dist_
-from fusefn.train.state import TrainState, tree_to
+from fusefn.train.prefetch import device_batches
+from fusefn.train.state import TrainState
 from fusefn.train.step import NonFiniteLossError
 
 __all__ = ["train_epoch", "eval_epoch", "EpochMeans", "summary_table", "ValidationError"]
@@ -165,11 +166,20 @@ def _explain_non_finite(step: Callable, outs: Sequence[Mapping], where: str) -> 
                 return
 
 
-def _mover(device) -> Callable:
-    # loaders yield CPU tensors: nothing to move on the CPU
-    if device is None or torch.device(device).type == "cpu":
-        return lambda batch: batch
-    return lambda batch: tree_to(batch, device)
+def _fused(train_step: Callable, augment: Callable | None) -> tuple[Callable, Callable | None]:
+    """``(step, augment left to the loop)``: an Augmentation moves inside a step that can take it.
+
+    Inside, its params are drawn from the same stream as here and its ``apply`` joins the
+    compiled graph; any other callable runs here, eagerly, before the step.
+    """
+    if augment is None or getattr(train_step, "augment", None) is not None:
+        return train_step, augment
+    if callable(getattr(train_step, "with_augment", None)) and callable(getattr(augment, "apply_fixed", None)):
+        try:
+            return train_step.with_augment(augment), None
+        except TypeError:  # an unhashable augmentation: kept outside
+            return train_step, augment
+    return train_step, augment
 
 
 def train_epoch(
@@ -183,6 +193,7 @@ def train_epoch(
     device=None,
     progress=None,
     stop: Callable[[], bool] | None = None,
+    prefetch: bool = True,
 ) -> tuple[TrainState, dict | None]:
     """One training epoch, epoch ``state.epoch + 1``: ``(state after it, its results)``.
 
@@ -195,7 +206,10 @@ def train_epoch(
         metrics: ``{name: reducer}`` over the step outputs.
         augment: ``augment(batch, rng=...) -> batch`` on the device, with
             ``rng = state.rng.child("augment", step, i)`` (``i``: the mini-batch of the update).
+            A :class:`fusefn.augment.Augmentation` runs inside the step (in its compiled graph when
+            the step is compiled), with the same random values.
         device: where the batches go before the step (nothing moves when it is the CPU or ``None``).
+        prefetch: on CUDA, copy the next batch (pinned, non-blocking, on a side stream) while the step runs.
         progress: a tqdm-like bar (``update(n)``, ``set_postfix(**kw)``) to report to.
         stop: asked after every update; when it says ``True`` the epoch stops there and
             ``(state, None)`` comes back, the state holding ``batch_in_epoch`` and ``partial``
@@ -211,8 +225,9 @@ def train_epoch(
     means = EpochMeans(metrics=metrics or {})
     acc = state.partial if state.batch_in_epoch and state.partial is not None else means.init()
     epoch, pos = state.epoch + 1, state.batch_in_epoch
-    move, report, it = _mover(device), _Report(progress), iter(batches)
-    while group := [move(b) for b in itertools.islice(it, accumulate)]:
+    train_step, augment = _fused(train_step, augment)
+    report, it = _Report(progress), iter(device_batches(batches, device, prefetch=prefetch))
+    while group := list(itertools.islice(it, accumulate)):
         if augment is not None:
             group = [augment(b, rng=state.rng.child("augment", state.step, i)) for i, b in enumerate(group)]
         with _naming_batch(f"epoch {epoch}, batch {pos}"):
@@ -239,6 +254,7 @@ def eval_epoch(
     metrics: Mapping | None = None,
     device=None,
     progress=None,
+    prefetch: bool = True,
 ) -> dict:
     """One pass of ``eval_step`` (:func:`~fusefn.train.make_eval_step`) over ``batches``.
 
@@ -251,10 +267,9 @@ def eval_epoch(
     """
     means = EpochMeans(metrics=metrics or {})
     acc = means.init()
-    move = _mover(device)
-    for pos, batch in enumerate(batches):
+    for pos, batch in enumerate(device_batches(batches, device, prefetch=prefetch)):
         with _naming_batch(f"batch {pos}"):
-            out = eval_step(state, move(batch))
+            out = eval_step(state, batch)
         values = loss_values(out)
         if not all(math.isfinite(v) for v in values.values()):
             where = f"eval step (batch {pos})"

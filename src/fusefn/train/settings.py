@@ -9,7 +9,7 @@ training starts, naming the record and the field.
 >>> StepSettings(precision="fp8")
 Traceback (most recent call last):
 ...
-fusefn.errors.ConfigError: StepSettings.precision must be one of ('fp32', 'bf16', 'fp16'), got 'fp8'
+fusefn.errors.ConfigError: StepSettings.precision must be one of ('auto', 'fp32', 'bf16', 'fp16'), got 'fp8'
 >>> CheckpointRule(start_saving_epochs=2, every=2).names(4, ())
 ['epoch_4', 'last']
 """
@@ -23,8 +23,8 @@ import attrs
 from fusefn import keys
 from fusefn import validators as v
 from fusefn.core import record
+from fusefn.train._compile import COMPILE_MODES, MEMORY_FORMATS, PRECISIONS
 from fusefn.train.checkpoint import BestEpochSource, best_name, should_save_epoch
-from fusefn.train.step import PRECISIONS
 
 __all__ = ["LoaderSettings", "StepSettings", "CheckpointRule"]
 
@@ -56,14 +56,37 @@ class StepSettings:
     """How the train and eval steps run (see :func:`fusefn.train.make_train_step`).
 
     Fields:
-        compile: ``torch.compile`` the whole step once.
-        precision: ``fp32``, ``bf16`` (autocast) or ``fp16`` (autocast + dynamic loss scaling).
+        compile: ``torch.compile`` the whole step (augmentation, model, losses, optimizer update) into one
+            graph: ``True`` (= ``"default"``), ``"reduce-overhead"`` (CUDA graphs), ``"max-autotune"``,
+            ``"max-autotune-no-cudagraphs"``; ``"partial"`` allows graph breaks (docs/train.md).
+        precision: ``auto`` (bf16 autocast on a CUDA device with bf16, else fp32), ``fp32``, ``bf16``
+            (autocast) or ``fp16`` (autocast + dynamic loss scaling).
         accumulate: mini-batches per optimizer update (their gradients are averaged).
+        memory_format: ``channels_last`` puts 4-d/5-d inputs and weights in channels-last layout.
+        prefetch: copy the next batch to the device while the step runs (pinned memory, a side CUDA stream).
+        cudnn_benchmark: let cuDNN time its convolution algorithms once (CUDA only).
     """
 
-    compile: bool = attrs.field(default=False, validator=v.instance_of(bool))
-    precision: str = attrs.field(default="fp32", validator=v.in_(PRECISIONS))
+    compile: bool | str = attrs.field(default=False, validator=v.in_((False, True, *COMPILE_MODES)))
+    precision: str = attrs.field(default="auto", validator=v.in_(PRECISIONS))
     accumulate: int = attrs.field(default=1, validator=v.positive_int)
+    memory_format: str = attrs.field(default="contiguous", validator=v.in_(MEMORY_FORMATS))
+    prefetch: bool = attrs.field(default=True, validator=v.instance_of(bool))
+    cudnn_benchmark: bool = attrs.field(default=True, validator=v.instance_of(bool))
+
+    def train_kwargs(self) -> dict:
+        """The keyword arguments of :func:`~fusefn.train.make_train_step` these settings give."""
+        return {
+            "compile": self.compile,
+            "precision": self.precision,
+            "accumulate": self.accumulate,
+            "memory_format": self.memory_format,
+            "cudnn_benchmark": self.cudnn_benchmark,
+        }
+
+    def eval_kwargs(self) -> dict:
+        """The keyword arguments of :func:`~fusefn.train.make_eval_step` these settings give."""
+        return {"compile": self.compile, "precision": self.precision, "memory_format": self.memory_format}
 
 
 def _sources(value) -> tuple | None:

@@ -29,11 +29,35 @@ import torch
 from fusefn import keys, nd
 from fusefn.core import Rng
 from fusefn.errors import ConfigError, FusefnError
+from fusefn.train._compile import (
+    COMPILE_MODES,
+    MEMORY_FORMATS,
+    PRECISIONS,
+    GraphBreakError,
+    _batch_size,
+    _call_compiled,
+    _check_mode_device,
+    _compiled,
+    _first_call_on,
+    _formatted,
+    _LrScale,
+    _mark_batch_dynamic,
+    _resolved_precision,
+    compile_options,
+)
 from fusefn.train.state import TrainState
 
-__all__ = ["make_train_step", "make_eval_step", "total_loss", "NonFiniteLossError", "PRECISIONS"]
+__all__ = [
+    "make_train_step",
+    "make_eval_step",
+    "total_loss",
+    "NonFiniteLossError",
+    "GraphBreakError",
+    "PRECISIONS",
+    "COMPILE_MODES",
+    "MEMORY_FORMATS",
+]
 
-PRECISIONS = ("fp32", "bf16", "fp16")
 _MASK63 = (1 << 63) - 1
 
 
@@ -83,6 +107,7 @@ def _detached(tree, ref=None):
 
 
 def _autocast(precision: str, device_type: str):
+    precision = _resolved_precision(precision, device_type)
     if precision == "fp32":
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
@@ -120,10 +145,14 @@ def make_train_step(
     optimizer,
     *,
     apply: Callable | None = None,
-    compile: bool = False,
+    compile: bool | str = False,
     precision: str = "fp32",
     accumulate: int = 1,
     distributed: bool | None = None,
+    augment: Callable | None = None,
+    memory_format: str = "contiguous",
+    cudnn_benchmark: bool = True,
+    backend=None,
 ):
     """Build ``train_step(state, batch) -> (state, batch_out)``.
 
@@ -134,11 +163,22 @@ def make_train_step(
             a custom ``apply`` must accept it.
         losses: ``{name: loss}``, each ``loss(batch) -> scalar``; their sum is ``losses.total_loss``.
         optimizer: a ``fusefn.optim`` transform.
-        compile: ``torch.compile`` the whole step (gradients and update) once.
-        precision: ``fp32``, ``bf16`` (autocast) or ``fp16`` (autocast + dynamic loss scaling).
+        compile: ``torch.compile`` the whole step (augmentation, forward, losses, gradients and update)
+            into one graph: ``True``/``"default"``, ``"reduce-overhead"`` (CUDA graphs), ``"max-autotune"``,
+            ``"max-autotune-no-cudagraphs"``; a graph break is a :class:`GraphBreakError`.
+            ``"partial"`` allows graph breaks (the untraceable parts run eagerly).
+        precision: ``auto`` (bf16 autocast on a CUDA device with bf16, else fp32), ``fp32``, ``bf16``
+            (autocast) or ``fp16`` (autocast + dynamic loss scaling).
         accumulate: mini-batches per update; the step then takes a sequence of them and
             returns a list of outputs; gradients are averaged.
         distributed: all-reduce (average) gradients over the process group; default: whether one is initialised.
+        augment: a :class:`fusefn.augment.Augmentation` applied to each mini-batch inside the step:
+            its params are drawn outside the graph from ``state.rng.child("augment", step, i)`` (the
+            stream :func:`~fusefn.train.train_epoch` uses), its ``apply`` runs in the compiled graph.
+        memory_format: ``channels_last``: 4-d/5-d floating inputs and weights in channels-last layout
+            (faster convolutions on tensor cores).
+        cudnn_benchmark: on CUDA, let cuDNN time its algorithms once (``torch.backends.cudnn.benchmark``).
+        backend: ``torch.compile``'s backend (default inductor); tests pass a counting one.
 
     Returns:
         the step; ``batch_out`` is the model output plus ``losses.<name>`` and ``losses.total_loss`` (detached).
@@ -147,7 +187,28 @@ def make_train_step(
         raise ConfigError(f"make_train_step: precision must be one of {PRECISIONS}, got {precision!r}")
     if not isinstance(accumulate, int) or accumulate < 1:
         raise ConfigError(f"make_train_step: accumulate must be an int >= 1, got {accumulate!r}")
+    if memory_format not in MEMORY_FORMATS:
+        raise ConfigError(f"make_train_step: memory_format must be one of {MEMORY_FORMATS}, got {memory_format!r}")
+    if augment is not None and not callable(getattr(augment, "apply_fixed", None)):
+        raise ConfigError(
+            "make_train_step: augment must be a fusefn.augment.Augmentation (sample_like/apply_fixed); "
+            f"got {type(augment).__name__}: pass other callables to train_epoch(augment=...)"
+        )
+    options = compile_options(compile, "make_train_step")
+    compile = options is not None
+    build_kw = dict(
+        apply=apply,
+        compile=options["name"] if compile else False,
+        precision=precision,
+        accumulate=accumulate,
+        distributed=distributed,
+        memory_format=memory_format,
+        cudnn_benchmark=cudnn_benchmark,
+        backend=backend,
+    )
     apply = apply or _default_apply()
+    lr_value = _LrScale()
+    started: list = []
     dropout_base = _dropout_bases()
     from fusefn.losses import total as loss_total
 
@@ -171,7 +232,15 @@ def make_train_step(
             grads, tot, out, new_buffers, parts = _autograd_grads(objective, params, batch)
         return grads, new_buffers, _with_losses(out, tot, parts)
 
-    def accumulate_grads(params, buffers, batches, rngs, scale):
+    def augmented(batches, aug_params):
+        if augment is None:
+            return batches
+        if compile:
+            return [augment.apply_fixed(b, p) for b, p in zip(batches, aug_params)]
+        return [augment.apply(b, p) for b, p in zip(batches, aug_params)]
+
+    def accumulate_grads(params, buffers, batches, rngs, scale, aug_params=None):
+        batches = augmented(batches, aug_params)
         total = None
         outs = []
         for batch, rng in zip(batches, rngs):
@@ -184,8 +253,8 @@ def make_train_step(
             total = {k: v / div for k, v in total.items()}
         return total, buffers, outs
 
-    def full(params, buffers, opt_state, lr_scale, batches, rngs):
-        grads, buffers, outs = accumulate_grads(params, buffers, batches, rngs, None)
+    def full(params, buffers, opt_state, lr_scale, batches, rngs, aug_params):
+        grads, buffers, outs = accumulate_grads(params, buffers, batches, rngs, None, aug_params)
         params, opt_state = optimizer.update(grads, opt_state, params, lr_scale=lr_scale)
         return params, buffers, opt_state, outs
 
@@ -193,9 +262,9 @@ def make_train_step(
         return optimizer.update(grads, opt_state, params, lr_scale=lr_scale)
 
     if compile:
-        full_c = torch.compile(full)
-        grads_c = torch.compile(accumulate_grads)
-        update_c = torch.compile(update)
+        full_c = _compiled(full, options, backend)
+        grads_c = _compiled(accumulate_grads, options, backend)
+        update_c = _compiled(update, options, backend)
     else:
         full_c, grads_c, update_c = full, accumulate_grads, update
 
@@ -209,24 +278,50 @@ def make_train_step(
             _explain(losses, _as_list(batch), f"train step {state.step + 1}", e, forward)
             raise
 
+    def aug_params_of(state: TrainState, batches) -> list | None:
+        if augment is None:
+            return None
+        out = []
+        for i, b in enumerate(batches):
+            p = augment.sample_like(b, rng=state.rng.child("augment", state.step, i))
+            out.append(augment.fixed_params(p, _batch_size(b)) if compile else p)
+        return out
+
     def run_step(state: TrainState, batch):
         batches = _as_batches(batch, accumulate)
+        device = _device_of(state.params)
+        if not started:
+            _check_mode_device(options, device, "make_train_step")
+            _first_call_on(device, cudnn_benchmark)
+            started.append(True)
+        if memory_format != "contiguous":
+            state = state.replace(params=_formatted(state.params, memory_format))
+            batches = [_formatted(b, memory_format) for b in batches]
         if compile:
             batches, extras = zip(*(_split_tensors(b) for b in batches))
         else:
             extras = [None] * len(batches)
+        aug_params = aug_params_of(state, batches)
+        if compile:
+            for b, ap in zip(batches, aug_params or [None] * len(batches)):
+                n = _batch_size(b)
+                _mark_batch_dynamic(b, n)
+                _mark_batch_dynamic(ap, n)
         base = dropout_base(state.rng)
         rngs = [_step_rng(base, state.step, i, accumulate) for i in range(len(batches))]
-        lr_scale = _lr_scale_value(state, compile or _device_of(state.params).type != "cpu")
+        lr_scale = lr_value(state, compile or device.type != "cpu")
+        where = f"train step {state.step + 1}"
         if precision != "fp16" and not distributed:
-            params, buffers, opt_state, outs = full_c(
-                state.params, state.buffers, state.opt_state, lr_scale, batches, rngs
+            params, buffers, opt_state, outs = _call_compiled(
+                full_c, where, state.params, state.buffers, state.opt_state, lr_scale, list(batches), rngs, aug_params
             )
             loss_scale = state.loss_scale
         else:
             ls = (state.loss_scale or _init_loss_scale()) if precision == "fp16" else None
             scale = ls["scale"] if ls is not None else None
-            grads, buffers, outs = grads_c(state.params, state.buffers, batches, rngs, scale)
+            grads, buffers, outs = _call_compiled(
+                grads_c, where, state.params, state.buffers, list(batches), rngs, scale, aug_params
+            )
             if distributed:
                 grads = _all_reduce_mean(grads)
             skip = False
@@ -239,7 +334,7 @@ def make_train_step(
             if skip:
                 params, opt_state = state.params, state.opt_state
             else:
-                params, opt_state = update_c(state.params, state.opt_state, lr_scale, grads)
+                params, opt_state = _call_compiled(update_c, where, state.params, state.opt_state, lr_scale, grads)
             loss_scale = ls
         new = state.replace(
             params=params, buffers=buffers, opt_state=opt_state, step=state.step + 1, loss_scale=loss_scale
@@ -249,6 +344,16 @@ def make_train_step(
 
     train_step.compiled = compile
     train_step.losses = dict(losses)  # what the loop's finite check explains a NaN with (check_targets)
+    train_step.augment = augment
+    fused: dict = {}
+
+    def with_augment(aug) -> Callable:
+        """This step with ``aug`` inside it (built once per augmentation; what train_epoch runs)."""
+        if aug not in fused:
+            fused[aug] = make_train_step(model, losses, optimizer, **{**build_kw, "augment": aug})
+        return fused[aug]
+
+    train_step.with_augment = with_augment
     return train_step
 
 
@@ -321,13 +426,6 @@ def _as_batches(batch, accumulate: int) -> list:
     return list(batch)
 
 
-def _lr_scale_value(state: TrainState, as_tensor: bool):
-    # a tensor keeps a compiled step from recompiling when the scale changes; eager CPU kernels want a number
-    if not as_tensor:
-        return float(state.lr_scale)
-    return torch.tensor(float(state.lr_scale), dtype=torch.float32, device=_device_of(state.params))
-
-
 def _init_loss_scale() -> dict:
     return {"scale": torch.tensor(2.0**16), "good_steps": 0}
 
@@ -367,17 +465,31 @@ def _all_reduce_min(x: torch.Tensor) -> torch.Tensor:
 
 
 def make_eval_step(
-    model, losses: Mapping[str, Callable] | None = None, *, apply=None, precision: str = "fp32", compile: bool = False
+    model,
+    losses: Mapping[str, Callable] | None = None,
+    *,
+    apply=None,
+    precision: str = "fp32",
+    compile: bool | str = False,
+    memory_format: str = "contiguous",
+    backend=None,
 ):
     """Build ``eval_step(state, batch) -> batch_out`` (no gradients; buffers unchanged).
 
     ``state`` is a :class:`TrainState` or a ``(params, buffers)`` pair. Losses are
-    computed when given and their keys are found in the output. ``compile`` runs the
-    forward pass through ``torch.compile`` (non-tensor leaves such as sample ids stay outside).
+    computed when given and their keys are found in the output. ``compile`` (as in
+    :func:`make_train_step`) runs the forward pass and the losses as one graph (non-tensor
+    leaves such as sample ids stay outside; the batch axis is dynamic, so a smaller last
+    batch reuses it).
     """
     if precision not in PRECISIONS:
         raise ConfigError(f"make_eval_step: precision must be one of {PRECISIONS}, got {precision!r}")
+    if memory_format not in MEMORY_FORMATS:
+        raise ConfigError(f"make_eval_step: memory_format must be one of {MEMORY_FORMATS}, got {memory_format!r}")
+    options = compile_options(compile, "make_eval_step")
+    compile = options is not None
     apply = apply or _default_apply()
+    started: list = []
 
     def forward(params, buffers, batch):
         with torch.no_grad(), _autocast(precision, _device_of(params).type):
@@ -387,15 +499,21 @@ def make_eval_step(
                 out = _with_losses(out, tot.float(), parts)
         return out
 
-    forward_c = torch.compile(forward) if compile else forward
+    forward_c = _compiled(forward, options, backend) if compile else forward
 
     def eval_step(state: Any, batch: Mapping) -> dict:
         params, buffers = (state.params, state.buffers) if isinstance(state, TrainState) else state
+        if not started:
+            _check_mode_device(options, _device_of(params), "make_eval_step")
+            started.append(True)
+        if memory_format != "contiguous":
+            params, batch = _formatted(params, memory_format), _formatted(batch, memory_format)
         try:
             if not compile:
                 return forward(params, buffers, batch)
             tensors, extras = _split_tensors(batch)
-            out = forward_c(params, buffers, tensors)
+            _mark_batch_dynamic(tensors, _batch_size(tensors))
+            out = _call_compiled(forward_c, "eval step", params, buffers, tensors)
         except (FusefnError, torch.OutOfMemoryError):
             raise
         except Exception as e:
@@ -407,4 +525,5 @@ def make_eval_step(
         return nd.assoc_many(out, extras) if extras else out
 
     eval_step.losses = dict(losses or {})
+    eval_step.compiled = compile
     return eval_step

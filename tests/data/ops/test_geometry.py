@@ -87,3 +87,73 @@ def test_3d_crops_and_pad_match_slicing():
     assert (p[:, 6:] == -1).all() and (p[..., 10:] == -1).all()
     pc = ops.PadTo(keys="data.input.img", shape=(8, 8, 12), value=0)(s(img=x))["data"]["input"]["img"]
     np.testing.assert_array_equal(pc[:, 1:7, :, 1:11], x)
+
+
+# --------------------------------------------------------------------------- the affine follows the grid
+
+
+def _vol(affine=None):
+    x = np.arange(1 * 8 * 10 * 6, dtype=np.float32).reshape(1, 8, 10, 6)
+    data = {"sample_id": "v", "input": {"img": x, "mask": (x % 7 == 0).astype(np.uint8)}}
+    if affine is not None:
+        data["input"]["affine"] = affine
+    return {"data": data}
+
+
+_A = np.array([[0.0, 0.0, -2.5, 30.0], [0.0, -0.7, 0.0, 12.0], [1.1, 0.0, 0.0, -40.0], [0.0, 0.0, 0.0, 1.0]])
+
+
+def _same_world_values(before, after):
+    """Every voxel of ``after`` holds the value ``before`` has at the same world point."""
+    from fusefn import affine as geo
+
+    x, a = before["data"]["input"]["img"], before["data"]["input"]["affine"]
+    y, b = after["data"]["input"]["img"], after["data"]["input"]["affine"]
+    idx = np.argwhere(np.ones(y.shape[1:], bool))
+    src = np.rint(geo.world_to_voxel(a, geo.voxel_to_world(b, idx))).astype(int)
+    inside = ((src >= 0) & (src < np.array(x.shape[1:]))).all(axis=1)
+    np.testing.assert_array_equal(y[0][tuple(idx[inside].T)], x[0][tuple(src[inside].T)])
+    return inside
+
+
+@pytest.mark.parametrize(
+    "op",
+    [
+        ops.CenterCrop(keys=("data.input.img", "data.input.mask"), shape=(4, 5, 3)),
+        ops.RandomCrop(keys=("data.input.img", "data.input.mask"), shape=(4, 5, 3), rng=Rng(2)),
+        ops.PadTo(keys=("data.input.img", "data.input.mask"), shape=(11, 10, 9), value=-1),
+        ops.PadTo(keys="data.input.img", shape=(11, 13, 9), center=False),
+    ],
+)
+def test_crop_and_pad_update_the_affine(op):
+    before = _vol(_A)
+    after = op(before)
+    inside = _same_world_values(before, after)
+    assert inside.any()
+    if isinstance(op, ops.PadTo):
+        assert not inside.all()  # the padding lies outside the original grid
+    assert "affine" not in op(_vol())["data"]["input"]  # a sample without geometry gets none
+
+
+def test_patches_carry_their_own_affine():
+    before = _vol(_A)
+    for patch in ops.Patches(keys="data.input.img", shape=(4, 5, 3))(before):
+        assert _same_world_values(before, patch).all()
+        origin = patch["data"]["patch"]["origin"]
+        from fusefn import affine as geo
+
+        np.testing.assert_allclose(patch["data"]["input"]["affine"], geo.crop_affine(_A, origin))
+
+
+def test_resize_keeps_the_field_of_view():
+    from fusefn import affine as geo
+
+    before = _vol(_A)
+    after = ops.Resize(keys="data.input.img", shape=(4, 20, 3))(before)
+    b = after["data"]["input"]["affine"]
+    np.testing.assert_allclose(geo.spacing(b), np.array(geo.spacing(_A)) * [2.0, 0.5, 2.0])
+    # the outer corner of the first voxel stays; the grid still covers the same box
+    np.testing.assert_allclose(geo.voxel_to_world(b, [-0.5] * 3), geo.voxel_to_world(_A, [-0.5] * 3))
+    np.testing.assert_allclose(geo.voxel_to_world(b, [3.5, 19.5, 2.5]), geo.voxel_to_world(_A, [7.5, 9.5, 5.5]))
+    with pytest.raises(SampleError, match="op Resize, key 'data.input.affine'.*2 spatial axes"):
+        ops.Resize(keys="data.input.img", shape=(4, 4))(before)

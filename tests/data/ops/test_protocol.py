@@ -33,6 +33,18 @@ EXAMPLES = {
     "AsType": lambda d: ops.AsType(keys=IMG, dtype="float64"),
     "CenterCrop": lambda d: ops.CenterCrop(keys=IMG, shape=(4, 4)),
     "Clip": lambda d: ops.Clip(keys=IMG, low=0.0, high=10.0),
+    # the grid ops need a C×D×H×W volume with an affine: tests/data/ops/test_grid.py checks them as transforms
+    "CropForeground": None,
+    "DivisiblePad": None,
+    "Flip": None,
+    "Orient": None,
+    "Resample": None,
+    "ResampleLike": None,
+    "ToOriginalGrid": None,
+    "FillHoles": None,  # label-map ops: test_label_map_ops_are_transforms below
+    "ForegroundIndices": lambda d: ops.ForegroundIndices(label_key=IMG),
+    "KeepLargestComponent": None,
+    "RemoveSmallComponents": None,
     "MapValues": lambda d: ops.MapValues(mapping={1: 0}),
     "Normalize": lambda d: ops.Normalize(keys=IMG),
     "OneHot": lambda d: ops.OneHot(num_classes=2),
@@ -41,6 +53,7 @@ EXAMPLES = {
     "RandomCrop": lambda d: ops.RandomCrop(keys=IMG, shape=(4, 4), rng=Rng(1)),
     "RandomLabel": lambda d: ops.RandomLabel(num_classes=3, rng=Rng(1)),
     "ReadDicom": None,  # needs a DICOM file: tests/data/ops/test_read.py
+    "ReadDicomSeries": None,  # needs a DICOM folder: tests/data/ops/test_dicom_series.py
     "ReadImage": None,  # needs an image file: tests/data/ops/test_read.py
     "ReadNifti": None,  # needs a NIfTI file: tests/data/ops/test_read.py
     "ReadNpy": lambda d: ops.ReadNpy(path=str(d / "{sample_id}.npy"), key="data.input.raw"),
@@ -71,7 +84,26 @@ def test_public_ops_are_transforms(name, tmp_path):
     assert sample["data"]["input"]["img"].shape == (1, 8, 8)  # the input is not modified
 
 
-@pytest.mark.parametrize("name", ["ReadDicom", "ReadImage", "ReadNifti"])
+@pytest.mark.parametrize(
+    "op",
+    [
+        ops.FillHoles(key="data.gt.mask"),
+        ops.KeepLargestComponent(key="data.gt.mask"),
+        ops.RemoveSmallComponents(key="data.gt.mask", min_size=2),
+    ],
+    ids=type,
+)
+def test_label_map_ops_are_transforms(op):
+    mask = np.zeros((1, 8, 8), np.uint8)
+    mask[0, 1:4, 1:4] = 1
+    mask[0, 6, 6] = 1
+    sample = {"data": {"sample_id": "a", "gt": {"mask": mask}}}
+    out = op(sample)
+    assert isinstance(op, Transform) and out["data"]["sample_id"] == "a"
+    assert out["data"]["gt"]["mask"].shape == (1, 8, 8) and mask[0, 6, 6] == 1  # the input is not modified
+
+
+@pytest.mark.parametrize("name", ["ReadDicom", "ReadDicomSeries", "ReadImage", "ReadNifti"])
 def test_readers_without_a_file_here_are_transforms_too(name):
     assert isinstance(getattr(ops, name)(), Transform)
 

@@ -99,13 +99,13 @@ def write_dicom(path, pixels, slope=2.0, intercept=-100.0, window=None):
     ds.save_as(path, enforce_file_format=True)
 
 
-def test_dicom_rescale_window_spacing(tmp_path):
+def test_dicom_rescale_window(tmp_path):
     pixels = np.array([[0, 50], [100, 150]])
     write_dicom(tmp_path / "d.dcm", pixels, window=(100, 200))
-    read = ops.ReadDicom(path=str(tmp_path / "d.dcm"), spacing_key="data.input.spacing")
+    read = ops.ReadDicom(path=str(tmp_path / "d.dcm"))
     out = read(sample("d"))
     np.testing.assert_allclose(out["data"]["input"]["img"], (pixels * 2.0 - 100)[None])
-    assert out["data"]["input"]["spacing"] == (0.5, 0.7)
+    assert "affine" not in out["data"]["input"]  # 2D images get an affine only when asked (affine_key=)
     win = ops.ReadDicom(path=str(tmp_path / "d.dcm"), window="file")(sample("d"))["data"]["input"]["img"]
     np.testing.assert_allclose(win[0], np.clip((pixels * 2.0 - 100 - 0) / 200, 0, 1))
     assert win.dtype == np.float32
@@ -237,20 +237,90 @@ def test_dicom_monochrome1_file_window_is_the_mirror_of_monochrome2(tmp_path):
     )
 
 
-def test_nifti_array_and_spacing(tmp_path):
+def test_nifti_array_and_affine(tmp_path):
     import nibabel as nib
 
     vol = np.random.default_rng(0).random((4, 5, 6)).astype(np.float32)
-    nib.save(nib.Nifti1Image(vol, np.diag([1.5, 2.0, 3.0, 1.0])), tmp_path / "v.nii.gz")
+    affine = np.array([[0.0, 0.0, -3.0, 20.0], [1.5, 0.0, 0.0, -7.0], [0.0, 2.0, 0.0, 1.25], [0, 0, 0, 1]])
+    nib.save(nib.Nifti1Image(vol, affine), tmp_path / "v.nii.gz")
     src = DataSource.from_glob(str(tmp_path / "*.nii.gz"))
     row = src.rows()[0]
     out = ops.ReadNifti()(sample(row.pop("sample_id"), **row))
     assert out["data"]["sample_id"] == "v"
     np.testing.assert_allclose(out["data"]["input"]["img"][0], vol, rtol=1e-6)
-    assert out["data"]["input"]["spacing"] == (1.5, 2.0, 3.0)
+    got = out["data"]["input"]
+    assert got["affine"].dtype == np.float64 and got["original_shape"] == (4, 5, 6)
+    np.testing.assert_array_equal(got["affine"], affine)
+    np.testing.assert_array_equal(got["original_affine"], affine)
+    assert "spacing" not in got  # derived from the affine, never stored twice
     (tmp_path / "bad.nii.gz").write_bytes(b"nope")
     with pytest.raises(SampleError, match="sample 'bad', op ReadNifti"):
         ops.ReadNifti(path=str(tmp_path / "bad.nii.gz"))(sample("bad"))
+
+
+def _nifti(tmp_path, name, sform, s_code, qform, q_code, shape=(3, 4, 5)):
+    import nibabel as nib
+
+    img = nib.Nifti1Image(np.zeros(shape, np.float32), None)
+    img.set_sform(sform, code=s_code)
+    img.set_qform(qform, code=q_code)
+    nib.save(img, tmp_path / name)
+    return str(tmp_path / name)
+
+
+def test_nifti_sform_first_then_qform_and_a_disagreement_named(tmp_path, recwarn):
+    s_aff, q_aff = np.diag([2.0, 2.0, 2.0, 1.0]), np.diag([1.0, 1.0, 1.0, 1.0])
+    s_aff[:3, 3] = [10, 0, 0]
+    both = _nifti(tmp_path, "both.nii", s_aff, 1, q_aff, 1)
+    with pytest.warns(
+        UserWarning, match=r"both\.nii: sform \(scanner\) and qform \(scanner\) place .* using the sform"
+    ):
+        got = ops.ReadNifti(path=both)(sample("b"))["data"]["input"]["affine"]
+    np.testing.assert_array_equal(got, s_aff)
+    q_only = _nifti(tmp_path, "q.nii", s_aff, 0, q_aff, 1)
+    np.testing.assert_array_equal(ops.ReadNifti(path=q_only)(sample("q"))["data"]["input"]["affine"], q_aff)
+    same = _nifti(tmp_path, "same.nii", s_aff, 2, s_aff, 1)
+    ops.ReadNifti(path=same)(sample("s"))
+    assert not [w for w in recwarn if "same.nii" in str(w.message)]
+
+
+def test_nifti_without_sform_or_qform_is_an_error(tmp_path):
+    path = _nifti(tmp_path, "none.nii", np.eye(4), 0, np.eye(4), 0)
+    with pytest.raises(
+        SampleError, match=r"sample 'n', op ReadNifti, key 'data.input.img': .*none\.nii: neither sform nor qform"
+    ):
+        ops.ReadNifti(path=path)(sample("n"))
+
+
+def test_mask_on_another_grid_is_named_with_the_distance(tmp_path):
+    img_aff = np.diag([0.8, 0.8, 2.5, 1.0])
+    moved = img_aff.copy()
+    moved[2, 3] = 1.25  # half a slice off
+    img = _nifti(tmp_path, "img.nii", img_aff, 1, img_aff, 1)
+    good = _nifti(tmp_path, "seg.nii", img_aff + 1e-5 * (np.arange(16).reshape(4, 4) % 2), 1, img_aff, 1)
+    bad = _nifti(tmp_path, "bad.nii", moved, 1, moved, 1)
+    read = ops.ReadNifti(path=img)
+    s = ops.ReadNifti(key="data.gt.mask", path=good, check_affine_key="data.input.affine")(read(sample("c")))
+    assert s["data"]["gt"]["mask"].shape == (1, 3, 4, 5)
+    np.testing.assert_allclose(s["data"]["input"]["affine"], img_aff, atol=1e-6)  # the image's grid is kept
+    with pytest.raises(
+        SampleError,
+        match=r"sample 'c', op ReadNifti, key 'data.gt.mask': the grid of .*bad\.nii is not the grid at "
+        r"'data.input.affine': the same voxel lies 1\.25 mm apart \(tolerance 0\.001 mm\)",
+    ):
+        ops.ReadNifti(key="data.gt.mask", path=bad, check_affine_key="data.input.affine")(read(sample("c")))
+    loose = ops.ReadNifti(key="data.gt.mask", path=bad, check_affine_key="data.input.affine", affine_tolerance=2.0)
+    assert loose(read(sample("c")))["data"]["gt"]["mask"].shape == (1, 3, 4, 5)
+
+
+def test_nifti_4d_volumes_become_channels(tmp_path):
+    import nibabel as nib
+
+    vol = np.random.default_rng(1).random((3, 4, 5, 2)).astype(np.float32)
+    nib.save(nib.Nifti1Image(vol, np.eye(4)), tmp_path / "t.nii")
+    out = ops.ReadNifti(path=str(tmp_path / "t.nii"))(sample("t"))["data"]["input"]
+    np.testing.assert_array_equal(out["img"], np.moveaxis(vol, -1, 0))
+    assert out["original_shape"] == (3, 4, 5)
 
 
 def test_missing_optional_dependency_is_named(monkeypatch, tmp_path):

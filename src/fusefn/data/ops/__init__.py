@@ -15,7 +15,11 @@ pipeline, cheap per-epoch ops in the *dynamic* one.
 """
 
 from fusefn.data.ops.cast import AsType, ToNumpy, ToTensor
+from fusefn.data.ops.components import FillHoles, KeepLargestComponent, RemoveSmallComponents
+from fusefn.data.ops.dicom_series import ReadDicomSeries
+from fusefn.data.ops.foreground import ForegroundIndices
 from fusefn.data.ops.geometry import CenterCrop, PadTo, Patches, RandomCrop, Resize
+from fusefn.data.ops.grid import CropForeground, DivisiblePad, Flip, Orient, Resample, ResampleLike, ToOriginalGrid
 from fusefn.data.ops.intensity import Clip, Normalize, Window, ZScore
 from fusefn.data.ops.label import MapValues, OneHot, RandomLabel, ToLabel
 from fusefn.data.ops.read import ReadDicom, ReadImage, ReadNifti, ReadNpy, ReadNpz
@@ -25,23 +29,35 @@ __all__ = [
     "AsType",
     "CenterCrop",
     "Clip",
+    "CropForeground",
+    "DivisiblePad",
+    "FillHoles",
+    "Flip",
+    "ForegroundIndices",
+    "KeepLargestComponent",
     "MapValues",
     "Normalize",
     "OneHot",
+    "Orient",
     "PadTo",
     "Patches",
     "RandomCrop",
     "RandomLabel",
     "ReadDicom",
+    "ReadDicomSeries",
     "ReadImage",
     "ReadNifti",
     "ReadNpy",
     "ReadNpz",
+    "RemoveSmallComponents",
+    "Resample",
+    "ResampleLike",
     "Resize",
     "Table",
     "TableRow",
     "ToLabel",
     "ToNumpy",
+    "ToOriginalGrid",
     "ToTensor",
     "Window",
     "ZScore",

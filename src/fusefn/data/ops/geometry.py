@@ -2,7 +2,11 @@
 
 ``shape`` names the spatial size; its length (2 or 3) says how many trailing
 axes are spatial, so the same op serves 2D images and 3D volumes. Keys listed
-together (an image and its mask) get the same crop window.
+together (an image and its mask) get the same crop window. When the sample has
+a voxel-to-world matrix at ``affine_key`` (:data:`fusefn.keys.AFFINE`, a volume
+read with its geometry), the op updates it to the new grid; samples without one
+(2D images) are left without one. The grid ops of :mod:`fusefn.data.ops.grid`
+(orient, resample to a spacing, crop to the foreground) work in millimetres.
 
 >>> import numpy as np
 >>> s = {"data": {"sample_id": "a", "input": {"img": np.zeros((1, 6, 8), np.float32)}}}
@@ -22,6 +26,7 @@ from collections.abc import Mapping
 import attrs
 import numpy as np
 
+from fusefn import affine as geo
 from fusefn import keys, nd
 from fusefn import validators as v
 from fusefn._types import is_tensor
@@ -47,16 +52,37 @@ def _spatial(x, n: int, op, sample, key) -> tuple:
     return tuple(x.shape[-n:])
 
 
+def _with_affine(op, sample, out, size: tuple, change):
+    """``out`` with the affine of ``sample`` (when it has one) replaced by ``change(affine)``; ``size``: the old grid."""
+    value = nd.get(sample, op.affine_key, None)
+    if value is None:
+        return out
+    a = np.asarray(value.detach().cpu() if is_tensor(value) else value, dtype=np.float64)
+    if a.shape != (len(size) + 1, len(size) + 1):
+        raise fail(
+            sample, op, op.affine_key, f"affine of shape {a.shape} does not describe {len(size)} spatial axes {size}"
+        )
+    return nd.assoc(out, op.affine_key, change(a))
+
+
+_AFFINE_KEY = dict(default=keys.AFFINE, validator=v.key)
+
 _MODES = {"linear": {1: "linear", 2: "bilinear", 3: "trilinear"}, "nearest": "nearest", "area": "area"}
 
 
 @record
 class Resize:
-    """Resample the spatial axes to ``shape``; ``mode="nearest"`` keeps label values (masks)."""
+    """Resample the spatial axes to ``shape``; ``mode="nearest"`` keeps label values (masks).
+
+    The affine (when the sample has one) becomes that of the same field of view on ``shape`` voxels, which is
+    where ``linear`` samples; torch's ``nearest`` picks ``floor(j · n / m)``, up to half a source voxel from
+    that grid's centres. For volumes, :class:`fusefn.data.ops.grid.Resample` works in millimetres.
+    """
 
     keys: tuple = attrs.field(**KEYS)
     shape: tuple = attrs.field(**_SHAPE)
     mode: str = attrs.field(default="linear", validator=v.in_(tuple(_MODES)))
+    affine_key: str = attrs.field(**_AFFINE_KEY)
 
     def _kernel(self, x, key):
         import torch.nn.functional as F
@@ -74,11 +100,16 @@ class Resize:
         return back(out.contiguous(), was_np)
 
     def __call__(self, sample: Mapping) -> dict:
+        sizes = {}
+
         def kernel(x, key):
-            _spatial(x, len(self.shape), self, sample, key)
+            sizes[key] = _spatial(x, len(self.shape), self, sample, key)
             return self._kernel(x, key)
 
-        return map_keys(self, sample, self.keys, kernel)
+        out = map_keys(self, sample, self.keys, kernel)
+        size = sizes[self.keys[0]]
+        # interpolate(align_corners=False) keeps the outer faces of the grid; "area" averages the same boxes
+        return _with_affine(self, sample, out, size, lambda a: geo.scale_affine(a, size, self.shape))
 
 
 def _crop(x, start, shape):
@@ -102,11 +133,13 @@ class CenterCrop:
 
     keys: tuple = attrs.field(**KEYS)
     shape: tuple = attrs.field(**_SHAPE)
+    affine_key: str = attrs.field(**_AFFINE_KEY)
 
     def __call__(self, sample: Mapping) -> dict:
         size = _common_spatial(self, sample, len(self.shape))
         start = [(s - w) // 2 for s, w in zip(size, self.shape)]
-        return map_keys(self, sample, self.keys, lambda x, k: _crop(x, start, self.shape))
+        out = map_keys(self, sample, self.keys, lambda x, k: _crop(x, start, self.shape))
+        return _with_affine(self, sample, out, size, lambda a: geo.crop_affine(a, start))
 
 
 @record
@@ -120,12 +153,14 @@ class RandomCrop:
     keys: tuple = attrs.field(**KEYS)
     shape: tuple = attrs.field(**_SHAPE)
     rng: Rng = attrs.field(factory=lambda: Rng(0), validator=v.instance_of(Rng))
+    affine_key: str = attrs.field(**_AFFINE_KEY)
 
     def __call__(self, sample: Mapping) -> dict:
         size = _common_spatial(self, sample, len(self.shape))
         draw = self.rng.child(str(sample_id(sample))).numpy()
         start = [int(draw.integers(0, s - w + 1)) for s, w in zip(size, self.shape)]
-        return map_keys(self, sample, self.keys, lambda x, k: _crop(x, start, self.shape))
+        out = map_keys(self, sample, self.keys, lambda x, k: _crop(x, start, self.shape))
+        return _with_affine(self, sample, out, size, lambda a: geo.crop_affine(a, start))
 
 
 @record
@@ -136,11 +171,15 @@ class PadTo:
     shape: tuple = attrs.field(**_SHAPE)
     value: float = 0.0
     center: bool = True
+    affine_key: str = attrs.field(**_AFFINE_KEY)
+
+    def _before(self, size) -> list:
+        return [max(0, w - s) // 2 if self.center else 0 for s, w in zip(size, self.shape)]
 
     def _kernel(self, x, key, sample):
         size = _spatial(x, len(self.shape), self, sample, key)
         extra = [max(0, w - s) for s, w in zip(size, self.shape)]
-        before = [e // 2 if self.center else 0 for e in extra]
+        before = self._before(size)
         width = [(0, 0)] * (x.ndim - len(size)) + [(b, e - b) for b, e in zip(before, extra)]
         if is_tensor(x):
             import torch.nn.functional as F
@@ -150,7 +189,12 @@ class PadTo:
         return np.pad(x, width, constant_values=self.value)
 
     def __call__(self, sample: Mapping) -> dict:
-        return map_keys(self, sample, self.keys, lambda x, k: self._kernel(x, k, sample))
+        out = map_keys(self, sample, self.keys, lambda x, k: self._kernel(x, k, sample))
+        if nd.get(sample, self.affine_key, None) is None:
+            return out
+        size = _common_spatial(attrs.evolve(self, shape=tuple(1 for _ in self.shape)), sample, len(self.shape))
+        before = self._before(size)
+        return _with_affine(self, sample, out, size, lambda a: geo.crop_affine(a, [-b for b in before]))
 
 
 @record
@@ -165,6 +209,7 @@ class Patches:
     keys: tuple = attrs.field(**KEYS)
     shape: tuple = attrs.field(**_SHAPE)
     stride: tuple | None = None
+    affine_key: str = attrs.field(**_AFFINE_KEY)
 
     def __attrs_post_init__(self):
         if self.stride is not None and (len(self.stride) != len(self.shape) or min(self.stride) < 1):
@@ -178,5 +223,6 @@ class Patches:
         out = []
         for k, start in enumerate(itertools.product(*starts)):
             patch = map_keys(self, sample, self.keys, lambda x, key, start=start: _crop(x, start, self.shape))
+            patch = _with_affine(self, sample, patch, size, lambda a, start=start: geo.crop_affine(a, start))
             out.append(nd.assoc_many(patch, {keys.SAMPLE_ID: f"{sid}#{k}", keys.PATCH_ORIGIN: tuple(start)}))
         return out

@@ -23,17 +23,22 @@ import attrs
 import numpy as np
 
 from fusefn import keys, nd
+from fusefn import validators as v
 from fusefn.core import record
 from fusefn.data.ops._base import fail, get, require, sample_id
-from fusefn.errors import ConfigError, SampleError
+from fusefn.errors import ConfigError
 
-__all__ = ["ReadNpy", "ReadNpz", "ReadImage", "ReadDicom", "ReadNifti", "resolve_path"]
+__all__ = ["ReadNpy", "ReadNpz", "ReadImage", "ReadDicom", "ReadNifti", "resolve_path", "affine_gap_mm", "nifti_affine"]
 
 _PATH = f"{keys.SOURCE}.path"
 
+AFFINE_TOLERANCE_MM = 1e-3
+"""How far (mm) two grids may place the same voxel and still count as one grid: float32 storage of a
+NIfTI sform/qform moves a corner of a 512³ volume by about 1e-4 mm, a real misregistration by far more."""
 
-def resolve_path(op, sample: Mapping) -> str:
-    """The file ``op`` reads for ``sample``; an error naming the sample if it does not exist."""
+
+def resolve_path(op, sample: Mapping, *, folder: bool = False) -> str:
+    """The file (``folder``: the folder) ``op`` reads for ``sample``; an error naming the sample if it does not exist."""
     if op.path is not None:
         fields = {"sample_id": sample_id(sample), **nd.flatten(nd.get(sample, keys.SOURCE, {}))}
         try:
@@ -45,9 +50,61 @@ def resolve_path(op, sample: Mapping) -> str:
     else:
         path = get(sample, op, op.path_key)
     path = os.fspath(path)
-    if not os.path.isfile(path):
+    if folder and not os.path.isdir(path):
+        raise fail(sample, op, op.key, f"folder not found: {path}")
+    if not folder and not os.path.isfile(path):
         raise fail(sample, op, op.key, f"file not found: {path}")
     return path
+
+
+def affine_gap_mm(a: np.ndarray, b: np.ndarray, shape) -> float:
+    """How far apart (mm) the grids of affines ``a`` and ``b`` put the same voxel, over a grid of ``shape``.
+
+    The largest distance at the grid's corners, which bounds it everywhere inside (the
+    difference of two affine maps is affine, so its norm peaks at a corner).
+
+    >>> round(affine_gap_mm(np.eye(4), np.diag([1.0, 1.0, 1.001, 1.0]), (10, 10, 10)), 6)
+    0.009
+    """
+    shape = tuple(shape)[:3]
+    corners = np.array(np.meshgrid(*[(0, max(int(n) - 1, 0)) for n in shape], indexing="ij")).reshape(len(shape), -1)
+    pts = np.vstack([corners, np.zeros((3 - len(shape), corners.shape[1])), np.ones((1, corners.shape[1]))])
+    return float(np.linalg.norm(((np.asarray(a) - np.asarray(b)) @ pts)[:3], axis=0).max())
+
+
+def geometry_updates(op, sample: Mapping, arr: np.ndarray, affine: np.ndarray, where: str) -> dict:
+    """The geometry keys a volume reader writes beside ``arr`` (channel first): its affine and the original grid.
+
+    With ``op.check_affine_key`` (a mask read after its image), nothing is written: the affine
+    is compared with the one at that key instead, and a gap over ``op.affine_tolerance`` mm is an
+    error naming both grids.
+    """
+    affine = np.asarray(affine, dtype=np.float64)
+    spatial = tuple(int(n) for n in arr.shape[1:])
+    check = getattr(op, "check_affine_key", None)
+    if check is not None:
+        other = np.asarray(get(sample, op, check), dtype=np.float64)
+        if other.shape != (4, 4):
+            raise fail(sample, op, check, f"expected a 4×4 affine, got shape {other.shape}")
+        gap = affine_gap_mm(affine, other, spatial)
+        if not gap <= op.affine_tolerance:
+            raise fail(
+                sample,
+                op,
+                op.key,
+                f"the grid of {where} is not the grid at {check!r}: the same voxel lies {gap:.4g} mm apart "
+                f"(tolerance {op.affine_tolerance:g} mm); affine of {where}:\n{np.round(affine, 4)}\n"
+                f"affine at {check!r}:\n{np.round(other, 4)}",
+            )
+        return {}
+    out = {}
+    if op.affine_key is not None:
+        out[op.affine_key] = affine
+    if op.original_affine_key is not None:
+        out[op.original_affine_key] = affine.copy()
+    if op.original_shape_key is not None:
+        out[op.original_shape_key] = spatial
+    return out
 
 
 def _layout(arr: np.ndarray, add_channel: bool, channels_last: bool) -> np.ndarray:
@@ -234,7 +291,11 @@ class ReadDicom:
         window: ``(center, width)`` of the output values (after rescale and inversion) to clip to
             and map to [0, 1]; ``"file"`` uses the file's WindowCenter/WindowWidth, which for
             MONOCHROME1 are mirrored the same way as the pixels; ``None`` keeps the values.
-        spacing_key: where to put ``(row, column)`` PixelSpacing when present (``None``: nowhere).
+        affine_key: where to put the 4×4 voxel-to-world matrix (mm, RAS+) of the slice (``None``: nowhere),
+            from ImagePositionPatient, ImageOrientationPatient and PixelSpacing (an error when one is
+            missing). Its voxel axes are (slice, row, column): the affine of the image as a one-slice
+            volume, ``img[:, None]``; the slice axis is the plane's normal, SpacingBetweenSlices or
+            SliceThickness long (1 mm when neither is given). Series of slices: :class:`ReadDicomSeries`.
     """
 
     key: str = keys.IMAGE
@@ -242,7 +303,7 @@ class ReadDicom:
     path_key: str = _PATH
     rescale: bool = True
     window: tuple | str | None = attrs.field(default=None, validator=_window_ok)
-    spacing_key: str | None = None
+    affine_key: str | None = None
 
     def __call__(self, sample: Mapping) -> dict:
         pydicom = require("pydicom", "dicom", "ReadDicom")
@@ -291,37 +352,110 @@ class ReadDicom:
         else:
             arr = np.moveaxis(arr, -1, 0)
         out = {self.key: np.ascontiguousarray(arr, dtype=np.float32)}
-        if self.spacing_key is not None and "PixelSpacing" in ds:
-            out[self.spacing_key] = tuple(float(s) for s in ds.PixelSpacing)
+        if self.affine_key is not None:
+            from fusefn.data.ops.dicom_series import slice_affine
+
+            try:
+                out[self.affine_key] = slice_affine(ds)
+            except ValueError as exc:
+                raise fail(sample, self, self.affine_key, f"{path}: {exc}") from exc
         return nd.assoc_many(sample, out)
+
+
+_NIFTI_CODES = {0: "unknown", 1: "scanner", 2: "aligned", 3: "talairach", 4: "mni", 5: "template"}
+
+
+def nifti_affine(img, path: str) -> tuple[np.ndarray, str]:
+    """The voxel-to-world matrix of a NIfTI image by nibabel's rule, and which of its two it is (``"sform"``/``"qform"``).
+
+    nibabel (``img.affine``, ``header.get_best_affine()``) takes the sform when its code is set
+    and the qform otherwise; when both are set and place a voxel more than
+    :data:`AFFINE_TOLERANCE_MM` apart, a warning names the file and says the sform is used.
+    Neither set (both codes 0) leaves only the voxel sizes, no position or orientation: a
+    :class:`ValueError`.
+    """
+    import warnings
+
+    hdr = img.header
+    sform, s_code = hdr.get_sform(coded=True)
+    qform, q_code = hdr.get_qform(coded=True)
+    s_code, q_code = int(s_code or 0), int(q_code or 0)
+    if s_code == 0 and q_code == 0:
+        raise ValueError(
+            f"{path}: neither sform nor qform is set (both codes 0), so where the voxels lie is unknown; "
+            "set one (e.g. nibabel's img.set_sform(affine, code=1)) or write it with fusefn.data.write_nifti"
+        )
+    used = "sform" if s_code > 0 else "qform"
+    affine = np.asarray(sform if used == "sform" else qform, dtype=np.float64)
+    if s_code > 0 and q_code > 0:
+        gap = affine_gap_mm(sform, qform, img.shape)
+        if gap > AFFINE_TOLERANCE_MM:
+            warnings.warn(
+                f"{path}: sform ({_NIFTI_CODES.get(s_code, s_code)}) and qform ({_NIFTI_CODES.get(q_code, q_code)}) "
+                f"place the same voxel up to {gap:.4g} mm apart; using the sform (nibabel's rule)",
+                stacklevel=3,
+            )
+    if not np.isfinite(affine).all() or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+        raise ValueError(f"{path}: the {used} is not an invertible voxel-to-world matrix:\n{affine}")
+    return affine, used
 
 
 @record
 class ReadNifti:
-    """Read a NIfTI volume (``1×X×Y×Z`` float32, scaling applied) and its voxel spacing.
+    """Read a NIfTI volume (``1×X×Y×Z`` float32, scaling applied) and the voxel-to-world matrix it lies on.
+
+    The affine (4×4 float64, mm, RAS+, voxel axes the array's ``X, Y, Z`` in order: nibabel's
+    ``img.affine``) goes to ``affine_key``, and with its spatial shape to the ``original_*`` keys so
+    predictions can be put back on this grid. It is the sform when its code is set, else the
+    qform (see :func:`nifti_affine`); a file with neither is an error. A 4D file (``X×Y×Z×T``)
+    comes out ``T×X×Y×Z``, one channel per volume.
+
+    Reading a label map onto the image's grid, ``check_affine_key=keys.AFFINE`` compares its affine
+    with the image's instead of writing one: grids further than ``affine_tolerance`` mm apart (at
+    any voxel) are an error naming both.
 
     Args:
-        spacing_key: where to put the voxel size in mm (``None``: nowhere).
+        affine_key, original_affine_key, original_shape_key: where the geometry goes (``None``: nowhere).
+        check_affine_key: compare with the affine at this key instead of writing any geometry.
+        affine_tolerance: how far apart (mm) two grids may place a voxel and still be one grid.
+
+    >>> import nibabel as nib, pathlib, tempfile
+    >>> d = pathlib.Path(tempfile.mkdtemp())
+    >>> nib.save(nib.Nifti1Image(np.zeros((4, 5, 6), np.float32), np.diag([0.8, 0.8, 2.5, 1.0])), d / "ct.nii.gz")
+    >>> s = ReadNifti(path=str(d / "{sample_id}.nii.gz"))({"data": {"sample_id": "ct"}})["data"]["input"]
+    >>> s["img"].shape, s["affine"].diagonal().tolist(), s["original_shape"]
+    ((1, 4, 5, 6), [0.8..., 0.8..., 2.5, 1.0], (4, 5, 6))
     """
 
     key: str = keys.IMAGE
     path: str | None = None
     path_key: str = _PATH
-    spacing_key: str | None = keys.SPACING
     add_channel: bool = True
+    affine_key: str | None = keys.AFFINE
+    original_affine_key: str | None = keys.ORIGINAL_AFFINE
+    original_shape_key: str | None = keys.ORIGINAL_SHAPE
+    check_affine_key: str | None = None
+    affine_tolerance: float = attrs.field(default=AFFINE_TOLERANCE_MM, validator=v.ge(0))
 
     def __call__(self, sample: Mapping) -> dict:
         nib = require("nibabel", "nifti", "ReadNifti")
         path = resolve_path(self, sample)
         try:
             img = nib.load(path)
-            arr = np.asarray(img.get_fdata(dtype=np.float32))
-            spacing = tuple(float(z) for z in img.header.get_zooms()[: arr.ndim])
-        except SampleError:
-            raise
         except Exception as exc:
             raise fail(sample, self, self.key, f"cannot read NIfTI {path}: {type(exc).__name__}: {exc}") from exc
-        out = {self.key: np.ascontiguousarray(arr[None] if self.add_channel else arr)}
-        if self.spacing_key is not None:
-            out[self.spacing_key] = spacing
-        return nd.assoc_many(sample, out)
+        try:
+            affine, _ = nifti_affine(img, path)
+        except ValueError as exc:
+            raise fail(sample, self, self.key, str(exc)) from exc
+        try:
+            arr = np.asarray(img.get_fdata(dtype=np.float32))
+        except Exception as exc:
+            raise fail(sample, self, self.key, f"cannot read NIfTI {path}: {type(exc).__name__}: {exc}") from exc
+        if arr.ndim == 4 and self.add_channel:
+            arr = np.moveaxis(arr, -1, 0)
+        elif self.add_channel:
+            arr = arr[None]
+        arr = np.ascontiguousarray(arr)
+        geometry = geometry_updates(self, sample, arr if self.add_channel else arr[None], affine, path)
+        return nd.assoc_many(sample, {self.key: arr, **geometry})
