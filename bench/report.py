@@ -97,6 +97,15 @@ COMPARISONS: dict[str, dict[str, Any]] = {
         "subject": FUSEFN_VARIANTS,
         "targets": {C.FUSEMEDML: (">=", 1.5, "CPU: ≥ 1.5× FuseMedML (issue 16)")},
     },
+    "augment.3d_elastic": {
+        "title": "Augmentation: affine + elastic deformation, 3D (16 × 1×96³)",
+        "issue": 16,
+        "better": "higher",
+        "subject": (C.FUSEFN,),
+        "targets": {C.FUSEFN + " (two resamplings)": (">=", 1.3, "one composed grid: ≥ 1.3× two resamplings")},
+        "note": "measured 2026-12-06 by bench_augment.py alone on the loaded machine (load 3-6); no FuseMedML row "
+        "(its fuseimg needs torchvision, which has no CPU build for this torch here)",
+    },
     "metrics.auc_ci.knight": {
         "title": "ROC AUC + stratified bootstrap 95 % CI on the 60 KNIGHT cases",
         "issue": 6,

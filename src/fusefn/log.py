@@ -9,6 +9,10 @@ the ``"fusefn"`` logger (or a child of it); :func:`start` attaches the handlers.
 >>> lgr.info("hello")
 >>> "hello" in (pathlib.Path(d) / "fusefn.log").read_text()
 True
+>>> "environment: python" in (pathlib.Path(d) / "fusefn_debug.log").read_text()  # DEBUG: the debug file only
+True
+>>> "environment" in (pathlib.Path(d) / "fusefn.log").read_text()
+False
 >>> stop()
 """
 
@@ -65,4 +69,20 @@ def start(output_dir: str | pathlib.Path | None = None, console_level: int = log
     for h in handlers:
         setattr(h, _TAG, True)
         lgr.addHandler(h)
+    # what a bit-for-bit repetition depends on (docs/faq.md), kept in the debug log only
+    lgr.debug("environment: %s", _environment())
     return lgr
+
+
+def _environment() -> str:
+    import platform
+
+    parts = [f"python {platform.python_version()}", f"platform {platform.platform()}"]
+    for name in ("torch", "numpy", "h5py", "polars"):
+        mod = sys.modules.get(name)
+        if mod is not None:
+            parts.append(f"{name} {getattr(mod, '__version__', '?')}")
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        parts.append(f"torch threads {torch.get_num_threads()}")
+    return ", ".join(parts)

@@ -173,3 +173,21 @@ def test_split_folds_ungrouped_partitions(n, k, seed):
     folds = split_folds(t, k, rng=Rng(seed)).get_column("fold").to_list()
     sizes = np.bincount(folds, minlength=k)
     assert sizes.sum() == n and sizes.max() - sizes.min() <= 1
+
+
+def test_from_glob_takes_the_id_from_the_parent_folder_or_a_capture_group(tmp_path):
+    for case in ("case_001", "case_002"):
+        (tmp_path / case).mkdir()
+        for name in ("seg.nii.gz", "img.nii.gz"):
+            (tmp_path / case / name).write_bytes(b"")
+    src = DataSource.from_glob(str(tmp_path / "*" / "seg.nii.gz"), id_from="parent")
+    assert src.ids == ["case_001", "case_002"]
+    assert [p.endswith("seg.nii.gz") for p in src.frame["path"]] == [True, True]
+    assert DataSource.from_glob(str(tmp_path / "*" / "img.nii.gz"), id_from=r"re:case_(\d+)").ids == ["001", "002"]
+    # the most common mistake: the default id (the file stem) is the same in every folder
+    with pytest.raises(ConfigError, match=r"both give the id 'seg'.*id_from='parent'"):
+        DataSource.from_glob(str(tmp_path / "*" / "seg.nii.gz"))
+    with pytest.raises(ConfigError, match="capture group"):
+        DataSource.from_glob(str(tmp_path / "*" / "seg.nii.gz"), id_from="re:case")
+    with pytest.raises(ConfigError, match="does not match"):
+        DataSource.from_glob(str(tmp_path / "*" / "seg.nii.gz"), id_from=r"re:(P\d+)")

@@ -34,6 +34,9 @@ def test_fast_run_writes_every_phase(fast_run):
     assert metrics["metrics"]["accuracy"]["value"] == pytest.approx(summary["accuracy"])
     assert "accuracy" in (out / "eval" / "report.txt").read_text()
     assert (out / "fusefn.log").is_file()
+    # the debug log holds what the main log leaves out (DEBUG records: environment, run configuration)
+    main, debug = (out / "fusefn.log").read_text(), (out / "fusefn_debug.log").read_text()
+    assert " DEBUG " in debug and " DEBUG " not in main and "run_id" in debug
 
 
 def test_same_seed_same_metrics(fast_run, tmp_path):

@@ -139,16 +139,46 @@ class DataSource:
         """One sample per file matching ``pattern`` (``**`` recurses); columns ``sample_id`` and ``path``.
 
         Args:
-            id_from: ``"stem"`` (the file name without its extension), ``"name"`` (file name) or
-                ``"relpath"`` (path relative to the pattern's fixed prefix).
+            id_from: where each file's id comes from:
+
+                - ``"stem"``: the file name without its extension (the default);
+                - ``"name"``: the file name;
+                - ``"parent"``: the name of the folder holding the file (``case_001/seg.nii.gz`` ->
+                  ``case_001``, the layout of KiTS and of most exported studies);
+                - ``"relpath"``: the path relative to the pattern's fixed prefix;
+                - ``"re:<regex>"``: the first capture group of a regular expression searched in that
+                  relative path (``"re:(P[0-9]+)_"`` on ``P017_t1.nii.gz`` -> ``P017``).
 
         The extension is the last suffix, or the last two when the last is a compression suffix
         (``.gz``, ``.bz2``, ``.xz``, ``.zst``): ``ct_01.nii.gz`` -> ``ct_01``, ``img.png`` -> ``img``,
         ``1.2.840.1.dcm`` -> ``1.2.840.1`` (dots before the extension are part of the id, as in
         DICOM UIDs). A name starting with a dot and holding no other (``.hidden``) is kept whole.
+        Two files giving one id are an error that lists them and says how to choose another rule.
+
+        >>> import pathlib, tempfile
+        >>> root = pathlib.Path(tempfile.mkdtemp())
+        >>> for case in ("case_001", "case_002"):
+        ...     (root / case).mkdir()
+        ...     _ = (root / case / "seg.nii.gz").write_bytes(b"")
+        >>> DataSource.from_glob(str(root / "*" / "seg.nii.gz"), id_from="parent").ids
+        ['case_001', 'case_002']
+        >>> DataSource.from_glob(str(root / "*" / "seg.nii.gz"), id_from="re:_([0-9]+)").ids
+        ['001', '002']
         """
-        if id_from not in ("stem", "name", "relpath"):
-            raise ConfigError(f"from_glob.id_from must be 'stem', 'name' or 'relpath', got {id_from!r}")
+        import re
+
+        regex = None
+        if isinstance(id_from, str) and id_from.startswith("re:"):
+            try:
+                regex = re.compile(id_from[3:])
+            except re.error as e:
+                raise ConfigError(f"from_glob.id_from: bad regular expression {id_from[3:]!r}: {e}") from e
+            if regex.groups < 1:
+                raise ConfigError(f"from_glob.id_from: {id_from[3:]!r} needs a capture group, e.g. 're:(P[0-9]+)'")
+        elif id_from not in ("stem", "name", "parent", "relpath"):
+            raise ConfigError(
+                f"from_glob.id_from must be 'stem', 'name', 'parent', 'relpath' or 're:<regex>', got {id_from!r}"
+            )
         paths = sorted(p for p in _glob.glob(str(pattern), recursive=True) if os.path.isfile(p))
         if not paths:
             raise ConfigError(f"no file matches {pattern!r}")
@@ -157,13 +187,30 @@ class DataSource:
 
         def sample_id(p: str) -> str:
             pp = pathlib.Path(p)
+            if regex is not None:
+                found = regex.search(str(pp.relative_to(base)))
+                if found is None:
+                    raise ConfigError(f"from_glob: {id_from!r} does not match {pp.relative_to(base)} (file {p})")
+                return found.group(1)
             if id_from == "name":
                 return pp.name
+            if id_from == "parent":
+                return pp.parent.name
             if id_from == "relpath":
                 return str(pp.relative_to(base))
             return _strip_extension(pp.name)
 
-        frame = pl.DataFrame({id_column: [sample_id(p) for p in paths], "path": paths})
+        ids = [sample_id(p) for p in paths]
+        seen: dict[str, str] = {}
+        for sid, p in zip(ids, paths):
+            if sid in seen:
+                raise ConfigError(
+                    f"from_glob({pattern!r}): files {seen[sid]} and {p} both give the id {sid!r} "
+                    f"(id_from={id_from!r}); choose another rule: id_from='parent' (the folder name), "
+                    "'relpath' (the path below the pattern's prefix) or 're:<regex>' (a capture group)"
+                )
+            seen[sid] = p
+        frame = pl.DataFrame({id_column: ids, "path": paths})
         return cls(frame=frame, id_column=id_column, name=f"glob {pattern}")
 
     @classmethod

@@ -172,6 +172,7 @@ def claim_run_dir(
     record["created"] = (old or {}).get("created") if run_id else _now()
     if write:
         write_json_atomic(model_dir / RUN_FILE, record)
+    _log.debug("run %s configuration: %s", record["run_id"], json.dumps(record, sort_keys=True, default=str))
     return record
 
 
