@@ -209,12 +209,10 @@ def infer_phase(run: Run):
     for folder in (masks, reference):
         shutil.rmtree(folder, ignore_errors=True)
     roi = (run.hp["roi"] or run.hp["patch"],) * 3
-    frame = train.infer(
-        run.model_dir,
+    frame = recipe.infer(
+        run,
         test,
-        output_file=run.infer_file,
-        checkpoint="best",
-        device=run.device,
+        {},
         sliding_window=train.SlidingWindowSettings(roi=roi, overlap=run.hp["overlap"], batch_size=4),
         postprocess=KeepLargestComponent(key=LABELS, classes=_organs(run, names)) if _organs(run, names) else None,
         nifti_dir=masks,

@@ -165,11 +165,17 @@ def infer(
     model_dir: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
     output_file: str | os.PathLike | None = None,
     batch_size: int = 128,
+    sliding_window=None,
+    postprocess=None,
+    nifti_dir: str | os.PathLike | None = None,
 ):
     """:func:`fusefn.train.infer` of the best checkpoint(s) of ``model_dir`` (default ``run.model_dir``).
 
     Several ``model_dir`` are an ensemble. Writes ``output_file`` (default ``run.infer_file``)
-    with ``sample_id`` and ``{column: key}`` of ``columns``; returns the frame.
+    with ``sample_id`` and ``{column: key}`` of ``columns``; returns the frame. Volumes: with
+    ``sliding_window`` (a :class:`fusefn.train.SlidingWindowSettings`) each case is predicted
+    window by window, ``postprocess`` runs on its label map, and ``nifti_dir`` receives one mask
+    per case on the grid its scan was read on (docs/segmentation3d.md).
     """
     from fusefn import train
     from fusefn.data import collate
@@ -182,11 +188,16 @@ def infer(
         model_dir,
         data,
         output_file=pathlib.Path(output_file or run.infer_file),
-        output_columns=dict(columns),
+        output_columns=dict(columns) if columns else None,
         checkpoint="best",
         batch_size=batch_size,
         collate_fn=collate,
         device=run.device,
+        **(
+            {}
+            if sliding_window is None
+            else {"sliding_window": sliding_window, "postprocess": postprocess, "nifti_dir": nifti_dir}
+        ),
     )
 
 
