@@ -39,6 +39,7 @@ import torch
 
 from fusefn import keys, nd
 from fusefn import validators as v
+from fusefn.affine import crop_affine
 from fusefn.core import Rng, record
 from fusefn.data.ops._base import KEYS, fail, get, sample_id
 from fusefn.data.ops.foreground import BACKGROUND, FOREGROUND, INDICES, class_name
@@ -259,9 +260,7 @@ def _moved(op, sample, affine: np.ndarray, origin: np.ndarray) -> np.ndarray:
     d = len(origin)
     if affine.shape != (d + 1, d + 1):
         raise fail(sample, op, keys.AFFINE, f"affine of shape {affine.shape} does not match {d} spatial axes")
-    out = np.array(affine, dtype=np.float64)
-    out[:d, d] = affine[:d, :d] @ origin + affine[:d, d]
-    return out
+    return crop_affine(affine, origin)
 
 
 def window(x: np.ndarray, origin, size: tuple, pad_value: float = 0.0, out: np.ndarray | None = None) -> np.ndarray:

@@ -24,11 +24,12 @@ import numpy as np
 
 from fusefn import keys, nd
 from fusefn import validators as v
+from fusefn.affine import grid_gap_mm
 from fusefn.core import record
 from fusefn.data.ops._base import fail, get, require, sample_id
 from fusefn.errors import ConfigError
 
-__all__ = ["ReadNpy", "ReadNpz", "ReadImage", "ReadDicom", "ReadNifti", "resolve_path", "affine_gap_mm", "nifti_affine"]
+__all__ = ["ReadNpy", "ReadNpz", "ReadImage", "ReadDicom", "ReadNifti", "resolve_path", "nifti_affine"]
 
 _PATH = f"{keys.SOURCE}.path"
 
@@ -57,36 +58,22 @@ def resolve_path(op, sample: Mapping, *, folder: bool = False) -> str:
     return path
 
 
-def affine_gap_mm(a: np.ndarray, b: np.ndarray, shape) -> float:
-    """How far apart (mm) the grids of affines ``a`` and ``b`` put the same voxel, over a grid of ``shape``.
-
-    The largest distance at the grid's corners, which bounds it everywhere inside (the
-    difference of two affine maps is affine, so its norm peaks at a corner).
-
-    >>> round(affine_gap_mm(np.eye(4), np.diag([1.0, 1.0, 1.001, 1.0]), (10, 10, 10)), 6)
-    0.009
-    """
-    shape = tuple(shape)[:3]
-    corners = np.array(np.meshgrid(*[(0, max(int(n) - 1, 0)) for n in shape], indexing="ij")).reshape(len(shape), -1)
-    pts = np.vstack([corners, np.zeros((3 - len(shape), corners.shape[1])), np.ones((1, corners.shape[1]))])
-    return float(np.linalg.norm(((np.asarray(a) - np.asarray(b)) @ pts)[:3], axis=0).max())
-
-
-def geometry_updates(op, sample: Mapping, arr: np.ndarray, affine: np.ndarray, where: str) -> dict:
+def geometry_updates(
+    op, sample: Mapping, arr: np.ndarray, affine: np.ndarray, where: str, check: str | None = None
+) -> dict:
     """The geometry keys a volume reader writes beside ``arr`` (channel first): its affine and the original grid.
 
-    With ``op.check_affine_key`` (a mask read after its image), nothing is written: the affine
-    is compared with the one at that key instead, and a gap over ``op.affine_tolerance`` mm is an
-    error naming both grids.
+    With ``check`` (a mask read after its image: ``ReadNifti.check_affine_key``), nothing is written:
+    the affine is compared with the one at that key instead, and a gap over ``op.affine_tolerance``
+    mm is an error naming both grids.
     """
     affine = np.asarray(affine, dtype=np.float64)
     spatial = tuple(int(n) for n in arr.shape[1:])
-    check = getattr(op, "check_affine_key", None)
     if check is not None:
         other = np.asarray(get(sample, op, check), dtype=np.float64)
         if other.shape != (4, 4):
             raise fail(sample, op, check, f"expected a 4×4 affine, got shape {other.shape}")
-        gap = affine_gap_mm(affine, other, spatial)
+        gap = grid_gap_mm(affine, other, spatial)
         if not gap <= op.affine_tolerance:
             raise fail(
                 sample,
@@ -388,7 +375,7 @@ def nifti_affine(img, path: str) -> tuple[np.ndarray, str]:
     used = "sform" if s_code > 0 else "qform"
     affine = np.asarray(sform if used == "sform" else qform, dtype=np.float64)
     if s_code > 0 and q_code > 0:
-        gap = affine_gap_mm(sform, qform, img.shape)
+        gap = grid_gap_mm(sform, qform, img.shape)
         if gap > AFFINE_TOLERANCE_MM:
             warnings.warn(
                 f"{path}: sform ({_NIFTI_CODES.get(s_code, s_code)}) and qform ({_NIFTI_CODES.get(q_code, q_code)}) "
@@ -457,5 +444,7 @@ class ReadNifti:
         elif self.add_channel:
             arr = arr[None]
         arr = np.ascontiguousarray(arr)
-        geometry = geometry_updates(self, sample, arr if self.add_channel else arr[None], affine, path)
+        geometry = geometry_updates(
+            self, sample, arr if self.add_channel else arr[None], affine, path, check=self.check_affine_key
+        )
         return nd.assoc_many(sample, {self.key: arr, **geometry})
