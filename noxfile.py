@@ -70,9 +70,14 @@ def bench(session: nox.Session) -> None:
     )
     if "peers: ok" not in str(session.run("python", "-c", check, silent=True)):
         session.install("-c", str(constraints), *BENCH_PEERS)
-    # a peer may pull a torchvision built for CUDA torch, which fails to load next to the CPU wheel and breaks
-    # every import of torchmetrics; none of the compared code paths needs torchvision, so drop a broken one
-    probe = "import importlib.util, torch\nif importlib.util.find_spec('torchvision'):\n    import torchvision.ops"
+    # a peer may pull a torchvision built for CUDA torch, whose C extension cannot load next to the CPU wheel;
+    # bench/_common.prepare_peers declares the two op schemas it registers kernels for, so its pure-Python
+    # transforms (which FuseMedML's augmentation uses) import. Drop it only if even that fails.
+    probe = (
+        "import sys, importlib.util\nsys.path.insert(0, 'bench')\nimport _common\n"
+        "if importlib.util.find_spec('torchvision'):\n    _common.prepare_peers()\n"
+        "    import torchvision.transforms.functional, torchmetrics"
+    )
     try:
         session.run("python", "-c", probe, silent=True)
     except Exception:

@@ -353,3 +353,9 @@ def peer(module: str, *names: str) -> tuple[Any, str | None]:
 
 def header(title: str, args: argparse.Namespace) -> None:
     print(f"== {title} ({'quick' if args.quick else 'full'}, {args.threads} threads, device {args.device})")
+
+
+# every bench imports this module before any peer: a peer that imports torchvision on its own (torchmetrics, MONAI)
+# then finds it prepared
+with contextlib.suppress(Exception):
+    prepare_peers()

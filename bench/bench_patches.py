@@ -7,14 +7,19 @@ patches (image and label), iterated by a loop that touches every batch. One time
 DataLoader start included where a system starts workers per epoch. ``V`` = 12 (``--quick``: 3).
 
 Systems and settings:
+What a "worker" is differs: fusefn's default workers are threads of the training process, MONAI's and TorchIO's
+are DataLoader worker processes. Every row uses 2 workers (of its kind) and the same thread count.
+
 - fusefn: ``H5Cache(pipeline=chain(volume, ForegroundIndices()))`` built beforehand (not timed; indices thinned
   to 2¹⁸ per class, the default), ``Dataset(cache=...)``, ``PatchDataset(ds, PatchSampler(size=96, n=8),
-  batch_size=8)`` iterated through ``epochs(workers=2)`` (the documented pattern: one DataLoader whose 2 workers
-  persist across epochs; patches cut straight into shared-memory batch tensors; border="pad", the default).
-- fusefn, fresh workers: the same through ``epoch_loader(e, workers=2)``: workers started for every epoch.
-- fusefn, collate: single patches batched by ``DataLoader(batch_size=8, collate_fn=collate)`` (persistent workers).
-- fusefn, threads: ``epochs(workers=2, threads=True)``: the same patches cut by 2 threads of the training process
-  (no shared-memory transfer).
+  batch_size=8)`` iterated through ``epochs(workers=2)`` (the documented pattern; its default workers: 2 threads
+  of the training process cutting patches straight into the batch tensors, which reach the loop in ordinary
+  memory and are reused once the loop has let go of a batch; border="pad", the default).
+- fusefn, worker processes: ``epochs(workers=2, threads=False)``: one DataLoader whose 2 worker processes persist
+  across epochs, patches cut straight into shared-memory batch tensors.
+- fusefn, fresh workers: ``epoch_loader(e, workers=2)``: 2 worker processes started for every epoch.
+- fusefn, collate: single patches batched by ``DataLoader(batch_size=8, collate_fn=collate)`` (2 persistent
+  worker processes).
 - fusefn, in-process: the batched dataset iterated with no worker (the bare loop's conditions).
 - MONAI 1.6.1: ``CacheDataset([FgBgToIndicesd, RandCropByPosNegLabeld(spatial_size=96, pos=1, neg=1,
   num_samples=8, fg/bg_indices_key=...)], cache_rate=1)``: volumes and their indices (all of them) held in RAM,
@@ -51,7 +56,7 @@ BATCH = 8
 TORCHIO = "TorchIO 1.2.1"
 FUSEFN_COLLATE = "fusefn, collate"
 FUSEFN_FRESH = "fusefn, fresh workers"
-FUSEFN_THREADS = "fusefn, threads"
+FUSEFN_PROCS = "fusefn, worker processes"
 MONAI_INPROC = "MONAI, in-process"
 MONAI_PERSISTENT = "MONAI, persistent workers"
 FUSEFN_INPROC = "fusefn, in-process"
@@ -136,7 +141,7 @@ def fusefn_systems(ids, root: pathlib.Path):
         C.FUSEFN: functools.partial(run, batched.epochs(workers=2)),
         FUSEFN_FRESH: functools.partial(run, functools.partial(batched.epoch_loader, workers=2)),
         FUSEFN_COLLATE: functools.partial(run, single.epochs(workers=2, batch_size=BATCH)),
-        FUSEFN_THREADS: functools.partial(run, batched.epochs(workers=2, threads=True)),
+        FUSEFN_PROCS: functools.partial(run, batched.epochs(workers=2, threads=False)),
         FUSEFN_INPROC: functools.partial(run, inproc),
     }
 
@@ -282,15 +287,19 @@ def main(argv=None) -> None:
         volumes = [make_volume(i) for i in ids]
         systems: dict = {}
         settings = {
-            C.FUSEFN: "H5Cache + ForegroundIndices() + PatchDataset(batch_size=8).epochs(workers=2): persistent workers",
-            FUSEFN_FRESH: "the same through epoch_loader(e, workers=2): workers started per epoch",
-            FUSEFN_COLLATE: "PatchDataset(batch_size=None).epochs(workers=2, batch_size=8): fusefn collate",
+            C.FUSEFN: "H5Cache + ForegroundIndices() + PatchDataset(batch_size=8).epochs(workers=2): "
+            "2 worker threads of the training process (the default)",
+            FUSEFN_PROCS: "PatchDataset(batch_size=8).epochs(workers=2, threads=False): 2 persistent worker processes",
+            FUSEFN_FRESH: "epoch_loader(e, workers=2): 2 worker processes started per epoch",
+            FUSEFN_COLLATE: "PatchDataset(batch_size=None).epochs(workers=2, batch_size=8): fusefn collate, "
+            "2 persistent worker processes",
             FUSEFN_INPROC: "PatchDataset(batch_size=8) iterated in the main process (no worker)",
-            FUSEFN_THREADS: "PatchDataset(batch_size=8).epochs(workers=2, threads=True)",
-            C.MONAI: "CacheDataset(FgBgToIndicesd, RandCropByPosNegLabeld(num_samples=8)), DataLoader(num_workers=2)",
-            MONAI_PERSISTENT: "the same DataLoader with persistent_workers=True",
+            C.MONAI: "CacheDataset(FgBgToIndicesd, RandCropByPosNegLabeld(num_samples=8)), DataLoader(num_workers=2): "
+            "2 worker processes started per epoch",
+            MONAI_PERSISTENT: "the same DataLoader with persistent_workers=True: 2 persistent worker processes",
             MONAI_INPROC: "the same DataLoader with num_workers=0",
-            TORCHIO: "Queue(max_length=32, samples_per_volume=8, LabelSampler, num_workers=2), DataLoader(batch_size=8)",
+            TORCHIO: "Queue(max_length=32, samples_per_volume=8, LabelSampler, num_workers=2), DataLoader(batch_size=8): "
+            "2 worker processes",
             BARE: "one process: h5py read of the volume + label, slicing, np.stack",
         }
         fns, why = C.attempt(lambda: (fusefn_systems(ids, workdir / "fusefn"), None))

@@ -96,6 +96,11 @@ COMPARISONS: dict[str, dict[str, Any]] = {
         "better": "higher",
         "subject": FUSEFN_VARIANTS,
         "targets": {C.FUSEMEDML: (">=", 1.5, "CPU: ≥ 1.5× FuseMedML (issue 16)")},
+        "note": "FuseMedML's row is its KNIGHT 3D pipeline (nearest-neighbour 3D rotation p .5, per-slice bilinear 2D "
+        "affine p .5, noise p .3, no intensity group): less work than fusefn's default (trilinear rotation about every "
+        "axis, intensity group, noise p .5). The row 'fusefn (FuseMedML's augmentations)' runs FuseMedML's "
+        "augmentations with fusefn ops (in-plane samples on the 2D kernel). Ratios depend strongly on thread count "
+        "and load: this is the 2-thread run on the quiet machine (2026-12-07 00:08, load < 1); at 1 thread fusefn is 0.74× and the same-work row 0.85× FuseMedML (53.6 / 62.0 vs 72.6 volumes/s)",
     },
     "augment.3d_elastic": {
         "title": "Augmentation: affine + elastic deformation, 3D (16 × 1×96³)",
@@ -103,14 +108,49 @@ COMPARISONS: dict[str, dict[str, Any]] = {
         "better": "higher",
         "subject": (C.FUSEFN,),
         "targets": {C.FUSEFN + " (two resamplings)": (">=", 1.3, "one composed grid: ≥ 1.3× two resamplings")},
-        "note": "measured 2026-12-06 by bench_augment.py alone on the loaded machine (load 3-6); no FuseMedML row "
-        "(its fuseimg needs torchvision, which has no CPU build for this torch here)",
+        "note": "at 1 thread the fused chain is 1.9× the two resamplings (37.0 vs 19.4 volumes/s, 2026-12-06, load "
+        "~9); FuseMedML has no 3D elastic deformation",
     },
     "metrics.auc_ci.knight": {
         "title": "ROC AUC + stratified bootstrap 95 % CI on the 60 KNIGHT cases",
         "issue": 6,
         "better": "lower",
         "targets": {C.FUSEMEDML: ("<=", 1 / 500, "≥ 500× faster than FuseMedML's CI(MetricAUCROC)")},
+    },
+    "metrics.delong.5e3": {
+        "title": "DeLong's test of two AUCs on 5,000 cases (tied scores)",
+        "issue": 18,
+        "better": "lower",
+        "targets": {C.FUSEMEDML: ("<=", 1 / 5, "≥ 5× faster than FuseMedML's delong_auc_test (O(N²) memory)")},
+        "note": "measured 2026-12-06 by bench_compare.py alone on the loaded machine (load 13-14); z and p equal FuseMedML's to 1e-12",
+    },
+    "metrics.paired_bootstrap.1000": {
+        "title": "Paired bootstrap of an AUC difference: 1,000 cases, 1,000 resamples",
+        "issue": 18,
+        "better": "lower",
+        "targets": {C.FUSEMEDML: ("<=", 1 / 20, "≥ 20× faster than FuseMedML's PairedBootstrap")},
+        "note": "measured 2026-12-06 by bench_compare.py alone on the loaded machine (load 13-14); z and p equal FuseMedML's to 1e-12",
+    },
+    "finetune.groups_adamw": {
+        "title": "AdamW with a no-decay group (biases, norms), ResNet-18 parameters, 10 updates",
+        "issue": 18,
+        "better": "lower",
+        "targets": {C.TORCH: ("<=", 1.0, "no slower than torch.optim.AdamW with param groups")},
+        "note": "measured 2026-12-06 by bench_finetune.py alone on the loaded machine (load 10-15): rough",
+    },
+    "finetune.from_torch_radam": {
+        "title": "optim.from_torch(RAdam) vs torch.optim.RAdam, ResNet-18 parameters, 10 updates",
+        "issue": 18,
+        "better": "lower",
+        "targets": {C.TORCH: ("<=", 1.1, "wrapper overhead ≤ 10 %")},
+        "note": "measured 2026-12-06 by bench_finetune.py alone on the loaded machine (load 10-15): rough",
+    },
+    "finetune.ema": {
+        "title": "Moving average of the weights, ResNet-18 parameters, 10 updates",
+        "issue": 18,
+        "better": "lower",
+        "targets": {C.TORCH: ("<=", 1.0, "no slower than timm's ModelEmaV2 loop")},
+        "note": "measured 2026-12-06 by bench_finetune.py alone on the loaded machine (load 10-15): rough",
     },
     "metrics.auc.1e6": {
         "title": "ROC AUC on 10⁶ scores",
@@ -139,18 +179,21 @@ COMPARISONS: dict[str, dict[str, Any]] = {
                 "≥ 20× faster than FuseMedML (MetricDice + MetricIouJaccard, all it has in 3D)",
             ),
         },
+        "note": "fusefn and FuseMedML measured 2026-12-06 23:53 by bench_dice.py alone (load ~1.3; fusefn on 2 threads, FuseMedML's code single-threaded); MONAI's row is from the earlier run",
     },
     "infer.sliding.probs": {
         "title": "Sliding-window inference, blended scores (1×128×128×96, roi 64³, conv net 1→16→16→4)",
         "issue": 15,
         "better": "lower",
         "targets": {C.MONAI: ("<=", 1.0, "time ≤ MONAI's sliding_window_inference")},
+        "note": "measured 2026-12-07 00:12 by bench_sliding.py alone on the quiet machine (load ~1.3); an earlier quiet run gave 1.007. The net (identical oneDNN convolutions) is 85 % of the time; the blending itself costs fusefn 22 ms against MONAI's 27 ms",
     },
     "infer.sliding.argmax": {
         "title": "Sliding-window inference to a label map (same net and volume)",
         "issue": 15,
         "better": "lower",
         "targets": {C.MONAI: ("<=", 1.0, "time ≤ MONAI + argmax")},
+        "note": "measured 2026-12-07 00:12 by bench_sliding.py alone on the quiet machine (load ~1.3); at load 10-15 one run came out 1.05",
     },
     "infer.sliding.memory": {
         "title": "Sliding-window label map, peak memory: 32 classes, 1×256×256×192, roi 64³",
@@ -255,11 +298,16 @@ COMPARISONS: dict[str, dict[str, Any]] = {
         "title": "Patch sampling: 96³ patches (pos:neg 1:1) from cached 1×256×256×160 volumes, delivered to the loop",
         "issue": 15,
         "better": "higher",
-        "subject": (C.FUSEFN, "fusefn, threads"),
+        "subject": (C.FUSEFN,),
         "targets": {
-            C.MONAI: (">=", 5.0, "≥ 5× MONAI RandCropByPosNegLabeld over CacheDataset"),
-            "TorchIO 1.2.1": (">=", 5.0, "≥ 5× TorchIO Queue + LabelSampler"),
+            C.MONAI: (
+                ">=",
+                5.0,
+                "≥ 5× MONAI RandCropByPosNegLabeld over CacheDataset (2 workers each: fusefn threads, MONAI processes)",
+            ),
+            "TorchIO 1.2.1": (">=", 5.0, "≥ 5× TorchIO Queue + LabelSampler (2 workers each)"),
         },
+        "note": "measured 2026-12-06 23:59 by bench_patches.py alone, load 1.7-3.8",
     },
     "gpu.step.resnet18_2d": {
         "title": "GPU: ResNet-18 train step, 3×224², bf16, batch 64 — compiled vs eager",

@@ -35,6 +35,8 @@ BENCHES = (
     "sliding",
     "analyze",
     "survival",
+    "compare",
+    "finetune",
 )
 
 

@@ -158,15 +158,10 @@ def test_markdown_report_embeds_the_figures(tmp_path, fuse_eval_dir):
 
 def test_the_three_steps_give_what_analyze_gives(fuse_eval_dir, tmp_path):
     from fusefn.analyze import (
-        plot_confusion,
-        plot_reliability,
-        plot_roc,
+        draw_figures,
         read_predictions,
-        reliability,
-        roc_curves,
         run_suite,
         select_inputs,
-        standard_figures,
         write_markdown,
         write_results,
     )
@@ -183,11 +178,8 @@ def test_the_three_steps_give_what_analyze_gives(fuse_eval_dir, tmp_path):
     # the report step alone writes the same files from the same results
     out = tmp_path / "b"
     write_results(out, whole)
-    curves, band = roc_curves(inputs, ci=300, rng=Rng(7))
-    plot_roc(curves, band, out / "roc.png")
-    plot_confusion(whole["confusion_matrix"]["matrix"], inputs.class_names, out / "confusion_matrix.png")
-    plot_reliability(reliability(inputs), out / "reliability.png")
-    write_markdown(out, whole, figures=standard_figures(whole))
+    figures = draw_figures(out, whole, inputs, ci=300, rng=Rng(7))
+    write_markdown(out, whole, figures=figures)
     for name in OUTPUTS:
         assert (out / name).read_bytes() == (tmp_path / "a" / name).read_bytes(), name
 

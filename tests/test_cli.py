@@ -27,8 +27,8 @@ def _one_line_error(result, *needles):
 
 
 def test_demo_writes_model_inference_and_report(demo_dir):
-    assert (demo_dir / "eval" / "report.txt").is_file()
-    assert (demo_dir / "eval" / "metrics.json").is_file()
+    assert (demo_dir / "report" / "report.txt").is_file()
+    assert (demo_dir / "report" / "metrics.json").is_file()
     assert list((demo_dir / "model" / "checkpoints").glob("best_*.pt"))
 
 
@@ -45,11 +45,11 @@ def test_inspect_a_run_folder(demo_dir):
     assert r.exit_code == 0, r.output
     out = r.output
     assert f"run {demo_dir}" in out
-    for part in ("model/", "infer/", "eval/"):
+    for part in ("model/", "infer/", "report/"):
         assert part in out
     assert "model: fusefn.models.model:Model" in out
     assert "best epoch" in out and "by validation.metrics.auc.macro" in out
-    assert "metrics (eval/metrics.json" in out and "accuracy" in out
+    assert "metrics (report/metrics.json" in out and "accuracy" in out
 
 
 def test_analyze_reports_progress_only_when_the_bootstrap_is_long():

@@ -231,6 +231,8 @@ def test_every_public_loss_follows_the_loss_call_protocol():
         "t": torch.randint(0, 3, (4, 6, 6), generator=gen(2)),
         "pb": torch.randn(4, 1, generator=gen(3)),
         "tb": torch.randint(0, 2, (4, 1), generator=gen(4)).float(),
+        "time": torch.tensor([3.0, 1.0, 2.0, 2.0]),
+        "event": torch.tensor([1, 0, 1, 1]),
     }
     examples = {
         "Loss": Loss(fn=F.mse_loss, pred="pb", target="tb"),
@@ -239,6 +241,9 @@ def test_every_public_loss_follows_the_loss_call_protocol():
         "Focal": Focal(pred="p", target="t"),
         "SoftDice": SoftDice(pred="p", target="t"),
         "SegmentationCrossEntropy": SegmentationCrossEntropy(pred="p", target="t"),
+        "MSE": losses.MSE(pred="pb", target="tb"),
+        "Huber": losses.Huber(pred="pb", target="tb"),
+        "CoxPH": losses.CoxPH(pred="pb", time="time", event="event"),
     }
     classes = {n for n in losses.__all__ if inspect.isclass(getattr(losses, n))}
     assert {n for n in classes if not issubclass(getattr(losses, n), Exception)} == set(examples)

@@ -245,6 +245,9 @@ GRADIENT_TRANSFORMS = {
     "ClipByGlobalNorm": optim.clip_by_global_norm(1.0),
     "ScaleBySchedule": optim.scale_by_schedule(optim.cosine_decay(1.0, 10)),
     "Chain": optim.chain(optim.clip_by_global_norm(1.0), optim.sgd(lr=0.1)),
+    "ParamGroups": optim.param_groups({"w": optim.adam(1e-3)}, default=optim.sgd(lr=0.1)),
+    "Frozen": optim.frozen(),
+    "TorchOptimizer": optim.from_torch(torch.optim.RAdam, lr=1e-3),
 }
 
 

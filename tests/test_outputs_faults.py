@@ -48,7 +48,7 @@ def test_an_error_while_plotting_leaves_the_previous_set(tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("plotting failed")
 
-    monkeypatch.setattr(analysis, "plot_roc", broken)
+    monkeypatch.setattr(analysis, "draw_figures", broken)
     with pytest.raises(RuntimeError, match="plotting failed"):
         _run(_frame(1), out)  # other data: a mixed folder would show other AUCs in metrics.json
     assert _snapshot(out) == before

@@ -1,4 +1,4 @@
-"""The ``fusefn`` command line: demo, analyze, recipes, cache, visualize, inspect.
+"""The ``fusefn`` command line: demo, analyze, analyze-seg, compare, recipes, cache, visualize, inspect.
 
 Every error a user can cause ends with one line on stderr and exit code 2, and
 leaves nothing half-written (:mod:`fusefn.cli_errors`); the traceback goes to the
@@ -12,9 +12,11 @@ import sys
 
 import click
 
+from fusefn.analyze.compare_cli import compare_command
 from fusefn.analyze.segmentation import segmentation_command
 from fusefn.cli_errors import UserErrorGroup, check_out
 from fusefn.errors import FusefnError
+from fusefn.recipe.recipe import hp_option  # the common flags, spelt as in every recipe (no torch imported)
 
 __all__ = ["main"]
 
@@ -45,16 +47,28 @@ def main() -> None:
     show_default=True,
     help="`fast` runs a smoke test on a few samples.",
 )
-@click.option("--compile/--no-compile", default=False, show_default=True, help="torch.compile the train step.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--compile/--no-compile", default=False, show_default=True, help="torch.compile the train step.")
 @click.option("--force", is_flag=True, help="Overwrite the run already in OUT (otherwise a different run there stops).")
-def demo(out: pathlib.Path, seed: int, debug: str, compile: bool, device: str, force: bool) -> None:
-    """Train, infer and analyze the hello-world recipe (scikit-learn's digits) end to end."""
+@click.option("--resume", is_flag=True, help="Go on training the run in OUT/model from its last checkpoint.")
+@hp_option("epochs", None)
+@hp_option("batch_size", None)
+@hp_option("lr", None)
+@hp_option("workers", None)
+@hp_option("n_boot", None)
+def demo(out: pathlib.Path, seed: int, debug: str, compile: bool, device: str, force: bool, resume: bool, **hp) -> None:
+    """Train, infer and analyze the hello-world recipe (scikit-learn's digits) end to end.
+
+    The flags are those of every recipe (docs/recipes.md); left out, the digits recipe's defaults hold.
+    """
     from fusefn import recipe
     from fusefn.core import Rng
 
     digits = recipe.find("digits")
-    results = digits.run("all", out, rng=Rng(seed), debug=debug, compile=compile, device=device, force=force)
+    given = {k: v for k, v in hp.items() if v is not None}
+    results = digits.run(
+        "all", out, rng=Rng(seed), debug=debug, compile=compile, device=device, force=force, resume=resume, **given
+    )
     click.echo(f"\ndemo done: {out.resolve()}")
     report = out / digits.report_name / "report.md"
     if report.exists():
@@ -231,14 +245,10 @@ def visualize(what: str, out: pathlib.Path, num: int, seed: int, cache_dir, imag
 
 def _visualize_inference(path: pathlib.Path, out: pathlib.Path) -> list[pathlib.Path]:
     """Histograms of the scores in an inference file, split by label when it has one."""
-    import io
 
     import numpy as np
     import polars as pl
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
 
-    from fusefn._atomic import write_bytes
     from fusefn.data.tables import read_table
 
     if not path.is_file():
@@ -257,27 +267,11 @@ def _visualize_inference(path: pathlib.Path, out: pathlib.Path) -> list[pathlib.
             scores[name] = frame[name].to_numpy()
     if not scores:
         raise FusefnError(f"{path} has no score columns (float or list-of-float)")
-    cols = min(len(scores), 4)
-    rows = -(-len(scores) // cols)
-    fig = Figure(figsize=(4 * cols, 3 * rows), dpi=100)
-    FigureCanvasAgg(fig)
+    from fusefn.data.visualize import show_scores
+
     labels = frame[label].to_numpy() if label else None
-    for i, (name, values) in enumerate(scores.items()):
-        ax = fig.add_subplot(rows, cols, i + 1)
-        if labels is None:
-            ax.hist(values, bins=30)
-        else:
-            for lab in np.unique(labels):
-                ax.hist(values[labels == lab], bins=30, alpha=0.5, label=f"{label}={lab}")
-            ax.legend(fontsize=6)
-        ax.set_title(name, fontsize=8)
-    fig.tight_layout()
-    target = out / f"{path.stem}_scores.png"
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
     out.mkdir(parents=True, exist_ok=True)
-    write_bytes(target, buf.getvalue())  # whole or not at all
-    return [target]
+    return [show_scores(scores, out / f"{path.stem}_scores.png", labels=labels, label_name=label or "label")]
 
 
 # ------------------------------------------------------------------------------- inspect
@@ -314,9 +308,26 @@ def inspect(path: pathlib.Path) -> None:
     default=None,
     help="Targets file joined on --id (default: --label is a column of --pred).",
 )
+@click.option(
+    "--task",
+    type=click.Choice(["auto", "binary", "multiclass", "multilabel", "regression", "survival"]),
+    default="auto",
+    show_default=True,
+    help="What the predictions are; auto: survival with --time/--event, multi-label with several --label columns, "
+    "binary or multi-class from the scores otherwise.",
+)
 @click.option("--id", "id_col", default=None, help="Id column [default: id or sample_id].")
-@click.option("--score", multiple=True, help="Score column; repeat for one column per class [default: *.probs].")
-@click.option("--label", default=None, help="Target column [default: label or target].")
+@click.option(
+    "--score",
+    multiple=True,
+    help="Score column; repeat for one column per class or label [default: *.probs]. Regression: the prediction; "
+    "survival: the risk score (higher = earlier event).",
+)
+@click.option(
+    "--label",
+    multiple=True,
+    help="Target column [default: label or target]; multi-label: repeat for one column per label, or a list column.",
+)
 @click.option("--fold", default=None, help="Fold column for per-fold values [default: fold].")
 @click.option("--group", multiple=True, help="Extra column(s) for per-group values.")
 @click.option("--class-names", default=None, help="Comma-separated class names.")
@@ -338,6 +349,42 @@ def inspect(path: pathlib.Path) -> None:
 )
 @click.option("--threshold", type=float, default=None, help="Binary operating point [default: 0.5].")
 @click.option(
+    "--operating-point",
+    "operating_point",
+    multiple=True,
+    help="Binary: youden, sens@spec=X or spec@sens=X, reported with CIs; repeat for several.",
+)
+@click.option(
+    "--threshold-from",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Binary: validation predictions (same columns) where the first --operating-point (default youden) is "
+    "found; its threshold is applied here.",
+)
+@click.option("--time", "time_col", default=None, help="Survival: time column [default: time].")
+@click.option(
+    "--event", "event_col", default=None, help="Survival: event column, 1 = event, 0 = censored [default: event]."
+)
+@click.option(
+    "--times",
+    default=None,
+    help="Survival: comma-separated times of the time-dependent AUC [default: quartiles of the event times].",
+)
+@click.option("--tau", type=float, default=None, help="Survival: Uno's C counts events before TAU [default: all].")
+@click.option(
+    "--survival",
+    "survival_cols",
+    multiple=True,
+    help="Survival: predicted S(t) at --times (a list column, or repeat: one column per time), for the integrated "
+    "Brier score.",
+)
+@click.option(
+    "--risk-groups",
+    default="2",
+    show_default=True,
+    help="Survival: number of quantile groups of the predicted risk, or comma-separated cut points.",
+)
+@click.option(
     "--scores",
     "score_kind",
     type=click.Choice(["probabilities", "logits", "raw"]),
@@ -356,6 +403,7 @@ def inspect(path: pathlib.Path) -> None:
 def analyze_command(
     pred,
     target,
+    task,
     id_col,
     score,
     label,
@@ -367,6 +415,14 @@ def analyze_command(
     level,
     method,
     threshold,
+    operating_point,
+    threshold_from,
+    time_col,
+    event_col,
+    times,
+    tau,
+    survival_cols,
+    risk_groups,
     score_kind,
     out,
     plots,
@@ -382,6 +438,7 @@ def analyze_command(
 
     check_out(out)
     names = tuple(n.strip() for n in class_names.split(",")) if class_names else None
+    label = label[0] if len(label) == 1 else (tuple(label) or None)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         results = _analyze_or_fail(
@@ -389,6 +446,7 @@ def analyze_command(
             list(pred),
             target,
             out=out,
+            task=task,
             id=id_col,
             score=tuple(score) or None,
             label=label,
@@ -400,6 +458,14 @@ def analyze_command(
             level=level,
             method=method,
             threshold=threshold,
+            operating_point=tuple(operating_point) or None,
+            threshold_from=threshold_from,
+            time=time_col,
+            event=event_col,
+            times=_floats(times, "--times") if times else None,
+            tau=tau,
+            survival=tuple(survival_cols) or None,
+            risk_groups=_risk_groups(risk_groups),
             plots=plots,
             skip_invalid=skip_invalid,
             strict=not allow_partial,
@@ -414,6 +480,19 @@ def analyze_command(
         click.echo(f"{len(results['notes'])} value(s) outside their interval: see the notes (*) above", err=True)
 
 
+def _floats(text: str, option: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: give comma-separated numbers", param_hint=option) from None
+
+
+def _risk_groups(text: str) -> int | list[float]:
+    if "," not in text and text.strip().isdigit():
+        return int(text)
+    return _floats(text, "--risk-groups")
+
+
 def _analyze_or_fail(analyze, *args, **kwargs) -> dict:
     try:
         return analyze(*args, **kwargs)
@@ -423,3 +502,4 @@ def _analyze_or_fail(analyze, *args, **kwargs) -> dict:
 
 # fusefn analyze-seg PRED REF --out --classes --labels --tolerance --percentile --n-boot --seed --allow-missing --no-plots
 main.add_command(segmentation_command)
+main.add_command(compare_command)

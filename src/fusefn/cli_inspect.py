@@ -1,7 +1,7 @@
 """``fusefn inspect``: what a run folder, a model_dir or a checkpoint holds, as short text.
 
-A *run* is the folder a recipe's ``--out`` names (``model/``, ``infer/``, ``report/`` or
-``eval/``); a *model_dir* holds ``checkpoints/``; a checkpoint is one ``.pt`` file, read
+A *run* is the folder a recipe's ``--out`` names (``model/``, ``infer/``, ``report/``; older digits
+runs have ``eval/``); a *model_dir* holds ``checkpoints/``; a checkpoint is one ``.pt`` file, read
 weights-only (inspecting a file from elsewhere never runs code from it). Each
 ``describe_*`` function returns the lines it would print.
 """

@@ -5,14 +5,16 @@ split (fold 0 test, fold 1 validation, folds 2–4 train), per-sample ops that r
 table row and standardize it with statistics of the training folds only, a batched
 tabular augmentation (feature jitter and feature dropout, drawn from an explicit
 ``Rng`` like every fusefn augmentation), an MLP backbone with a classifier head,
-and ROC AUC with a 10,000-resample bootstrap CI on the test fold.
+and ROC AUC with a 10,000-resample bootstrap CI on the test fold. The decision threshold is chosen on
+the validation fold's predictions (Youden's J) and applied to the test fold.
 
 The table ships with scikit-learn, so nothing is downloaded; point ``--csv`` at your
 own table (an id column ``sample_id``, a 0/1 ``label`` column, numeric features) to
 run the same recipe on it.
 
 Figure reached (measured, default run, seed 0): test-fold ROC AUC 0.982
-[0.952, 1.000], accuracy 0.947 (114 test patients); 38 s on a shared 2-core CPU.
+[0.952, 1.000], accuracy 0.947, sensitivity 0.930, specificity 0.958 at the validation fold's
+threshold 0.319 (114 test patients); 38 s on a shared 2-core CPU.
 
     python recipes/breast_cancer.py all --out runs/breast_cancer
 """
@@ -232,6 +234,7 @@ def fit_model(run: Run, train_ds, validation_ds, model_dir: pathlib.Path, num_fe
         augment=TabularAugment(std=hp["aug_std"], drop=hp["aug_drop"], p=hp["aug_p"]),
         best=train.BestEpochSource(source="validation.metrics.auc", optimization="max"),
         batch_size=hp["batch_size"],
+        workers=hp["workers"],
     )
 
 
@@ -242,8 +245,12 @@ def train_phase(run: Run):
 
 
 def infer_phase(run: Run):
+    """The test fold's predictions, and the validation fold's (``infer/validation.parquet``): the analysis
+    chooses the decision threshold on the validation fold and applies it to the test fold."""
     recipe.check_trained(run.model_dir)
-    (test,) = recipe.build(datasets(run)["test"])
+    ds = datasets(run)
+    test, validation = recipe.build(ds["test"], ds["validation"])
+    recipe.infer(run, validation, COLUMNS, batch_size=256, output_file=recipe.validation_file(run))
     return recipe.infer(run, test, COLUMNS, batch_size=256)
 
 
@@ -266,9 +273,6 @@ OPTIONS = [
         help="Your own table (sample_id, label, features) [default: scikit-learn's copy].",
     ),
     click.option("--n-folds", type=int, default=5, show_default=True, help="Folds: 0 = test, 1 = validation."),
-    click.option("--epochs", type=int, default=60, show_default=True),
-    click.option("--batch-size", type=int, default=32, show_default=True),
-    click.option("--lr", type=float, default=1e-3, show_default=True),
     click.option("--weight-decay", type=float, default=1e-4, show_default=True),
     click.option(
         "--layers", type=int, multiple=True, default=(64, 32), show_default=True, help="MLP widths (repeat the option)."
@@ -277,13 +281,16 @@ OPTIONS = [
     click.option("--aug-std", type=float, default=0.1, show_default=True, help="Feature jitter std."),
     click.option("--aug-drop", type=float, default=0.05, show_default=True, help="Feature dropout probability."),
     click.option("--aug-p", type=float, default=0.5, show_default=True, help="Per-sample augmentation probability."),
-    click.option("--n-boot", type=int, default=10_000, show_default=True, help="Bootstrap resamples for the CIs."),
 ]
+
+# the defaults of the common flags (--epochs, --batch-size, --lr, --workers, --n-boot)
+DEFAULTS = {"epochs": 60, "batch_size": 32, "lr": 1e-3, "workers": 0, "n_boot": 10_000}
 
 RECIPE = recipe.Recipe(
     name="breast_cancer",
     doc=__doc__,
     options=OPTIONS,
+    defaults=DEFAULTS,
     train=train_phase,
     infer=infer_phase,
     analyze=analyze_phase,

@@ -3,7 +3,7 @@
 No download: the digits ship inside scikit-learn. Every fusefn piece in small, real form: a stratified
 5-fold DataSource (fold 0 test, 1 validation, 2-4 train); a per-sample op writing ``data.input.img`` and
 ``data.gt.label``, cached in HDF5; SmallCNN + ClassifierHead, a light augmentation, cross-entropy, accuracy
-and AUC; the best epoch by validation AUC; ``infer/test.parquet``; its analysis in ``eval/`` (report.md).
+and AUC; the best epoch by validation AUC; ``infer/test.parquet``; its analysis in ``report/`` (report.md).
 Run it: ``fusefn demo --out DIR`` or ``python recipes/digits.py all --out DIR``. Figure reached (seed 0,
 default run, about 10 s on 2 CPU cores): test accuracy 0.978 [0.961, 0.992], macro AUC 0.9997 on 360 digits.
 """
@@ -22,7 +22,7 @@ import torch
 from fusefn import Rng, augment, chain, keys, nd, optim, recipe, record, train
 from fusefn.analyze import analyze
 from fusefn.data import DataSource, H5Cache
-from fusefn.data.visualize import show_batch
+from fusefn.data.visualize import show_predictions
 from fusefn.errors import SampleError
 from fusefn.losses import CrossEntropy
 from fusefn.metrics import AUCROC, Accuracy
@@ -31,7 +31,9 @@ from fusefn.models import ClassifierHead, Model, SmallCNN
 __all__ = ["RECIPE", "cli", "source", "ReadDigit", "model"]
 
 N_FOLDS, TEST_FOLD, VALIDATION_FOLD, TRAIN_FOLDS = 5, 0, 1, [2, 3, 4]
-BATCH_SIZE, EPOCHS, LR, WEIGHT_DECAY = 32, 20, 1e-2, 1e-4
+WEIGHT_DECAY = 1e-4
+# the defaults of the common flags (--epochs, --batch-size, --lr, --workers, --n-boot)
+DEFAULTS = {"epochs": 20, "batch_size": 32, "lr": 1e-2, "workers": 0, "n_boot": 2000}
 PROBS = keys.probs()
 
 
@@ -92,17 +94,28 @@ def train_phase(run: recipe.Run):
     """Train on folds 2-4, validate on fold 1; best checkpoint by validation macro AUC."""
     if run.device == "cpu":  # this model's ops are too small to gain from threads: each would pay a barrier
         torch.set_num_threads(1)
+    hp = run.hp
     data = _data(run, TRAIN_FOLDS, VALIDATION_FOLD)  # training and validation datasets
-    steps = run.limit(EPOCHS, "max_epochs") * math.ceil(len(data[0]) / BATCH_SIZE)
+    steps = max(run.limit(hp["epochs"], "max_epochs") * math.ceil(len(data[0]) / hp["batch_size"]), 1)
     # half the samples get a small rotation (±10°) and shift (±½ pixel)
     aug = chain(augment.Affine(image_keys=(keys.IMAGE,), rotate=(-10.0, 10.0), translate=(-0.5, 0.5), p=0.5))
     losses = {"cls": CrossEntropy(pred=keys.logits(), target=keys.LABEL)}
-    opt = optim.adamw(lr=optim.cosine_decay(LR, steps, alpha=0.01), weight_decay=WEIGHT_DECAY)
+    opt = optim.adamw(lr=optim.cosine_decay(hp["lr"], steps, alpha=0.01), weight_decay=WEIGHT_DECAY)
     metrics = {"accuracy": Accuracy(pred=PROBS, target=keys.LABEL), "auc": AUCROC(pred=PROBS, target=keys.LABEL)}
     best = train.BestEpochSource(source="validation.metrics.auc.macro", optimization="max")
-    cb = (train.TensorBoard(), train.TimeStats())
     return recipe.fit(
-        run, model(), losses, opt, *data, epochs=EPOCHS, metrics=metrics, augment=aug, best=best, callbacks=cb
+        run,
+        model(),
+        losses,
+        opt,
+        *data,
+        epochs=hp["epochs"],
+        metrics=metrics,
+        augment=aug,
+        best=best,
+        batch_size=hp["batch_size"],
+        workers=hp["workers"],
+        callbacks=(train.TensorBoard(),),
     )
 
 
@@ -113,17 +126,26 @@ def infer_phase(run: recipe.Run):
 
 
 def analyze_phase(run: recipe.Run) -> dict:
-    """Metrics with bootstrap CIs → ``eval/``; returns ``accuracy``, ``accuracy_ci``, ``auc_macro``, ``n_samples``."""
+    """Metrics with bootstrap CIs → ``report/``; returns ``accuracy``, ``accuracy_ci``, ``auc_macro``, ``n_samples``."""
     frame = recipe.read_inference(run.infer_file, ("sample_id", "probabilities", "label"))
-    opts = {"score": "probabilities", "label": "label", "ci": 200 if run.fast else 2000, "plots": not run.fast}
+    opts = {
+        "score": "probabilities",
+        "label": "label",
+        "ci": min(run.hp["n_boot"], 200) if run.fast else run.hp["n_boot"],
+        "plots": not run.fast,
+    }
     res = analyze(run.infer_file, out=run.report_dir, rng=run.rng, strict=False, **opts)
-    if not run.fast:  # training curves and a grid of test predictions, added to eval/report.md
-        rd, first, csv = run.report_dir, frame.head(16), run.model_dir / "metrics.csv"
+    if not run.fast:  # training curves and a grid of the test errors first, added to report/report.md
+        rd, csv = run.report_dir, run.model_dir / "metrics.csv"
         curves = recipe.curves_figure(csv, rd / "curves.png", (keys.TOTAL_LOSS, "metrics.auc.macro"))
-        pred, op = np.asarray(first["probabilities"].to_list()).argmax(1).tolist(), ReadDigit()
-        samples = [nd.assoc(op({"data": {"sample_id": i}}), "model.pred", p) for i, p in zip(first["sample_id"], pred)]
-        grid = show_batch(samples, rd / "predictions.png", mask_key=None, pred_key="model.pred")
-        recipe.append_figures(rd / "report.md", [("training curves", curves), ("test predictions (gt / pred)", grid)])
+        ids, op = frame["sample_id"].to_list(), ReadDigit()
+        grid = show_predictions(
+            lambda i: op({"data": {"sample_id": ids[i]}}),  # only the 16 drawn are read
+            rd / "predictions.png",
+            probs=np.asarray(frame["probabilities"].to_list()),
+            labels=frame["label"].to_numpy(),
+        )
+        recipe.append_figures(rd / "report.md", [("training curves", curves), ("test predictions, errors first", grid)])
     m = recipe.plain(res["metrics"])  # NaN (undefined: a class is missing) → None
     acc, auc = m["accuracy"], m["auc"].get("macro", m["auc"])
     summary = {"accuracy": acc["value"], "accuracy_ci": [acc.get("lower"), acc.get("upper")], "auc_macro": auc["value"]}
@@ -136,13 +158,13 @@ def analyze_phase(run: recipe.Run) -> dict:
 RECIPE = recipe.Recipe(
     name="digits",
     doc=__doc__,
+    defaults=DEFAULTS,
     train=train_phase,
     infer=infer_phase,
     analyze=analyze_phase,
     static_data=static_data,
     default_out="fusefn-demo",
     infer_name="infer/test.parquet",
-    report_name="eval",
 )
 cli = RECIPE.cli()
 

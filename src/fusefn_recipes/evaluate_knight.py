@@ -38,6 +38,7 @@ from fusefn_recipes.reference import fuse_eval_dir
 __all__ = ["RECIPE", "cli", "PUBLISHED", "CLASS_NAMES", "binary", "multiclass", "folds", "delong", "dice"]
 
 CLASS_NAMES = ("B", "LR", "IR", "HR", "VHR")
+THRESHOLD = 0.5  # the decision threshold of task 1's scores: fixed, as FuseMedML's evaluation (no validation set)
 
 # what FuseMedML 0.4.1 produces on the same files (reference/fuse_eval/README.md)
 PUBLISHED = {
@@ -148,8 +149,8 @@ def dice(data: pathlib.Path) -> dict | None:
 
 def _analyze(run: Run) -> dict:
     data = pathlib.Path(run.hp["data"]) if run.hp.get("data") else default_data_dir()
-    n = run.hp["n_resamples"] if not run.fast else min(run.hp["n_resamples"], 1000)
-    b = binary(data, n, rng=Rng(run.hp["ci_seed"]))
+    n = run.hp["n_boot"] if not run.fast else min(run.hp["n_boot"], 1000)
+    b = binary(data, n, rng=run.rng)
     ours = {
         "binary.auc": b["auc"],
         **{f"binary.ci.{k}": b["ci"][k] for k in ("mean", "std", "lower", "upper")},
@@ -184,11 +185,14 @@ def analyze(run: Run) -> None:
     rd = run.report_dir
     recipe.save_json(rd / "metrics.json", {"fusefn": ours, "fusemedml": PUBLISHED, "n_resamples": res["n_resamples"]})
     frame = res["binary"]["frame"]
+    # the AUC's bootstrap CI in the legend; the circle: FuseMedML's fixed threshold (no validation set here)
     fig = recipe.roc_figure(
         rd / "roc_binary.png",
         frame["Task1-target"].to_numpy(),
         frame["CanAT-score"].to_numpy(),
         title="KNIGHT task 1 (CanAT-score)",
+        auc=res["binary"]["ci"],
+        threshold=THRESHOLD,
     )
     # the analyzer's figures: ROC with its bootstrap band, confusion matrix, reliability
     fusefn_analyze(
@@ -198,12 +202,12 @@ def analyze(run: Run) -> None:
         label="Task1-target",
         out=rd / "analysis",
         ci=res["n_resamples"],
-        rng=Rng(run.hp["ci_seed"]),
+        rng=run.rng,
         class_names=["no AT", "AT"],
     )
     captions = {
         "roc.png": "ROC, task 1, with its 95 % bootstrap band",
-        "confusion_matrix.png": "confusion matrix at 0.5",
+        "confusion_matrix.png": f"confusion matrix at {THRESHOLD:g}",
         "reliability.png": "reliability diagram",
     }
     figures = [(c, rd / "analysis" / f) for f, c in captions.items() if (rd / "analysis" / f).is_file()]
@@ -216,11 +220,11 @@ def analyze(run: Run) -> None:
         "KNIGHT evaluation (FuseMedML's published figures)",
         rows,
         intro="Bootstrap: stratified by Task1-target, seed "
-        f"{run.hp['ci_seed']}, {res['n_resamples']} resamples, percentile interval.",
+        f"{run.rng.seed}, {res['n_resamples']} resamples, percentile interval. Decision threshold of task 1: "
+        f"{THRESHOLD:g}, fixed as in FuseMedML's evaluation (the files hold no validation predictions to tune it on).",
         sections=[("fusefn vs FuseMedML", table)],
         figures=figures,
     )
-    run.logger.info("report: %s", rd / "report.md")
 
 
 OPTIONS = [
@@ -230,8 +234,6 @@ OPTIONS = [
         default=None,
         help="Folder with FuseMedML's KNIGHT CSVs [default: the copy shipped in fusefn_recipes/reference/fuse_eval].",
     ),
-    click.option("--n-resamples", type=int, default=10_000, show_default=True, help="Bootstrap resamples."),
-    click.option("--ci-seed", type=int, default=1234, show_default=True, help="Seed of the bootstrap."),
     click.option(
         "--dice/--no-dice",
         default=True,
@@ -240,7 +242,16 @@ OPTIONS = [
     ),
 ]
 
-RECIPE = recipe.Recipe(name="evaluate_knight", doc=__doc__, options=OPTIONS, analyze=analyze)
+RECIPE = recipe.Recipe(
+    name="evaluate_knight",
+    doc=__doc__,
+    options=OPTIONS,
+    # the bootstrap's resamples and seed are --n-boot and --seed as in every recipe; the seed that gave the
+    # figures quoted above stays the default, and the old spellings still work (with a warning)
+    defaults={"n_boot": 10_000, "seed": 1234},
+    aliases={"n_resamples": "n_boot", "ci_seed": "seed"},
+    analyze=analyze,
+)
 cli = RECIPE.cli()
 
 if __name__ == "__main__":

@@ -139,12 +139,17 @@ def fit_model(run: Run, train_ds, validation_ds, model_dir):
         augment=augment.default_image_pipeline(keys.IMAGE, p=hp["aug_p"]),
         best=train.BestEpochSource(source="validation.metrics.auc", optimization="max"),
         batch_size=hp["batch_size"],
+        workers=hp["workers"],
     )
 
 
 def infer_phase(run: Run):
+    """The test split's predictions, and the validation split's (``infer/validation.parquet``): the analysis
+    chooses the decision threshold on the validation split and applies it to the test split."""
     recipe.check_trained(run.model_dir)
-    (test,) = recipe.build(datasets(run)["test"])
+    ds = datasets(run)
+    test, validation = recipe.build(ds["test"], ds["validation"])
+    recipe.infer(run, validation, COLUMNS, output_file=recipe.validation_file(run))
     return recipe.infer(run, test, {**COLUMNS, "clinical": CLINICAL})
 
 
@@ -202,18 +207,18 @@ OPTIONS = [
     ),
     click.option("--head-layers", type=int, multiple=True, default=(32,), show_default=True),
     click.option("--dropout", type=float, default=0.1, show_default=True),
-    click.option("--epochs", type=int, default=10, show_default=True),
-    click.option("--batch-size", type=int, default=32, show_default=True),
-    click.option("--lr", type=float, default=3e-3, show_default=True),
     click.option("--weight-decay", type=float, default=1e-4, show_default=True),
     click.option("--aug-p", type=float, default=0.5, show_default=True, help="Probability of each augmentation group."),
-    click.option("--n-boot", type=int, default=2000, show_default=True, help="Bootstrap resamples for the CIs."),
 ]
+
+# the defaults of the common flags (--epochs, --batch-size, --lr, --workers, --n-boot)
+DEFAULTS = {"epochs": 10, "batch_size": 32, "lr": 3e-3, "workers": 0, "n_boot": 2000}
 
 RECIPE = recipe.Recipe(
     name="image_clinical",
     doc=__doc__,
     options=OPTIONS,
+    defaults=DEFAULTS,
     train=train_phase,
     infer=infer_phase,
     analyze=analyze_phase,

@@ -16,8 +16,10 @@ small synthetic one with the same layout.
 
 Figure reached: depends on the file (MedMNIST's own baselines: e.g. PneumoniaMNIST
 AUC ≈ 0.95). Measured on the generated example (``make-example``, defaults: 2D binary,
-600/150/300 images of 28×28), default run, seed 0: test ROC AUC 1.000, accuracy 0.893;
-53 s on a shared 2-core CPU.
+600/150/300 images of 28×28), default run, seed 0: test ROC AUC 1.000, accuracy 0.990 at the
+threshold chosen on the validation split (Youden's J, 0.309; 0.987 at 0.5); 53 s on a shared 2-core CPU.
+A binary task's decision threshold is chosen on the validation split and applied to the test split;
+multi-class tasks decide by argmax.
 
     python recipes/medmnist.py all --npz ~/data/pneumoniamnist.npz --out runs/pneumonia
 """
@@ -255,8 +257,14 @@ def infer_phase(run: Run):
     recipe.check_trained(run.model_dir)
     layout = _layout(run)
     target = LABELS if layout.task == "multi-label" else keys.LABEL
-    (test,) = recipe.build(datasets(run, layout)["test"])
-    return recipe.infer(run, test, {"probs": keys.probs(), "label": target}, batch_size=256)
+    ds = datasets(run, layout)
+    columns = {"probs": keys.probs(), "label": target}
+    if layout.task == "binary":  # the analysis chooses the threshold on the validation split (multi-class: argmax)
+        test, validation = recipe.build(ds["test"], ds["validation"])
+        recipe.infer(run, validation, columns, batch_size=256, output_file=recipe.validation_file(run))
+    else:
+        (test,) = recipe.build(ds["test"])
+    return recipe.infer(run, test, columns, batch_size=256)
 
 
 def analyze_phase(run: Run) -> dict:
@@ -374,7 +382,6 @@ OPTIONS = [
     ),
     click.option("--max-per-split", type=int, default=None, help="Use at most this many samples of each split."),
     click.option("--cache/--no-cache", default=True, show_default=True, help="Store the samples in OUT/cache (HDF5)."),
-    click.option("--workers", type=int, default=0, show_default=True, help="DataLoader worker processes."),
     click.option("--backbone", type=click.Choice(["smallcnn", "resnet18"]), default="smallcnn", show_default=True),
     click.option(
         "--channels",
@@ -386,12 +393,8 @@ OPTIONS = [
     ),
     click.option("--width", type=int, default=16, show_default=True, help="ResNet-18 width (64 = standard)."),
     click.option("--dropout", type=float, default=0.1, show_default=True),
-    click.option("--epochs", type=int, default=10, show_default=True),
-    click.option("--batch-size", type=int, default=64, show_default=True),
-    click.option("--lr", type=float, default=2e-3, show_default=True),
     click.option("--weight-decay", type=float, default=1e-4, show_default=True),
     click.option("--aug-p", type=float, default=0.5, show_default=True, help="Per-sample augmentation probability."),
-    click.option("--n-boot", type=int, default=2000, show_default=True, help="Bootstrap resamples for the CIs."),
 ]
 
 
@@ -414,10 +417,14 @@ def make_example(path, task, dims, channels, size, seed):
     click.echo(f"wrote {path}")
 
 
+# the defaults of the common flags (--epochs, --batch-size, --lr, --workers, --n-boot)
+DEFAULTS = {"epochs": 10, "batch_size": 64, "lr": 2e-3, "workers": 0, "n_boot": 2000}
+
 RECIPE = recipe.Recipe(
     name="medmnist",
     doc=__doc__,
     options=OPTIONS,
+    defaults=DEFAULTS,
     train=train_phase,
     infer=infer_phase,
     analyze=analyze_phase,

@@ -208,7 +208,7 @@ def test_workers_share_the_epoch_without_repeating_a_patch():
 
 def test_persistent_workers_follow_set_epoch():
     ds = PatchDataset(VOLUMES, SAMPLER, rng=Rng(6), batch_size=3)
-    batches = ds.epochs(workers=2)
+    batches = ds.epochs(workers=2, threads=False)  # worker processes, not the default threads
     seen = []
     for e in (0, 1, 0):
         got = {}
@@ -326,3 +326,41 @@ def test_errors_name_what_is_wrong():
         PatchDataset(VOLUMES, SAMPLER, rng=Rng(0), rank=2, world_size=2)
     with pytest.raises(ConfigError, match="batch_size"):
         PatchDataset(VOLUMES, SAMPLER, rng=Rng(0), batch_size=0)
+
+
+def test_epochs_default_to_threads_when_the_dataset_batches_itself():
+    """``epochs(workers=2)`` of a batching dataset: worker threads (no DataLoader), the same patches as processes."""
+    import threading
+
+    ds = PatchDataset(VOLUMES, SAMPLER, rng=Rng(4), batch_size=4)
+    seen = []
+    got = {}
+    for b in ds.epochs(workers=2)(2):
+        seen += [t.name for t in threading.enumerate() if t.name.startswith("fusefn-patches")]
+        for p in _uncollate(b):
+            got[p["data"]["sample_id"]] = (tuple(np.asarray(p["data"]["patch"]["origin"])), _digest(p))
+    assert seen and got == epoch_patches(ds, epoch=2, workers=2)
+    assert not isinstance(ds.epochs(workers=2)(0), torch.utils.data.DataLoader)
+    # worker processes: asked for, given DataLoader options, or single patches to batch by collate
+    assert isinstance(ds.epochs(workers=2, threads=False)(0), torch.utils.data.DataLoader)
+    assert isinstance(ds.epochs(workers=2, pin_memory=False)(0), torch.utils.data.DataLoader)
+    single = PatchDataset(VOLUMES, SAMPLER, rng=Rng(4))
+    assert isinstance(single.epochs(workers=2, batch_size=4)(0), torch.utils.data.DataLoader)
+    assert isinstance(ds.epochs()(0), torch.utils.data.DataLoader)  # no worker: the plain in-process loader
+
+
+def test_threads_reuse_a_batch_buffer_only_once_the_loop_let_go_of_it():
+    ds = PatchDataset(VOLUMES, SAMPLER, rng=Rng(4), batch_size=3)
+    kept = [(b, [_digest(p) for p in _uncollate(b)]) for b in ds.threaded(0, workers=2)]  # all held
+    view = kept[0][0]["data"]["input"]["img"][0]  # a view alone keeps its memory too
+    first = float(view.sum())
+    ptrs = []
+    for _ in range(3):  # later epochs, each batch dropped at once: buffers come back
+        for b in ds.threaded(1, workers=2, prefetch=1):
+            ptrs.append(b["data"]["input"]["img"].data_ptr())
+    assert all([_digest(p) for p in _uncollate(b)] == d for b, d in kept)  # nothing held was overwritten
+    assert float(view.sum()) == first
+    assert len(set(ptrs)) < len(ptrs)  # reused
+    import pickle
+
+    assert "_recycler" not in pickle.loads(pickle.dumps(ds)).__dict__  # worker processes get no buffers

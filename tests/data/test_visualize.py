@@ -137,7 +137,7 @@ def test_show_volume_draws_true_aspect_and_world_positions(tmp_path, monkeypatch
     vol = np.random.default_rng(0).random((1, 8, 12, 10)).astype(np.float32)
     sample = {"data": {"sample_id": "ct", "input": {"img": vol, "affine": affine}}}
     saved = []
-    monkeypatch.setattr(visualize, "save_figure", lambda fig, path: saved.append(fig) or pathlib.Path(path))
+    monkeypatch.setattr(visualize, "save_figure", lambda fig, path, **kw: saved.append(fig) or pathlib.Path(path))
     visualize.show_volume(sample, tmp_path / "v.png", n_slices=2)
     fig = saved[0]
     assert isinstance(fig, matplotlib.figure.Figure)
@@ -151,3 +151,87 @@ def test_show_volume_draws_true_aspect_and_world_positions(tmp_path, monkeypatch
     assert axes[2].get_title().startswith("coronal") and axes[2].get_aspect() == pytest.approx(2.5 / 0.8)
     # third row: voxel axis 2 runs along -x (L): sagittal, x of slice 3 = 10 - 3 * 0.8
     assert axes[4].get_title() == "sagittal 3\nx = 7.6 mm"
+
+
+# ------------------------------------------------------------------ figures a reader trusts (issue 17)
+
+
+def _capture(monkeypatch):
+    saved = []
+    real = visualize.save_figure
+
+    def save(fig, path, **kw):
+        saved.append((fig, kw))
+        return real(fig, path, **kw)
+
+    monkeypatch.setattr(visualize, "save_figure", save)
+    return saved
+
+
+def test_score_histograms_have_axis_labels_and_one_legend_off_the_data(tmp_path, monkeypatch):
+    saved = _capture(monkeypatch)
+    rng = np.random.default_rng(0)
+    labels = np.array([0] * 30 + [1] * 20)
+    scores = {"p[0]": rng.random(50), "p[1]": rng.random(50)}
+    path = visualize.show_scores(scores, tmp_path / "scores.png", labels=labels, label_name="label")
+    fig, _kw = saved[0]
+    assert is_png(path) and "split by label" in visualize.figure_caption(path)
+    for ax, name in zip(fig.axes, scores):
+        assert ax.get_title() == name and ax.get_xlabel() == f"score ({name})" and ax.get_ylabel() == "samples"
+        assert ax.get_legend() is None  # no legend drawn over the bars
+    (legend,) = fig.legends
+    assert [t.get_text() for t in legend.get_texts()] == ["label = 0 (n=30)", "label = 1 (n=20)"]
+    # the figure legend sits under the panels
+    fig.canvas.draw()
+    box = legend.get_window_extent()
+    assert all(box.y1 <= ax.get_window_extent().y0 for ax in fig.axes)
+
+
+def test_a_volume_in_a_grid_says_which_slice(tmp_path, monkeypatch):
+    saved = _capture(monkeypatch)
+    affine = np.diag([2.0, 1.0, 1.0, 1.0])[[2, 1, 0, 3]]  # voxel axis 0 runs along z, 2 mm apart
+    affine[:3, 3] = [0.0, 0.0, -10.0]
+    vol = {"data": {"sample_id": "v1", "input": {"img": np.zeros((1, 9, 6, 6), np.float32), "affine": affine}}}
+    plain = {"data": {"sample_id": "v2", "input": {"img": np.zeros((1, 9, 6, 6), np.float32)}}}
+    visualize.show_batch([vol, plain], tmp_path / "b.png")
+    titles = [ax.get_title() for ax in saved[0][0].axes]
+    assert titles[0].endswith("axial slice 4 of 9, z = -2.0 mm")  # -10 + 4 * 2
+    assert titles[1].endswith("slice 4 of 9 (voxel axis 0)")
+    visualize.show_sample(sample(0), tmp_path / "s.png")  # a 2D image: no slice note
+    assert "slice" not in saved[-1][0].axes[0].get_title()
+
+
+def test_histogram_axes_are_labelled(tmp_path, monkeypatch):
+    saved = _capture(monkeypatch)
+    visualize.show_histogram(sample(0), tmp_path / "h.png")
+    ax = saved[0][0].axes[1]
+    assert ax.get_xlabel() == "intensity (data.input.img)" and ax.get_ylabel() == "count"
+    assert "all 256 values" in ax.get_title()
+
+
+def test_binary_prediction_grid_with_masks_and_captions(tmp_path, monkeypatch):
+    saved = _capture(monkeypatch)
+    samples = [sample(i) for i in range(6)]
+    probs = np.array([0.9, 0.2, 0.55, 0.1, 0.7, 0.45])
+    labels = np.array([0, 0, 1, 1, 1, 0])  # errors: 0 (P 0.9), 3 (P 0.1: confident 0.9 for "no")
+    path = visualize.show_predictions(
+        samples, tmp_path / "g.png", probs=probs, labels=labels, class_names=["no lesion", "lesion"], mask_key="auto"
+    )
+    titles = [ax.get_title() for ax in saved[0][0].axes]
+    assert titles[0].startswith("ERROR  s0") and "true no lesion · pred lesion · P(lesion) 0.90" in titles[0]
+    assert titles[1].startswith("ERROR  s3") and not titles[2].startswith("ERROR")
+    assert "P(lesion) ≥ 0.5" in saved[0][0]._suptitle.get_text()
+    assert "errors first" in visualize.figure_caption(path)
+    # only the drawn samples are built when a function is given
+    built = []
+    visualize.show_predictions(
+        lambda i: built.append(i) or samples[i], tmp_path / "g2.png", probs=probs, labels=labels, max_items=2
+    )
+    assert built == [0, 3]
+
+
+def test_every_figure_carries_a_caption(tmp_path):
+    assert visualize.figure_caption(visualize.show_batch(collate([sample(0)]), tmp_path / "b.png"))
+    assert visualize.figure_caption(visualize.show_volume(np.zeros((4, 5, 6)), tmp_path / "v.png", n_slices=2))
+    (tmp_path / "x.png").write_bytes(b"not a png")
+    assert visualize.figure_caption(tmp_path / "x.png") is None

@@ -240,3 +240,25 @@ def test_kidney_pairs_equal_monai_and_fusemedml_dice(fuse_eval_dir):
                 assert r[key][k] == pytest.approx(want, **TOL), (i, name, k)
             dice[name].append(r[key]["dice"])
     assert [round(float(np.mean(v)), 4) for v in dice.values()] == [0.8741, 0.7164, 0.7184]
+
+
+def test_case_scores_the_same_on_threads_and_far_false_positives():
+    """``workers`` changes nothing; a false positive far beyond the reference (searched among the reference's
+    outermost voxels only) scores as MONAI scores it."""
+    rng = np.random.default_rng(21)
+    shape = (30, 26, 34)
+    ref = np.zeros(shape, np.uint8)
+    ref[blob(rng, shape, 0.2) & (np.arange(30)[:, None, None] < 12)] = 1
+    ref[4:9, 5:12, 6:15][blob(rng, (5, 7, 9), 0.5)] = 2
+    pred = ref.copy()
+    pred[20:28, 2:9, 25:32] = 2  # beyond the reference's box along axis 0 (and its corner along 1 and 2)
+    pred[22:27, 15:24, 10:20] = 1  # beyond along axis 0 only
+    spacing, tau = (2.5, 0.7, 0.9), 2.0
+    groups = ((1, 2), (2,))
+    one = case_scores(pred, ref, groups, spacing=spacing, tolerance=tau)
+    assert case_scores(pred, ref, groups, spacing=spacing, tolerance=tau, workers=2) == one
+    assert case_scores(pred, ref, groups, spacing=spacing, tolerance=tau, workers=-1) == one
+    for g, name in zip(groups, ("1+2", "2")):
+        m = monai_values(np.isin(pred, g), np.isin(ref, g), spacing, tau)
+        for k in m:
+            assert one[name][k] == pytest.approx(m[k], **TOL), (name, k)

@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import polars as pl
 import pytest
 import torch
 from click.testing import CliRunner
@@ -19,6 +20,21 @@ def test_all_fast_writes_a_report(tmp_path):
     metrics = json.loads((tmp_path / "report" / "metrics.json").read_text())
     assert 0.0 <= metrics["ROC AUC"]["value"] <= 1.0
     assert (tmp_path / "model" / "metrics.csv").is_file()
+    _assert_threshold_from_validation(tmp_path, metrics, report)
+
+
+def _assert_threshold_from_validation(out, metrics, report):
+    """The decision threshold is Youden's J point of the validation fold's predictions, applied to the test fold."""
+    val = pl.read_parquet(out / "infer" / "validation.parquet")
+    test = pl.read_parquet(out / "infer" / "predictions.parquet")
+    assert not set(val["sample_id"]) & set(test["sample_id"])  # fold 1, not the test fold
+    s, y = np.asarray(val["probs"].to_list())[:, 1], val["label"].to_numpy()
+    j = {float(t): ((s >= t)[y == 1]).mean() + ((s < t)[y == 0]).mean() - 1 for t in s}
+    t = metrics["decision threshold"]
+    assert j[t] == pytest.approx(max(j.values()))
+    assert "| decision threshold (youden on the validation set) |" in report
+    ts, ty = np.asarray(test["probs"].to_list())[:, 1], test["label"].to_numpy()
+    assert metrics["accuracy"]["value"] == pytest.approx(((ts >= t) == ty).mean())  # decided at t, not 0.5
 
 
 def test_infer_before_train_is_one_clear_line(tmp_path):

@@ -168,3 +168,94 @@ def test_label_map_op_drops_the_channel():
     seg = out["data"]["gt"]["seg"]
     assert tuple(seg.shape) == (4, 5, 6) and str(seg.dtype) == "torch.int64" and int(seg[1, 2, 3]) == 3
     assert "mask" not in out["data"]["gt"]
+
+
+def _small_example(folder, n):
+    return ctd.write_example(folder, n, rng=Rng(0), size=(40.0, 40.0, 32.0))
+
+
+def test_cache_build_and_visualize_accept_ct_organs(tmp_path):
+    """``fusefn cache build`` fills the very store ``train`` reads; ``fusefn visualize`` draws the cases."""
+    from fusefn import keys, nd
+    from fusefn.cli import main
+    from fusefn.data import Dataset
+
+    ids = _small_example(tmp_path / "run" / "example", 3)  # what `all --out tmp/run` generates on first use
+    cache = tmp_path / "run" / "cache"
+    r = CliRunner().invoke(main, ["cache", "build", "ct_organs", "--cache-dir", str(cache), "--workers", "0"])
+    assert r.exit_code == 0, r.output
+    store, src = ct.static_data(cache, rng=Rng(0))
+    assert src.ids == ids and str(store.path) in r.output
+    run = ct.RECIPE.make_run(tmp_path / "run", rng=Rng(0), device="cpu", hp={"n_validation": 1, "n_test": 1})
+    assert ct.datasets(run)["train"].cache.path == store.path  # train finds the samples built
+    sample = Dataset(source=src, cache=store).build()[0]
+    image, seg = nd.get(sample, keys.IMAGE), nd.get(sample, ct.SEG)
+    assert tuple(seg.shape) == tuple(image.shape[1:]) and set(np.unique(np.asarray(seg)).tolist()) == {0, 1, 2, 3}
+    fig = tmp_path / "fig"
+    r = CliRunner().invoke(main, ["visualize", "ct_organs", "--out", str(fig), "-n", "1", "--cache-dir", str(cache)])
+    assert r.exit_code == 0, r.output
+    (png,) = fig.glob("ct_organs_samples*.png")
+    assert png.stat().st_size > 2_000
+
+
+def test_cv_task_pools_train_and_validation_and_scores_by_dice(tmp_path):
+    """cross_validation's view of ct_organs: the pool, the held-out test cases, and a Dice score of masks."""
+    import shutil
+
+    ids = _small_example(tmp_path / "example", 6)
+    run = ct.RECIPE.make_run(tmp_path, rng=Rng(0), device="cpu", hp={"n_validation": 1, "n_test": 2, "n_boot": 50})
+    task = ct.cv_task(run)
+    parts = ct.splits(run)
+    assert sorted(task.pool.ids) == sorted(parts["train"].ids + parts["validation"].ids)
+    assert task.held_out.ids == parts["test"].ids and sorted(task.pool.ids + task.held_out.ids) == ids
+    assert task.fit is ct.fit_model and task.dataset(task.held_out).cache is not None
+    out = tmp_path / "cv" / "held_out.parquet"
+    masks = out.with_suffix("") / "masks"
+    masks.mkdir(parents=True)
+    for row in task.held_out.frame.iter_rows(named=True):  # perfect predictions
+        shutil.copyfile(row["label"], masks / f"{row['sample_id']}.nii.gz")
+    score = ct.cv_score(run, out, task.held_out)
+    assert score["value"] == pytest.approx(1.0) and set(score["per_class"]) == {"liver", "kidney", "lesion"}
+    first = masks / f"{task.held_out.ids[0]}.nii.gz"  # one case loses its lesion: the mean Dice drops
+    img = nib.load(first)
+    lab = np.asarray(img.dataobj).copy()
+    lab[lab == 3] = 1
+    nib.save(nib.Nifti1Image(lab, img.affine), first)
+    worse = ct.cv_score(run, out, task.held_out)
+    assert worse["value"] < 0.9 and worse["lower"] <= worse["value"] <= worse["upper"]
+    assert worse["per_class"]["lesion"]["value"] == pytest.approx(0.5)
+
+
+@pytest.mark.slow
+def test_cross_validation_of_ct_organs_scores_folds_and_ensemble_by_dice(tmp_path):
+    """``cross_validation --recipe ct_organs``: unstratified folds, sliding-window masks, mean Dice, no ROC."""
+    from fusefn_recipes import cross_validation as cv
+
+    sets = ["n_cases=6", "n_validation=1", "n_test=2", "fov=48", "spacing=2.5", "patch=16", "patches=2"]
+    args = ["all", "--out", str(tmp_path), "--recipe", "ct_organs", "--folds", "2", "--n-boot", "50"]
+    args += ["--debug", "fast", "--device", "cpu", "--epochs", "1", "--workers", "1", "--set", "channels=4,8"]
+    r = CliRunner().invoke(cv.cli, [*args, *(x for s in sets for x in ("--set", s))])
+    assert r.exit_code == 0, r.output
+    assert "ensemble held-out mean Dice" in r.output.strip().splitlines()[-1]
+    m = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    keys = [f"fold_{f}.{w}" for f in range(2) for w in ("out_of_fold", "held_out")] + ["ensemble.held_out"]
+    for key in keys:
+        assert 0.0 <= m[key]["lower"] <= m[key]["value"] <= m[key]["upper"] <= 1.0, key
+    assert m["score"] == "mean Dice" and set(m["ensemble.held_out"]["per_class"]) == {"liver", "kidney", "lesion"}
+    assert not any("auc" in k or "threshold" in k for k in m)  # nothing of the classification report
+    assert not list((tmp_path / "report").glob("*.png"))
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert "| ensemble of 2: held-out mean Dice (2 cases) |" in report and "ROC" not in report
+    assert "| fold 1: out-of-fold mean Dice (2 cases) |" in report
+    # the out-of-fold masks partition the pool; every model (and the ensemble) predicted the held-out cases
+    hp = {"recipe": "ct_organs", "set_": (*sets, "channels=4,8", "n_boot=50")}
+    inner = cv.recipe_run(cv.RECIPE.make_run(tmp_path, rng=Rng(0), device="cpu", hp=hp))
+    task = ct.cv_task(inner)
+    oof = [
+        {p.name[:-7] for p in (tmp_path / "infer" / f"fold_{f}" / "out_of_fold" / "masks").iterdir()} for f in (0, 1)
+    ]
+    assert not oof[0] & oof[1] and oof[0] | oof[1] == set(task.pool.ids)
+    ens = tmp_path / "infer" / "ensemble.parquet"
+    assert {p.name[:-7] for p in (ens.with_suffix("") / "masks").iterdir()} == set(task.held_out.ids)
+    # the reported ensemble score is the Dice of the ensemble's masks
+    assert ct.cv_score(inner, ens, task.held_out)["value"] == pytest.approx(m["ensemble.held_out"]["value"])

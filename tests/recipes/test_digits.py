@@ -30,9 +30,9 @@ def test_fast_run_writes_every_phase(fast_run):
     assert frame.columns == ["sample_id", "fold", "probabilities", "label"]
     assert set(frame["fold"].to_list()) == {0}
     assert len(frame["probabilities"][0]) == 10
-    metrics = json.loads((out / "eval" / "metrics.json").read_text())
+    metrics = json.loads((out / "report" / "metrics.json").read_text())
     assert metrics["metrics"]["accuracy"]["value"] == pytest.approx(summary["accuracy"])
-    assert "accuracy" in (out / "eval" / "report.txt").read_text()
+    assert "accuracy" in (out / "report" / "report.txt").read_text()
     assert (out / "fusefn.log").is_file()
     # the debug log holds what the main log leaves out (DEBUG records: environment, run configuration)
     main, debug = (out / "fusefn.log").read_text(), (out / "fusefn_debug.log").read_text()
@@ -87,7 +87,7 @@ def test_infer_without_checkpoint(tmp_path):
 def test_analyze_missing_file(tmp_path):
     with pytest.raises(RecipeInputError, match="run `infer` first"):
         digits.RECIPE.run("analyze", tmp_path)
-    assert not (tmp_path / "eval" / "metrics.json").exists()
+    assert not (tmp_path / "report" / "metrics.json").exists()
 
 
 @pytest.mark.parametrize("content", [b"not parquet at all", None])
@@ -100,7 +100,7 @@ def test_analyze_malformed_file(tmp_path, content):
         path.write_bytes(content)
     with pytest.raises(RecipeInputError, match="run `infer` again"):
         digits.RECIPE.run("analyze", tmp_path)
-    assert not (tmp_path / "eval").exists()
+    assert not (tmp_path / "report").exists()
 
 
 def test_cli_prints_one_line_error(tmp_path):

@@ -19,7 +19,7 @@ def _run(tmp_path, fuse_eval_dir, *extra):
 
 
 def test_published_values(tmp_path, fuse_eval_dir):
-    r, ours, out = _run(tmp_path, fuse_eval_dir, "--n-resamples", "2000", "--no-dice")
+    r, ours, out = _run(tmp_path, fuse_eval_dir, "--n-boot", "2000", "--no-dice")
     assert round(ours["binary.auc"], 3) == 0.845
     for k in ("fold0", "fold1", "pooled"):
         assert round(ours[f"folds.{k}"], 3) == ek.PUBLISHED[f"folds.{k}"]
@@ -35,6 +35,17 @@ def test_published_values(tmp_path, fuse_eval_dir):
     assert "| ROC AUC, task 1 | 0.845 |" in report and ("analysis/roc.png" in report or "roc_binary.png" in report)
     assert (out / "report" / "roc_binary.png").stat().st_size > 0
     assert "0.8456" in r.output
+    assert "Decision threshold of task 1: 0.5, fixed" in report
+
+
+def test_roc_figure_gives_the_ci_and_the_operating_point(tmp_path, fuse_eval_dir):
+    from fusefn.data.visualize import figure_caption
+
+    _, ours, out = _run(tmp_path, fuse_eval_dir, "--n-boot", "500", "--no-dice")
+    caption = figure_caption(out / "report" / "roc_binary.png")
+    lo, hi = ours["binary.ci.lower"], ours["binary.ci.upper"]
+    assert f"AUC 0.845 (95% CI {lo:.3f}–{hi:.3f})" in caption  # the CI of the report's table
+    assert "operating point at the threshold 0.5" in caption
 
 
 def test_full_ci_matches_fusemedml_within_monte_carlo_error(tmp_path, fuse_eval_dir):
@@ -48,7 +59,7 @@ def test_dice_of_the_nifti_volumes(tmp_path, fuse_eval_dir):
     pytest.importorskip("nibabel")
     if not hasattr(ek.metrics, "Dice"):
         pytest.skip("fusefn.metrics.Dice not exported yet")
-    _, ours, _ = _run(tmp_path, fuse_eval_dir, "--n-resamples", "100")
+    _, ours, _ = _run(tmp_path, fuse_eval_dir, "--n-boot", "100")
     for k in ("label_1_2_3", "label_2_3", "label_2"):
         assert ours[f"dice.{k}"] == pytest.approx(ek.PUBLISHED[f"dice.{k}"], abs=5e-5)
 
@@ -56,11 +67,33 @@ def test_dice_of_the_nifti_volumes(tmp_path, fuse_eval_dir):
 def test_default_data_is_the_copy_shipped_with_the_package(tmp_path):
     """No --data: the recipe reads fusefn_recipes/reference/fuse_eval, so it runs from a bare clone or an install."""
     out = tmp_path / "knight"
-    r = CliRunner().invoke(ek.cli, ["analyze", "--out", str(out), "--n-resamples", "200", "--no-dice"])
+    r = CliRunner().invoke(ek.cli, ["analyze", "--out", str(out), "--n-boot", "200", "--no-dice"])
     assert r.exit_code == 0, r.output
     ours = json.loads((out / "report" / "metrics.json").read_text())["fusefn"]
     assert round(ours["binary.auc"], 3) == 0.845
     assert ek.default_data_dir() == fuse_eval_dir()
+
+
+def test_old_spellings_still_work_with_a_warning(tmp_path):
+    """--n-resamples and --ci-seed are --n-boot and --seed now, as in every recipe."""
+    out = tmp_path / "knight"
+    args = ["analyze", "--out", str(out), "--no-dice"]
+    r = CliRunner().invoke(ek.cli, [*args, "--n-resamples", "150", "--ci-seed", "7"])
+    assert r.exit_code == 0, r.output
+    assert "--n-resamples is deprecated; use --n-boot" in r.stderr and "--ci-seed is deprecated; use --seed" in r.stderr
+    old = json.loads((out / "report" / "metrics.json").read_text())
+    assert old["n_resamples"] == 150
+    r = CliRunner().invoke(ek.cli, [*args, "--n-boot", "150", "--seed", "7"])
+    assert r.exit_code == 0 and "deprecated" not in r.stderr
+    assert json.loads((out / "report" / "metrics.json").read_text()) == old  # the same bootstrap
+    assert "seed 7, 150 resamples" in (out / "report" / "report.md").read_text()
+    r = CliRunner().invoke(ek.cli, [*args, "--n-boot", "150", "--n-resamples", "100"])
+    assert r.exit_code == 2 and "give --n-boot" in r.stderr
+    assert "--n-resamples" not in CliRunner().invoke(ek.cli, ["analyze", "-h"]).output  # hidden
+
+
+def test_the_default_seed_keeps_the_quoted_figures():
+    assert ek.RECIPE.defaults["seed"] == 1234  # the bootstrap seed of the figures in the module's text
 
 
 def test_missing_shipped_data_is_one_clear_line(tmp_path, monkeypatch):

@@ -5,11 +5,13 @@ import subprocess
 import sys
 
 import numpy as np
+import polars as pl
 import pytest
 import torch
 from click.testing import CliRunner
 
 from fusefn import Rng, augment
+from fusefn.data.visualize import figure_caption
 from fusefn_recipes import lesions2d as l2
 
 SMALL = [
@@ -43,8 +45,23 @@ def test_all_fast_writes_report_and_figures(tmp_path):
         assert (rd / png).stat().st_size > 0
     m = json.loads((rd / "metrics.json").read_text())
     assert 0 <= m["ROC AUC"]["value"] <= 1
+    _assert_threshold_from_validation(tmp_path, m, report, prefix="lesion present: ")
+    # the prediction grids: errors first, decided at the report's threshold
+    caption = figure_caption(rd / "test_predictions.png")
+    assert "ordered errors first" in caption and f"P(lesion) ≥ {m['decision threshold']:.3g}" in caption
     assert (tmp_path / "infer" / "predictions.h5").is_file()
     assert any((tmp_path / "cache").iterdir())  # the phantoms went through the HDF5 cache
+
+
+def _assert_threshold_from_validation(out, metrics, report, prefix=""):
+    """The test decisions use the threshold chosen on infer/validation.parquet, and the report says so."""
+    val = pl.read_parquet(out / "infer" / "validation.parquet")
+    test = pl.read_parquet(out / "infer" / "predictions.parquet")
+    assert val.height and not set(val["sample_id"]) & set(test["sample_id"])  # the validation split
+    assert f"| {prefix}decision threshold (youden on the validation set) |" in report
+    t = metrics["decision threshold"]
+    ts, ty = np.asarray(test["probs"].to_list())[:, 1], test["label"].to_numpy()
+    assert metrics["accuracy"]["value"] == pytest.approx(((ts >= t) == ty).mean())  # decided at t, not 0.5
 
 
 def test_make_lesion_matches_the_phantom_and_names_bad_ids():

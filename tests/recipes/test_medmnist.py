@@ -49,7 +49,16 @@ def test_all_fast(tmp_path, kw):
     assert r.exit_code == 0, r.output
     m = json.loads((out / "report" / "metrics.json").read_text())
     assert m["layout"]["task"] == kw.get("task", "binary")
-    assert "ROC AUC" in (out / "report" / "report.md").read_text()
+    report = (out / "report" / "report.md").read_text()
+    assert "ROC AUC" in report
+    # binary: the threshold is chosen on the validation split; otherwise argmax (nothing to tune)
+    binary = m["layout"]["task"] == "binary"
+    assert (out / "infer" / "validation.parquet").is_file() == binary
+    tuned = "| decision threshold (youden on the validation set) |" in report
+    assert tuned == ("decision threshold" in m["metrics"])
+    # one epoch on a tiny split may separate the validation cases no better than chance: then it is not tuned
+    assert tuned or not binary or "not tuned" in report
+    assert not tuned or binary
 
 
 def test_bad_inputs_are_one_clear_line(tmp_path):

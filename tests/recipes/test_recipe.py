@@ -286,3 +286,50 @@ def test_the_quoted_digits_figure_is_what_a_default_run_gives(tmp_path):
     digits_of = len(str(value).split(".")[1])
     assert round(got["accuracy"], digits_of) == value, (got["accuracy"], value)
     assert [round(x, 3) for x in got["accuracy_ci"]] == [lower, upper], (got["accuracy_ci"], lower, upper)
+
+
+# ------------------------------------------------------------------ common flags (issue 17)
+
+
+def test_common_flags_come_from_defaults_spelt_once():
+    seen = []
+    toy = recipe.Recipe(
+        name="toy",
+        defaults={"epochs": 4, "lr": 0.5, "n_boot": 300, "seed": 11},
+        aliases={"n_resamples": "n_boot"},
+        train=lambda run: seen.append(run),
+    )
+    assert toy.hp() == {"epochs": 4, "lr": 0.5, "n_boot": 300}
+    assert toy.common_flags()[:3] == ["--out", "--seed", "--debug"] and "--batch-size" not in toy.common_flags()
+    with pytest.warns(DeprecationWarning, match="n_resamples is deprecated; use n_boot"):
+        run = toy.make_run("/tmp/x", rng=Rng(0), device="cpu", hp={"n_resamples": 50})
+    assert run.hp["n_boot"] == 50
+    with pytest.raises(ConfigError, match="give n_boot only"):
+        toy.make_run("/tmp/x", rng=Rng(0), device="cpu", hp={"n_resamples": 50, "n_boot": 60})
+    params = {p.name: p for p in toy.cli().commands["train"].params}
+    assert params["seed"].default == 11 and params["epochs"].default == 4 and params["n_resamples"].hidden
+
+
+def test_bad_defaults_and_aliases_are_refused():
+    with pytest.raises(ConfigError, match="unknown \\['epoch'\\]"):
+        recipe.Recipe(name="x", train=lambda run: None, defaults={"epoch": 3})
+    with pytest.raises(ConfigError, match="both in options and in defaults"):
+        recipe.Recipe(
+            name="x", train=lambda run: None, defaults={"lr": 1.0}, options=(click.option("--lr", type=float),)
+        )
+    with pytest.raises(ConfigError, match="aliases"):
+        recipe.Recipe(name="x", train=lambda run: None, aliases={"n_resamples": "n_boot"})
+
+
+def test_the_console_shows_one_line_per_epoch_and_the_log_file_the_table(tmp_path, capsys):
+    import logging
+
+    def phase(run):
+        logging.getLogger("fusefn.train").info("epoch 1/2 (0.1 s)\n   losses.total_loss 0.5")
+        logging.getLogger("fusefn.train").info("epoch 1 of 2: a warning-like one-liner stays")
+        run.logger.info("epoch 1/2 (0.1 s, about 0 s left)  train loss 0.5000")
+
+    recipe.Recipe(name="toy", train=phase).run("train", tmp_path, device="cpu")
+    err = capsys.readouterr().err
+    assert "losses.total_loss" not in err and "a warning-like one-liner stays" in err and "about 0 s left" in err
+    assert "losses.total_loss" in (tmp_path / "fusefn.log").read_text()

@@ -106,3 +106,27 @@ def test_failed_samples_are_reported_and_the_rest_written(cnn, data, toy, tmp_pa
 
     failed = json.loads((tmp_path / "out.failed.json").read_text())
     assert [f["sample_id"] for f in failed] == ["s3", "s7"] and "unreadable" in failed[0]["error"]
+
+
+def test_shards_merge_into_the_rows_of_one_process(cnn, data, toy, tmp_path):
+    """What ``infer(shard=True)`` does on 2 ranks, here in one process: each rank's share (positions r, r + 2, …)
+    predicted on its own, the parts merged back in the dataset's order, failures included, equal the whole."""
+    from fusefn.errors import SampleError
+    from fusefn.train.infer import _merge, _run_all
+
+    class Broken(type(data[1])):
+        def __getitem__(self, i):
+            if i in (3, 8):
+                raise SampleError("unreadable", sample_id=f"s{i}", op="Read")
+            return super().__getitem__(i)
+
+    _train(cnn, data, toy, tmp_path / "m")
+    ds, cols, cpu = Broken(21, seed=1), {"probs": "model.head_0.probs"}, torch.device("cpu")
+    whole = _merge([_run_all([tmp_path / "m"], ds, cols, "best", 4, None, 0, cpu, ())], replicated=True)
+    parts = [_run_all([tmp_path / "m"], ds, cols, "best", 4, None, 0, cpu, (), list(range(r, 21, 2))) for r in (0, 1)]
+    assert [i for p in parts for i in p[0]] != whole[0]  # the shares interleave ...
+    ids, merged, failed = _merge(parts, replicated=False)
+    assert ids == whole[0] and len(ids) == 19  # ... and merge back in order
+    assert [f["sample_id"] for f in failed] == ["s3", "s8"] and failed == whole[2]
+    # other batch compositions: equal to float rounding (volume mode, one case at a time, is bit-equal)
+    np.testing.assert_allclose(np.stack(merged["probs"]), np.stack(whole[1]["probs"]), rtol=0, atol=1e-6)

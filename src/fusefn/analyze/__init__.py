@@ -18,7 +18,8 @@
    * ``report.txt`` — an aligned table (metric, value, 95 % CI); ``report.md`` the same in Markdown;
    * ``roc.png`` (with a bootstrap band), ``confusion_matrix.png``, ``reliability.png``.
 
-The command line is ``fusefn analyze`` (:mod:`fusefn.cli`).
+The command line is ``fusefn analyze`` (:mod:`fusefn.cli`). :func:`compare` (``fusefn compare``) puts two
+or more models on the same cases side by side: paired bootstrap differences, DeLong, McNemar (docs/compare.md).
 
 >>> import polars as pl
 >>> from fusefn import Rng
@@ -32,9 +33,10 @@ The command line is ``fusefn analyze`` (:mod:`fusefn.cli`).
 | metric | value | 95% CI |
 """
 
-from fusefn.analyze.analysis import analyze
+from fusefn.analyze.analysis import TASKS, analyze
+from fusefn.analyze.compare import compare, load_models
 from fusefn.analyze.inputs import PRED, TARGET, AnalysisInputs, group_key, read_predictions, select_inputs
-from fusefn.analyze.plots import plot_confusion, plot_reliability, plot_roc
+from fusefn.analyze.plots import calibration_bins, draw_figures, plot_confusion, plot_reliability, plot_roc
 from fusefn.analyze.report import (
     format_report,
     format_value,
@@ -55,21 +57,67 @@ from fusefn.analyze.suite import (
     roc_curves,
     run_suite,
 )
+from fusefn.analyze.task_multilabel import analyze_multilabel, multilabel_metrics
+from fusefn.analyze.task_operating import (
+    OPERATING_POINT_SYNTAX,
+    operating_points,
+    parse_operating_point,
+    threshold_from,
+)
+from fusefn.analyze.task_plots import (
+    plot_bland_altman,
+    plot_kaplan_meier,
+    plot_multilabel_roc,
+    plot_scatter,
+    plot_td_auc,
+)
+from fusefn.analyze.task_regression import BlandAltman, analyze_regression, regression_metrics
+from fusefn.analyze.task_survival import (
+    analyze_survival,
+    breslow_survival,
+    default_times,
+    risk_groups,
+    survival_metrics,
+)
 
 __all__ = [
     "BIASED",
+    "OPERATING_POINT_SYNTAX",
+    "TASKS",
+    "BlandAltman",
+    "analyze_multilabel",
+    "analyze_regression",
+    "analyze_survival",
+    "breslow_survival",
+    "default_times",
+    "multilabel_metrics",
+    "operating_points",
+    "parse_operating_point",
+    "plot_bland_altman",
+    "plot_kaplan_meier",
+    "plot_multilabel_roc",
+    "plot_scatter",
+    "plot_td_auc",
+    "regression_metrics",
+    "risk_groups",
+    "survival_metrics",
+    "threshold_from",
     "OPERATING_POINT_STATS",
     "PRED",
     "TARGET",
     "AnalysisInputs",
     "analyze",
+    "calibration_bins",
     "classification_metrics",
+    "compare",
     "evaluate_segmentations",
     "parse_classes",
+    "draw_figures",
     "format_report",
     "format_value",
     "group_key",
     "interval_methods",
+    "load_models",
     "markdown_header",
     "outside_notes",
     "plot_confusion",

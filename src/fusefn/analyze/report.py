@@ -77,6 +77,12 @@ def _counts_text(results: Mapping) -> str:
     return ", ".join(f"{k}: {v}" for k, v in counts.items())
 
 
+def _strata_text(settings: Mapping) -> str:
+    """How the resamples were drawn: ``settings["stratified"]`` is ``"by target"`` or a sentence of its own."""
+    how = settings.get("stratified", "by target")
+    return f"stratified {how}" if how.startswith("by ") else how
+
+
 def _notes(results: Mapping) -> list[str]:
     return list(results.get("notes") or [])
 
@@ -113,9 +119,7 @@ def format_report(results: Mapping, level: float = 0.95, markdown: bool = False)
     ]
     s = results.get("settings", {})
     if s.get("ci"):
-        header.append(
-            f"bootstrap: {s['ci']} resamples, {_method_text(results)}, stratified by target, seed {s['seed']}"
-        )
+        header.append(f"bootstrap: {s['ci']} resamples, {_method_text(results)}, {_strata_text(s)}, seed {s['seed']}")
     if s.get("threshold") is not None:
         header.append(f"threshold: {s['threshold']:g} ({s.get('threshold_rule', 'given')})")
     lines += [f"* {n}" for n in notes]
@@ -151,7 +155,7 @@ def markdown_header(results: Mapping, level: float = 0.95) -> str:
         lines[-1] += f"; {len(results['skipped'])} skipped (listed in metrics.json)"
     if s.get("ci"):
         lines.append(
-            f"- **bootstrap**: {s['ci']} resamples, stratified by target, {round(level * 100, 1):g}% intervals by "
+            f"- **bootstrap**: {s['ci']} resamples, {_strata_text(s)}, {round(level * 100, 1):g}% intervals by "
             f"{_method_text(results)}, seed {s['seed']}"
         )
     else:
@@ -172,31 +176,72 @@ def write_results(out: str | os.PathLike, results: Mapping, *, level: float = 0.
     write_bytes(out / "report.txt", format_report(results, level).encode())
 
 
+def _value(entry):
+    return entry.get("value") if isinstance(entry, Mapping) else entry
+
+
+def _roc_caption(results: Mapping) -> str:
+    s, names = results.get("settings", {}), [str(n) for n in results.get("class_names", [])]
+    ci, level = s.get("ci") or 0, s.get("level", 0.95)
+    pct = f"{round(level * 100, 1):g}%"
+    thr = s.get("threshold")
+    from fusefn.analyze.plots import MAX_OVERLAID, MAX_PANELS
+
+    if len(names) == 2:
+        head = f"ROC curve of {names[1]} against {names[0]}: true against false positive rate over every threshold."
+    elif len(names) > MAX_OVERLAID:
+        which = "each class" if len(names) < MAX_PANELS else f"the {MAX_PANELS - 1} classes with the lowest AUC"
+        head = f"One panel per curve: the macro average, then {which} against the rest (one-vs-rest ROC)."
+    else:
+        head = "One-vs-rest ROC curve of each class: true against false positive rate over every threshold."
+    where = "Each panel" if len(names) > MAX_OVERLAID else "The legend"
+    auc = f" {where} gives the AUC with its {pct} CI from {ci} bootstrap resamples." if ci else ""
+    band = f" The band holds the central {pct} of {min(ci, 1000)} resampled curves." if ci else ""
+    op = (results.get("metrics") or {}).get("operating_point") or {}
+    if len(names) == 2 and thr is not None and "sensitivity" in op:
+        sens, spec = _value(op["sensitivity"]), _value(op["specificity"])
+        mark = (
+            f" The circle is the operating point at the threshold {thr:g} ({s.get('threshold_rule', 'given')}): "
+            f"sensitivity {format_value(sens)}, specificity {format_value(spec)}."
+        )
+    else:
+        mark = " Circles mark the argmax decision: each class's one-vs-rest sensitivity and 1 − specificity."
+    return head + auc + band + mark
+
+
 def standard_figures(results: Mapping) -> list[tuple[str, str, str]]:
     """``(title, file name, caption)`` of the analyzer's figures for ``results``: ROC, confusion matrix and, when
-    the scores are probabilities, the reliability diagram.
+    the scores are probabilities, the reliability diagram. Each caption is one or more full sentences.
 
     >>> [t for t, _, _ in standard_figures({"metrics": {"auc": {}}, "settings": {"ci": 0, "threshold": 0.5}})]
     ['ROC curve', 'confusion matrix']
     """
-    s = results.get("settings", {})
-    ci, level = s.get("ci") or 0, s.get("level", 0.95)
-    band = f" The band holds the central {round(level * 100, 1):g}% of {min(ci, 1000)} resampled curves." if ci else ""
+    s, names = results.get("settings", {}), [str(n) for n in results.get("class_names", [])]
     thr = s.get("threshold")
-    decision = f"at the threshold {thr:g}" if thr is not None else "taking the class with the highest score"
+    decision = f"at the threshold {thr:g}" if thr is not None else "taking the class with the highest score (argmax)"
     figures = [
-        ("ROC curve", "roc.png", f"True against false positive rate over every threshold.{band}"),
+        ("ROC curve", "roc.png", _roc_caption(results)),
         (
             "confusion matrix",
             "confusion_matrix.png",
-            f"Counts of target (rows) against decision (columns), {decision}.",
+            f"Counts of the true class (rows) against the predicted class (columns) {decision}; under each count, "
+            "its percentage of the true class (each row sums to 100%), which the shading follows.",
         ),
     ]
     if "ece" in results.get("metrics", {}):
-        caption = (
-            "Observed accuracy against the top-label confidence in 15 equal-width bins; "
-            "the diagonal is perfect calibration."
-        )
+        if len(names) == 2:
+            caption = (
+                f"Observed fraction of {names[1]} against the predicted probability of {names[1]}, in "
+                "10 equal-width bins (points at each bin's mean prediction, bars 95% Wilson intervals); the "
+                "diagonal is perfect calibration and the bars underneath count the samples in each bin. "
+                "The ECE in the table is that of the top-label confidence, in 15 equal-width bins."
+            )
+        else:
+            caption = (
+                "Top-label reliability (multi-class): accuracy of the predicted class against its probability "
+                "(the highest class probability) in 15 equal-width bins (bars: 95% Wilson intervals); the "
+                "diagonal is perfect calibration and the bars underneath count the samples in each bin."
+            )
         figures.append(("reliability diagram", "reliability.png", caption))
     return figures
 
@@ -211,11 +256,14 @@ def write_markdown(
     """``out/report.md``: the header (:func:`markdown_header`), the table, then each figure embedded.
 
     ``figures`` are ``(title, file name)`` or ``(title, file name, caption)``; they are embedded so
-    that one file shows the whole analysis.
+    that one file shows the whole analysis, each with its caption (given, or the one stored in the PNG).
     """
+    from fusefn.data.visualize import figure_caption
+
     md = markdown_header(results, level) + format_report(results, level, markdown=True)
     for title, name, *caption in figures:
         md += f"\n### {title}\n\n![{title}]({name})\n"
-        if caption:
-            md += f"\n{caption[0]}\n"
+        text = caption[0] if caption and caption[0] else figure_caption(pathlib.Path(out) / name)
+        if text:
+            md += f"\n{text}\n"
     write_bytes(pathlib.Path(out) / "report.md", md.encode())

@@ -179,21 +179,25 @@ def resample_suite(
     jackknife: Collection[str] = (),
     values: Mapping | None = None,
     progress: Progress | None = None,
+    strata: np.ndarray | None = None,
 ) -> tuple[dict, dict]:
     """``(boots, jack)``: each metric's values on ``n`` stratified resamples, and on the jackknife rows of those
     named in ``jackknife`` (what BCa needs), for the analyzer's batch (``pred``, ``target``).
 
     ``values`` (the metrics' exact values, needed on the cell path) are computed when not given.
+    ``strata`` (one value per case) replaces the target as what the resamples keep the counts of: the
+    regression, survival and multi-label analyses pass zeros (whole cases resampled, nothing kept fixed);
+    the cell path is then not taken.
     """
     cols = {name: m.extract(batch) for name, m in metrics.items()}
-    cells = _cells_of(metrics, batch)
+    cells = _cells_of(metrics, batch) if strata is None else None
     parts: dict[str, list] = {name: [] for name in metrics}
     done = 0
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UndefinedMetricWarning)
         if cells is None:
-            _, strata = np.unique(np.asarray(batch[TARGET]), return_inverse=True)
-            chunks = iter_resample_counts(n, strata.reshape(-1), rng=rng)
+            _, codes = np.unique(np.asarray(batch[TARGET] if strata is None else strata), return_inverse=True)
+            chunks = iter_resample_counts(n, codes.reshape(-1), rng=rng)
         else:
             cols = {name: m.extract(cells.batch) for name, m in metrics.items()}
             chunks = cells.iter_draws(n, rng=rng)
@@ -208,7 +212,8 @@ def resample_suite(
         for name in jackknife:
             m = metrics[name]
             if cells is None:
-                rows = iter_jackknife_counts(np.asarray(batch[TARGET]).shape[0], rng=rng.child("jackknife"))
+                size = np.asarray(batch[TARGET] if strata is None else strata).shape[0]
+                rows = iter_jackknife_counts(size, rng=rng.child("jackknife"))
                 jack[name] = _concat([m.resampled(cols[name], c) for c in rows])
             else:
                 jack[name] = m.resampled(cols[name], cells.jackknife(rng=rng.child("jackknife")))

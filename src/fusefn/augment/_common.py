@@ -238,10 +238,68 @@ def chunked(x: torch.Tensor) -> bool:
 
 
 def output_buffer(x: torch.Tensor, index: torch.Tensor, owned: bool) -> torch.Tensor:
-    """Where the op writes: ``x`` itself when owned, else a copy (uninitialised when every sample is rewritten)."""
+    """Where the op writes: ``x`` itself when owned, else a new tensor holding ``x``'s samples outside ``index``.
+
+    The samples in ``index`` are left uninitialised: the caller writes every one of them, so copying
+    them first would be a wasted pass over the largest part of the batch.
+    """
     if owned:
         return x
-    return torch.empty_like(x) if index.shape[0] == x.shape[0] else x.clone()
+    out = torch.empty_like(x)
+    if index.shape[0] == x.shape[0]:
+        return out
+    if not chunked(x) or not large_samples(x):
+        return out.copy_(x)
+    keep = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
+    keep[index] = False
+    for _, start, length in runs(torch.nonzero(keep).flatten()):
+        out.narrow(0, start, length).copy_(x.narrow(0, start, length))
+    return out
+
+
+def large_samples(x: torch.Tensor) -> bool:
+    """Whether a sample of ``x`` is big enough (a volume) that one op per run of samples beats one op per batch.
+
+    Small samples (2D images) come in many short runs, where the per-op overhead outweighs the pass saved.
+    """
+    return x[0].numel() * x.element_size() >= CHUNK_BYTES // 4
+
+
+def runs(index: torch.Tensor) -> list:
+    """``[(position, start, length)]``: the sorted sample ``index`` as runs of consecutive samples (read on the host)."""
+    out: list = []
+    for pos, i in enumerate(index.tolist()):
+        if out and out[-1][1] + out[-1][2] == i:
+            out[-1][2] += 1
+        else:
+            out.append([pos, i, 1])
+    return [tuple(r) for r in out]
+
+
+def consecutive(idx: torch.Tensor):
+    """The first of the sorted samples ``idx`` when they are consecutive, else None (read on the host)."""
+    n = idx.shape[0]
+    if n == 0:
+        return None
+    start = int(idx[0])
+    return start if int(idx[-1]) - start + 1 == n else None
+
+
+def rows(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """Samples ``idx`` (sorted) of ``x``: a view when they are consecutive, else a copy. Eager CPU only (reads ``idx``)."""
+    start = consecutive(idx)
+    return x.index_select(0, idx) if start is None else x.narrow(0, start, idx.shape[0])
+
+
+def write_rows(out: torch.Tensor, idx: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``out`` with samples ``idx`` (sorted) set to ``y``, in place: a plain copy into a view when consecutive."""
+    start = consecutive(idx)
+    if start is None:
+        return out.index_copy_(0, idx, y)
+    dst = out.narrow(0, start, idx.shape[0])
+    if not (dst.data_ptr() == y.data_ptr() and dst.stride() == y.stride()):
+        dst.copy_(y)
+    return out
 
 
 def generator(rng: Rng, device) -> torch.Generator:

@@ -16,7 +16,18 @@ import torch.nn.functional as F
 
 from fusefn import nd
 
-from ._common import check_image, check_mask, chunk_slices, chunked, get_key, output_buffer, put, take
+from ._common import (
+    check_image,
+    check_mask,
+    chunk_slices,
+    chunked,
+    get_key,
+    output_buffer,
+    put,
+    rows,
+    take,
+    write_rows,
+)
 
 
 def centred_base(spatial: tuple, *, device, dtype) -> torch.Tensor:
@@ -40,6 +51,8 @@ def grid_from_inverse(inverse: torch.Tensor, spatial: tuple, dtype, in_spatial: 
     scale = torch.tensor([2.0 / s for s in in_spatial], dtype=inverse.dtype, device=inverse.device)
     theta = (inverse[:, :d, :] * scale[None, :, None]).flip(1).to(dtype)  # (n, d, d+1), rows x, y, z
     n = theta.shape[0]
+    if d == 3 and chunked(theta):
+        return _grid_channels_first(theta, spatial, dtype)
     # an affine grid is a sum of one term per axis: broadcasting d small outer terms writes the grid in one
     # pass, where a matmul over a (pixels × d+1) base reads and writes several times as much
     grid = theta[:, :, d].reshape((n,) + (1,) * d + (d,))
@@ -49,6 +62,24 @@ def grid_from_inverse(inverse: torch.Tensor, spatial: tuple, dtype, in_spatial: 
         shape[1 + axis] = size
         grid = grid + (coords[None, :, None] * theta[:, None, :, axis]).reshape(shape)
     return grid
+
+
+def _grid_channels_first(theta: torch.Tensor, spatial: tuple, dtype) -> torch.Tensor:
+    """The 3D grid of :func:`grid_from_inverse`, bit for bit, written one coordinate plane at a time.
+
+    Broadcasting into an interleaved ``(..., 3)`` grid runs a scalar loop over the last axis; each
+    coordinate written on its own is a contiguous, vectorised pass (the sums keep the same order, so the
+    values are the same). The 3D kernel reads the resulting strided grid as fast as an interleaved one.
+    """
+    n, d = theta.shape[0], len(spatial)
+    coords = [torch.arange(s, device=theta.device, dtype=dtype) - (s - 1) / 2 for s in spatial]
+    grid = torch.empty((n, d, *spatial), device=theta.device, dtype=dtype)
+    for i in range(n):
+        for c in range(d):
+            row = theta[i, c]
+            plane = (row[d] + coords[0] * row[0])[:, None] + (coords[1] * row[1])[None, :]  # D×H, small
+            torch.add(plane[:, :, None], (coords[2] * row[2])[None, None, :], out=grid[i, c])
+    return grid.movedim(1, -1)
 
 
 def grid_sample(x: torch.Tensor, grid: torch.Tensor, mode: str, padding: str) -> torch.Tensor:
@@ -70,6 +101,19 @@ def grid_sample(x: torch.Tensor, grid: torch.Tensor, mode: str, padding: str) ->
     slabs = grid.reshape(k, depth // k, *grid.shape[2:])
     y = F.grid_sample(x.expand(k, *x.shape[1:]), slabs, mode, padding, align_corners=False)
     return y.transpose(0, 1).reshape(1, c, depth, *y.shape[3:])
+
+
+# the in-plane path works on blocks of about 1 MiB of slices: buffers that size are recycled by glibc, where
+# volume-sized temporaries are page-faulted in again (the 3D kernel itself measured faster on whole volumes)
+BLOCK_BYTES = 1 << 20
+
+
+def depth_blocks(depth: int, plane_bytes: int) -> list:
+    """``[(z0, count)]`` covering ``range(depth)`` in blocks of about ``BLOCK_BYTES`` (a multiple of the threads)."""
+    k = max(1, torch.get_num_threads())
+    per = max(1, BLOCK_BYTES // max(1, plane_bytes))
+    per = max(k, per - per % k)
+    return [(z0, min(per, depth - z0)) for z0 in range(0, depth, per)]
 
 
 def resample_keys(
@@ -118,14 +162,13 @@ def resample_keys(
         for k, x in images.items():
             if x.dtype not in grids:
                 grids[x.dtype] = grid_fn(spatial, x.dtype, sl)
-            y = grid_sample(x.index_select(0, idx), grids[x.dtype], "bilinear", padding)
-            outs[k].index_copy_(0, idx, y)
+            # read straight from the input's rows (a view when consecutive), write into the output's rows
+            write_rows(outs[k], idx, grid_sample(rows(x, idx), grids[x.dtype], "bilinear", padding))
         for k, m in masks.items():
             if fdtype[k] not in grids:
                 grids[fdtype[k]] = grid_fn(spatial, fdtype[k], sl)
-            sub = m.index_select(0, idx).to(fdtype[k])
-            y = grid_sample(sub, grids[fdtype[k]], "nearest", padding)
-            outs[k].index_copy_(0, idx, y.to(m.dtype))
+            y = grid_sample(rows(m, idx).to(fdtype[k]), grids[fdtype[k]], "nearest", padding)
+            write_rows(outs[k], idx, y.to(m.dtype))
     return nd.assoc_many(batch, outs), owned | frozenset(outs)
 
 
@@ -146,3 +189,83 @@ def _resample_whole(batch, owned, images, masks, fdtype, index, grid_fn, spatial
         y = F.grid_sample(sub, grid_for(fdtype[k]), "nearest", padding, align_corners=False).to(m.dtype)
         updates[k] = y if out_spatial is not None else put(m, index, y, k in owned)
     return nd.assoc_many(batch, updates), owned | frozenset(updates)
+
+
+# ------------------------------------------------------------------ in-plane 3D maps on the 2D kernel
+
+
+def planar(inverse: torch.Tensor) -> torch.Tensor:
+    """Which 3D centred inverse maps (``n×4×4``) act within each depth slice: a bool per sample.
+
+    Such a map reads output slice ``z`` from the one source slice ``±z + t`` (depth untouched but for a
+    flip and a whole-slice shift) and moves pixels only in-plane. Trilinear sampling then puts all its
+    weight on that slice, so it equals bilinear sampling of the slice: the 2D kernel, vectorised and
+    about three times as fast on CPU as PyTorch's scalar 3D one, with one small grid for every slice.
+    """
+    a, t = inverse[:, :3, :3], inverse[:, 0, 3]
+    mixed = (a[:, 0, 1:] != 0).any(1) | (a[:, 1:, 0] != 0).any(1)
+    return ~mixed & (a[:, 0, 0].abs() == 1) & (t == torch.round(t))
+
+
+def _source_slices(inverse: torch.Tensor, depth: int, padding: str) -> tuple:
+    """``(source slice per output slice, which output slices read inside the volume)`` for a planar map."""
+    sign, shift = int(inverse[0, 0]), int(inverse[0, 3])
+    z = torch.arange(depth)
+    src = sign * z + (shift + (depth - 1) * (1 - sign) // 2)  # centred: s − c = sign·(z − c) + shift
+    inside = (src >= 0) & (src < depth)
+    if padding == "border":
+        src = src.clamp(0, depth - 1)
+    elif padding == "reflection":
+        # grid_sample mirrors at the outer slice edges (−½ and depth − ½): whole slices fold back exactly
+        m = src.remainder(2 * depth)
+        src = torch.where(m < depth, m, 2 * depth - 1 - m)
+    return src, inside if padding == "zeros" else torch.ones_like(inside)
+
+
+def _sample_planes(x: torch.Tensor, grid: torch.Tensor, mode: str, padding: str) -> torch.Tensor:
+    """``x`` (``1×P×H×W``, planes as channels) sampled at one 2D ``grid``, the planes spread over the threads."""
+    k, planes = torch.get_num_threads(), x.shape[1]
+    while k > 1 and planes % k:
+        k -= 1
+    if k < 2:
+        return F.grid_sample(x, grid, mode, padding, align_corners=False)
+    y = F.grid_sample(x.reshape(k, planes // k, *x.shape[2:]), grid.expand(k, *grid.shape[1:]), mode, padding, False)
+    return y.reshape(1, planes, *y.shape[2:])
+
+
+def resample_planar(x: torch.Tensor, out: torch.Tensor, j: int, inverse: torch.Tensor, mode: str, padding: str):
+    """Write into ``out[j]`` sample ``j`` of the 3D ``x`` under the planar centred inverse map ``inverse`` (4×4).
+
+    Equal to the trilinear (or nearest) 3D resampling up to the rounding of the depth weight, which
+    the 3D path computes from normalised coordinates and this one knows to be exactly 0. Works in
+    blocks of slices (small, reused buffers) unless ``out`` is ``x`` itself.
+    """
+    c, depth, h, w = x.shape[1:]
+    src, inside = _source_slices(inverse, depth, padding)
+    keep = torch.nonzero(inside).flatten()
+    dst = out[j]
+    if keep.shape[0] == 0:
+        dst.zero_()
+        return out
+    lo, n = int(keep[0]), keep.shape[0]
+    fdtype = x.dtype if x.is_floating_point() else torch.float32
+    grid = grid_from_inverse(inverse[1:, 1:].unsqueeze(0), (h, w), fdtype)  # the in-plane 3×3 map
+    aliased = out.untyped_storage().data_ptr() == x.untyped_storage().data_ptr()
+    blocks = [(0, n)] if aliased else depth_blocks(n, c * h * w * 4)
+    ys = []
+    for b0, count in blocks:
+        s = src[lo + b0 : lo + b0 + count]
+        s0 = int(s[0])
+        consecutive = bool((s == torch.arange(s0, s0 + count)).all())
+        sub = x[j].narrow(1, s0, count) if consecutive else x[j].index_select(1, s)
+        y = _sample_planes(sub.reshape(1, c * count, h, w).to(fdtype), grid, mode, padding).view(c, count, h, w)
+        if aliased:  # sample j is read whole above before any of it is written
+            ys.append((b0, count, y))
+        else:
+            dst.narrow(1, lo + b0, count).copy_(y)
+    if n < depth:
+        dst[:, :lo].zero_()
+        dst[:, lo + n :].zero_()
+    for b0, count, y in ys:
+        dst.narrow(1, lo + b0, count).copy_(y)
+    return out

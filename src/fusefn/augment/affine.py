@@ -32,17 +32,19 @@ from ._common import (
     Augmentation,
     as_tuple,
     bernoulli,
+    check_image,
     chunked,
     gate,
     get_key,
     keys_tuple,
+    output_buffer,
     per_axis,
     randint,
     range_validator,
     to_device,
     uniform,
 )
-from ._resample import grid_from_inverse, resample_keys
+from ._resample import grid_from_inverse, planar, resample_keys, resample_planar
 
 __all__ = ["Affine", "compose_affine_params", "rotation_matrix"]
 
@@ -111,6 +113,8 @@ class Affine(Augmentation):
         rotate: degrees ``(low, high)``; in 3D one range for every axis or one per axis
             (rotation about axis 2, then 1, then 0).
         scale: zoom factor ``(low, high)``, the same on every axis (> 1 enlarges the content).
+        scale_axes: the spatial axes the zoom acts on (default: all), e.g. ``(1, 2)`` for an
+            in-plane zoom of a volume that keeps its slices.
         shear: degrees ``(low, high)`` for each off-diagonal term.
         translate: pixels ``(low, high)``, one range or one per axis.
         integer_translate: draw whole-pixel translations (both ends included).
@@ -126,6 +130,7 @@ class Affine(Augmentation):
     box_keys: tuple = attrs.field(default=(), converter=keys_tuple, validator=v.keys)
     rotate: tuple | None = attrs.field(default=None, converter=as_tuple)
     scale: tuple | None = attrs.field(default=None, converter=as_tuple, validator=range_validator())
+    scale_axes: tuple | None = attrs.field(default=None, converter=as_tuple)
     shear: tuple | None = attrs.field(default=None, converter=as_tuple, validator=range_validator())
     translate: tuple | None = attrs.field(default=None, converter=as_tuple)
     integer_translate: bool = False
@@ -139,6 +144,14 @@ class Affine(Augmentation):
             raise ConfigError(f"{name} needs at least one image or mask key (they give the image size)")
         if self.scale is not None and self.scale[0] <= 0:
             raise ConfigError(f"{name}.scale must be > 0, got {self.scale!r}")
+        axes = self.scale_axes
+        if axes is not None and (
+            not isinstance(axes, tuple)
+            or not axes
+            or len(set(axes)) != len(axes)
+            or not all(isinstance(a, int) and not isinstance(a, bool) and 0 <= a < self.dims for a in axes)
+        ):
+            raise ConfigError(f"{name}.scale_axes must hold distinct spatial axes in [0, {self.dims}), got {axes!r}")
         if self.shear is not None and max(abs(self.shear[0]), abs(self.shear[1])) >= 90:
             raise ConfigError(f"{name}.shear must lie inside (-90, 90) degrees, got {self.shear!r}")
         per_axis(f"{name}.rotate", self.rotate, 3 if self.dims == 3 else 1)
@@ -170,7 +183,13 @@ class Affine(Augmentation):
             signs = torch.stack([1.0 - 2.0 * bernoulli(g, n, pf).double() for pf in flips], dim=1)
             a = a * signs[:, None, :]
         if self.scale is not None:
-            a = a * uniform(g, n, self.scale)[:, None, None]
+            s = uniform(g, n, self.scale)
+            if self.scale_axes is None:
+                a = a * s[:, None, None]
+            else:  # a is still diagonal here: scaling its rows scales those axes
+                f = torch.ones(n, d, dtype=torch.float64, device=g.device)
+                f[:, list(self.scale_axes)] = s[:, None]
+                a = a * f[:, :, None]
         if self.shear is not None:
             sh = eye.clone()
             for i, j in itertools.permutations(range(d), 2):
@@ -198,6 +217,7 @@ class Affine(Augmentation):
 
     def _apply(self, batch: Mapping, params: Mapping, owned: frozenset):
         rest, moves = self._indexable(batch, params)
+        rest, flat = self._planar(batch, params, rest)
         out, owned = resample_keys(
             batch,
             owned,
@@ -209,9 +229,35 @@ class Affine(Augmentation):
             grid_fn=lambda spatial, dtype, sl: grid_from_inverse(params["inverse"][rest[sl]], spatial, dtype),
             padding=self.padding,
         )
+        if flat.shape[0]:
+            out, owned = self._resample_planar(batch, out, owned, params, flat)
         if moves:
             out, owned = _index_moves(batch, out, owned, self.image_keys + self.mask_keys, moves)
         return self.map_coords(batch, out, params, owned)
+
+    def _planar(self, batch: Mapping, params: Mapping, rest: torch.Tensor):
+        """``(samples for the 3D kernel, samples whose map stays within each slice)``; eager CPU 3D only.
+
+        The second set is resampled slice by slice with the 2D kernel (``_resample.planar``): the same
+        values up to rounding, for a fraction of the time.
+        """
+        ref = get_key(batch, (self.image_keys + self.mask_keys)[0], type(self).__name__)
+        if self.dims != 3 or rest.shape[0] == 0 or ref.ndim != 5 or not chunked(ref):
+            return rest, rest[:0]
+        flat = planar(params["inverse"].index_select(0, rest))
+        return rest[~flat], rest[flat]
+
+    def _resample_planar(self, batch: Mapping, out: Mapping, owned: frozenset, params: Mapping, flat: torch.Tensor):
+        op, updates = type(self).__name__, {}
+        modes = [(k, "bilinear") for k in self.image_keys] + [(k, "nearest") for k in self.mask_keys]
+        for k, mode in modes:
+            src = get_key(batch, k, op)
+            check_image(src, op=op, key=k, dims=3, floating=mode == "bilinear")
+            dst = nd.get(out, k) if k in owned else output_buffer(src, flat, False)
+            for j in flat.tolist():
+                resample_planar(src, dst, j, params["inverse"][j], mode, self.padding)
+            updates[k] = dst
+        return nd.assoc_many(out, updates), owned | frozenset(updates)
 
     def _indexable(self, batch: Mapping, params: Mapping):
         """``(samples to resample, [(sample, perm, flipped axes)])``: flips and axis swaps are done by indexing.

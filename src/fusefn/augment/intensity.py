@@ -26,12 +26,15 @@ from ._common import (
     check_image,
     chunk_slices,
     chunked,
+    consecutive,
     gate,
     get_key,
     keys_tuple,
+    large_samples,
     output_buffer,
     put,
     range_validator,
+    runs,
     take,
     to_device,
     uniform,
@@ -104,11 +107,17 @@ class Intensity(Augmentation):
         updates = {}
         for k, x in xs.items():
             if chunked(x):
-                # each chunk is copied out, changed in place while in cache, and written back
+                # chunk by chunk, each changed while in cache: the first step reads the input's rows and writes
+                # the output's (views when the chunk's samples are consecutive), the others work in place
                 out = output_buffer(x, index, k in owned)
                 for sl in chunk_slices(index.shape[0], x):
                     idx = index[sl]
-                    out.index_copy_(0, idx, self._kernel(x.index_select(0, idx), params, idx))
+                    start = consecutive(idx)
+                    if start is None:
+                        out.index_copy_(0, idx, self._kernel(x.index_select(0, idx), params, idx))
+                    else:
+                        dst, src = out.narrow(0, start, idx.shape[0]), x.narrow(0, start, idx.shape[0])
+                        self._kernel(dst, params, idx, src=None if k in owned else src)
                 updates[k] = out
             else:
                 sub = take(x, index)
@@ -116,15 +125,19 @@ class Intensity(Augmentation):
                 updates[k] = put(x, index, self._kernel(y, params, index), k in owned)
         return nd.assoc_many(batch, updates), owned | frozenset(updates)
 
-    def _kernel(self, y: torch.Tensor, params: Mapping, index: torch.Tensor) -> torch.Tensor:
+    def _kernel(self, y: torch.Tensor, params: Mapping, index: torch.Tensor, src=None) -> torch.Tensor:
+        """The steps on ``y`` in place; with ``src``, the first step reads ``src`` (``y``'s shape) instead."""
         shape = (-1,) + (1,) * (y.ndim - 1)
 
         def factor(name):
             return params[name].index_select(0, index).to(y.dtype).view(shape)
 
         lo, hi = self.clip if self.clip is not None else (None, None)
+        src = y if src is None else src
         if self.clip is not None:
-            y.clamp_(lo, hi)
+            torch.clamp(src, lo, hi, out=y)
+        elif src is not y:
+            y.copy_(src)
         if self.gamma is not None:
             if (lo, hi) != (0.0, 1.0):
                 y.sub_(lo).div_(hi - lo)
@@ -205,6 +218,12 @@ class GaussianNoise(Augmentation):
                 raise SampleError(f"noise was drawn for shape {tuple(z.shape[1:])}, got {got}", op=op, key=k)
             if index.shape[0] == x.shape[0]:
                 updates[k] = x.add_(z) if k in owned else x + z
+            elif chunked(x) and large_samples(x):
+                # one plain add per run of consecutive samples: index_add_ runs a scalar scatter loop
+                out = output_buffer(x, index, k in owned)
+                for pos, start, length in runs(index):
+                    torch.add(x.narrow(0, start, length), z.narrow(0, pos, length), out=out.narrow(0, start, length))
+                updates[k] = out
             else:
                 updates[k] = x.index_add_(0, index, z) if k in owned else x.index_add(0, index, z)
         return nd.assoc_many(batch, updates), owned | frozenset(updates)

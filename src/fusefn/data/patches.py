@@ -298,9 +298,10 @@ class PatchDataset(torch.utils.data.IterableDataset):
     """The patches of a map-style dataset of volumes: ``sampler.n`` per volume per epoch, read lazily.
 
     Not a frozen record on purpose: like ``DistributedSampler`` it carries the epoch, set with
-    :meth:`set_epoch` before each epoch is iterated. The epoch lives in shared memory, so workers
-    that persist across epochs (``loader(persistent_workers=True)``, what :meth:`epochs` gives) read
-    the new one when the next epoch starts, and keep their open cache readers.
+    :meth:`set_epoch` before each epoch is iterated. The epoch lives in shared memory, so worker
+    processes that persist across epochs (``loader(persistent_workers=True)``, what
+    ``epochs(threads=False)`` gives) read the new one when the next epoch starts, and keep their open
+    cache readers. :meth:`epochs` with workers cuts in threads of this process by default.
 
     Args:
         volumes: ``len`` and ``[i]`` -> a sample dict holding ``sampler.keys`` and the indices
@@ -405,7 +406,7 @@ class PatchDataset(torch.utils.data.IterableDataset):
         # the epoch is read once: set_epoch for the next epoch may come while this one is consumed
         return self._iterate(self.epoch, worker, workers, shared=info is not None)
 
-    def _iterate(self, epoch: int, worker: int, workers: int, *, shared: bool) -> Iterator[dict]:
+    def _iterate(self, epoch: int, worker: int, workers: int, *, shared: bool, pool=None) -> Iterator[dict]:
         """Worker ``worker`` of ``workers``: its share of the epoch's volumes, as patches or batches."""
         stream = self._stream(self.volume_order(epoch)[worker::workers], worker, epoch)
         if self.batch_size is None:
@@ -416,10 +417,10 @@ class PatchDataset(torch.utils.data.IterableDataset):
         for item in stream:
             items.append(item)
             if len(items) == self.batch_size:
-                yield self._batch(items, shared=shared)
+                yield self._batch(items, shared=shared, pool=pool)
                 items = []
         if items and not self.drop_last:
-            yield self._batch(items, shared=shared)
+            yield self._batch(items, shared=shared, pool=pool)
 
     def threaded(self, epoch: int | None = None, *, workers: int = 2, prefetch: int = 2) -> Iterator[dict]:
         """The epoch's patches (or batches) cut by ``workers`` threads of this process, ``prefetch`` ahead each.
@@ -436,6 +437,9 @@ class PatchDataset(torch.utils.data.IterableDataset):
         if not isinstance(workers, int) or workers < 1 or not isinstance(prefetch, int) or prefetch < 1:
             raise ConfigError(f"PatchDataset.threaded: workers and prefetch must be >= 1, got {workers}, {prefetch}")
         queues = [queue.Queue(maxsize=prefetch) for _ in range(workers)]
+        pool = self.__dict__.setdefault("_recycler", _Recycler())
+        # batches in flight: per thread its queue, one waiting for room and one being cut; the loop holds two
+        pool.cap = max(pool.cap, len(self.sampler.keys) * (workers * (prefetch + 2) + 2))
         stop = threading.Event()
         done = object()
 
@@ -450,7 +454,7 @@ class PatchDataset(torch.utils.data.IterableDataset):
 
         def run(w):
             try:
-                for item in self._iterate(epoch, w, workers, shared=False):
+                for item in self._iterate(epoch, w, workers, shared=False, pool=pool):
                     if not put(w, (None, item)):
                         return
                 put(w, (None, done))
@@ -478,7 +482,10 @@ class PatchDataset(torch.utils.data.IterableDataset):
             for t in threads:
                 t.join()
 
-    def _batch(self, items: list, *, shared: bool) -> dict:
+    def __getstate__(self) -> dict:  # the threads' buffers (and a lock) stay in this process
+        return {k: v for k, v in self.__dict__.items() if k != "_recycler"}
+
+    def _batch(self, items: list, *, shared: bool, pool=None) -> dict:
         """A batch_dict of ``items``: each key's patches cut straight into one (shared-memory) tensor."""
         from fusefn.data.dataset import collate
 
@@ -494,7 +501,12 @@ class PatchDataset(torch.utils.data.IterableDataset):
                     raise fail(
                         s, sampler, key, f"{a.dtype} {a.shape} cannot share a batch with {first.dtype} {first.shape}"
                     )
-            buf = _buffer((len(items), *lead, *sampler.size), first.dtype, shared)
+            shape = (len(items), *lead, *sampler.size)
+            buf = (
+                pool.empty(shape, first.dtype)
+                if pool is not None and not shared
+                else _buffer(shape, first.dtype, shared)
+            )
             out = buf.numpy()
             pad = sampler.pad_for(key)
             for j, ((_, origin, _, _), a) in enumerate(zip(items, arrays)):
@@ -502,13 +514,19 @@ class PatchDataset(torch.utils.data.IterableDataset):
             batch = nd.assoc(batch, key, buf)
         return batch
 
-    def epochs(self, *, workers: int = 0, threads: bool = False, **kwargs) -> Callable[[int], Iterable]:
+    def epochs(self, *, workers: int = 0, threads: bool | None = None, **kwargs) -> Callable[[int], Iterable]:
         """``epoch -> batches``: the ``train_data`` that :func:`fusefn.train.fit` takes.
 
-        ``threads=True``: ``workers`` threads of this process (:meth:`threaded`; ``kwargs``: ``prefetch``).
-        Otherwise one DataLoader whose ``workers`` processes persist across epochs (started once, their
-        cache readers kept; ``kwargs`` go to :meth:`loader`).
+        ``threads=True`` (the default when ``workers > 0``, the dataset batches itself and no DataLoader
+        option is given): ``workers`` threads of this process cut the patches (:meth:`threaded`; ``kwargs``:
+        ``prefetch``). Cutting is NumPy copying, which releases the GIL, into reused buffers that reach the
+        loop in ordinary memory: ``bench/bench_patches.py`` measures it 2-3× faster than worker processes,
+        whose batches cross in shared memory (page faults on both sides for every batch).
+        ``threads=False``: one DataLoader whose ``workers`` processes persist across epochs (started once,
+        their cache readers kept; ``kwargs`` go to :meth:`loader`), for heavy per-patch Python.
         """
+        if threads is None:
+            threads = workers > 0 and self.batch_size is not None and not set(kwargs) - {"prefetch"}
         if threads:
             return lambda epoch: self.threaded(epoch, workers=max(workers, 1), **kwargs)
         kwargs.setdefault("persistent_workers", workers > 0)
@@ -551,3 +569,32 @@ def _buffer(shape: tuple, dtype: np.dtype, shared: bool) -> torch.Tensor:
         return t.new(storage).resize_(shape)
     except (AttributeError, RuntimeError):  # private torch API moved: a copy into shared memory instead
         return t.new_empty(shape).share_memory_()
+
+
+class _Recycler:
+    """Batch buffers for :meth:`PatchDataset.threaded`, reused once the training loop has let go of them.
+
+    A new buffer of many MB per batch costs more in page faults than the patch copy itself (such blocks
+    are mapped afresh, every page zeroed by the kernel). A buffer is handed out again only when nothing
+    but this pool refers to its memory (no tensor, view or NumPy array of the loop's); at most ``cap``.
+    """
+
+    def __init__(self, cap: int = 0):
+        import threading
+
+        self.cap, self._lock, self._storages = cap, threading.Lock(), []
+        # torch's count of a storage's holders (private; without it nothing is reused)
+        self._use_count = getattr(torch._C, "_storage_Use_Count", None)
+
+    def empty(self, shape: tuple, dtype: np.dtype) -> torch.Tensor:
+        tdtype, nbytes = torch.from_numpy(np.empty(0, dtype)).dtype, math.prod(shape) * np.dtype(dtype).itemsize
+        stride = tuple(math.prod(shape[i + 1 :]) for i in range(len(shape)))
+        with self._lock:
+            if self._use_count is not None:
+                for s in self._storages:
+                    if s.nbytes() == nbytes and self._use_count(s._cdata) == 1:  # only this pool holds it
+                        return torch.empty(0, dtype=tdtype).set_(s, 0, shape, stride)
+            t = torch.empty(shape, dtype=tdtype)
+            if self._use_count is not None and len(self._storages) < self.cap:
+                self._storages.append(t.untyped_storage())
+            return t

@@ -35,12 +35,16 @@ __all__ = [
     "safe_name",
     "sample_path",
     "save_figure",
+    "figure_caption",
     "show_batch",
     "show_before_after",
     "show_histogram",
     "show_sample",
     "show_samples",
     "show_volume",
+    "show_predictions",
+    "prediction_order",
+    "show_scores",
     "show_recipe_samples",
     "AUTO",
 ]
@@ -92,12 +96,30 @@ def _figure(w: float, h: float):
     return fig
 
 
-def save_figure(fig, path, **savefig_kwargs) -> pathlib.Path:
-    """Write ``fig`` as a PNG at ``path`` atomically (a temporary file, then a rename): never half a file."""
+def save_figure(fig, path, *, caption: str | None = None, **savefig_kwargs) -> pathlib.Path:
+    """Write ``fig`` as a PNG at ``path`` atomically (a temporary file, then a rename): never half a file.
+
+    ``caption`` (a sentence saying what the figure shows) is stored in the PNG's ``Description``
+    text, where :func:`figure_caption` and the reports that embed the figure find it.
+    """
     path = pathlib.Path(path)
+    savefig_kwargs.setdefault("bbox_inches", "tight")  # long titles are kept, not cut at the edge
+    if caption:
+        savefig_kwargs["metadata"] = {**savefig_kwargs.get("metadata", {}), "Description": caption}
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", **savefig_kwargs)
     return path
+
+
+def figure_caption(path) -> str | None:
+    """The caption stored in a PNG by :func:`save_figure` (``Description``), or None (none, or not a PNG)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return getattr(im, "text", {}).get("Description") or None
+    except (OSError, ValueError):
+        return None
 
 
 def _np(x) -> np.ndarray:
@@ -157,9 +179,29 @@ def _check_mask(mask_shape: tuple, image_shape: tuple, sid, key: str, op: str) -
         )
 
 
+def _slice_note(x, affine=None) -> str:
+    """Which slice :func:`_image2d` shows of a volume (index, and its world position in mm with an affine)."""
+    shape = tuple(_np(x).shape)
+    if len(shape) == 3 and shape[0] not in (1, 3):
+        depth = shape[0]
+    elif len(shape) == 4:
+        depth, shape = shape[1], shape[1:]
+    else:
+        return ""
+    k = depth // 2
+    if affine is None:
+        return f"slice {k} of {depth} (voxel axis 0)"
+    a = np.asarray(_np(affine), dtype=np.float64)
+    name, world = _view(a, 0)
+    centre = (np.asarray(shape, np.float64) - 1) / 2
+    centre[0] = k
+    return f"{name} slice {k} of {depth}, {'xyz'[world]} = {float((a @ [*centre, 1.0])[world]):.1f} mm"
+
+
 def _draw(ax, sample: Mapping, image_key, mask_key, label_key, pred_key, title_prefix=""):
     sid = nd.get(sample, SAMPLE_ID, None)
-    img = _rgb_scale(_image2d(_required(sample, image_key, "visualize"), sid, image_key))
+    raw = _required(sample, image_key, "visualize")
+    img = _rgb_scale(_image2d(raw, sid, image_key))
     ax.imshow(img, cmap="gray" if img.ndim == 2 else None, interpolation="nearest")
     if mask_key in (AUTO, MASK):  # the well-known mask key: drawn where the sample has one
         mask_key = MASK if nd.contains(sample, MASK) else None
@@ -173,7 +215,9 @@ def _draw(ax, sample: Mapping, image_key, mask_key, label_key, pred_key, title_p
         parts.append(f"gt {_scalar_text(nd.get(sample, label_key))}")
     if pred_key is not None and nd.contains(sample, pred_key):
         parts.append(f"pred {_scalar_text(nd.get(sample, pred_key))}")
-    ax.set_title("  ".join(p for p in parts if p), fontsize=8)
+    title = "  ".join(p for p in parts if p)
+    where = _slice_note(raw, nd.get(sample, AFFINE, None))  # a volume: say which slice is shown
+    ax.set_title(title + (f"\n{where}" if where else ""), fontsize=8)
     ax.set_axis_off()
 
 
@@ -217,7 +261,10 @@ def show_batch(
     for i, s in enumerate(samples):
         _draw(fig.add_subplot(rows, cols, i + 1), s, image_key, mask_key, label_key, pred_key)
     fig.tight_layout()
-    return save_figure(fig, path)
+    said = ["the sample id", f"the label ({label_key}) as gt"] + ([f"{pred_key} as pred"] if pred_key else [])
+    caption = f"{len(samples)} samples in batch order; each title gives {', '.join(said)} where present"
+    caption += "; masks are overlaid in orange." if mask_key is not None else "."
+    return save_figure(fig, path, caption=caption)
 
 
 def show_samples(
@@ -257,7 +304,7 @@ def show_before_after(
     _draw(fig.add_subplot(1, 2, 1), before, image_key, mask_key, None, None, "before: ")
     _draw(fig.add_subplot(1, 2, 2), after, image_key, mask_key, None, None, "after: ")
     fig.tight_layout()
-    return save_figure(fig, path)
+    return save_figure(fig, path, caption="The same sample before (left) and after (right) the pipeline.")
 
 
 _VIEWS = {"L": "sagittal", "R": "sagittal", "A": "coronal", "P": "coronal", "S": "axial", "I": "axial"}
@@ -324,7 +371,9 @@ def show_volume(
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    return save_figure(fig, path)
+    where = "its index and world position (mm, RAS+)" if a is not None else "its index (no affine: voxels square)"
+    caption = f"{n_slices} evenly spaced slices along each voxel axis, one row per axis; each titled with {where}."
+    return save_figure(fig, path, caption=caption)
 
 
 def _view(affine, axis: int) -> tuple[str, int]:
@@ -345,14 +394,139 @@ def show_histogram(sample: Mapping, path, image_key: str = IMAGE, bins: int = 64
     finite = values[np.isfinite(values)]
     ax.hist(finite, bins=bins, color="tab:blue")
     ax.set_title(
-        f"{sid}: min {finite.min():.3g} max {finite.max():.3g} mean {finite.mean():.3g} std {finite.std():.3g}"
+        f"{sid}, all {finite.size} values: min {finite.min():.3g} max {finite.max():.3g} "
+        f"mean {finite.mean():.3g} std {finite.std():.3g}"
         if finite.size
         else f"{sid}: no finite values",
         fontsize=8,
     )
-    ax.set_xlabel(image_key, fontsize=8)
+    ax.set_xlabel(f"intensity ({image_key})", fontsize=8)
+    ax.set_ylabel("count", fontsize=8)
     fig.tight_layout()
     return save_figure(fig, path)
+
+
+def _decisions(probs, threshold: float) -> tuple[np.ndarray, np.ndarray, bool]:
+    """(decision, probability shown, binary) per sample: binary scores against ``threshold``, else argmax."""
+    p = np.asarray(_np(probs), dtype=np.float64)
+    if p.ndim == 2 and p.shape[1] == 1:
+        p = p[:, 0]
+    if p.ndim == 1:
+        return (p >= threshold).astype(np.int64), p, True
+    return p.argmax(axis=1), p.max(axis=1), False
+
+
+def prediction_order(probs, labels, *, threshold: float = 0.5) -> np.ndarray:
+    """Sample indices with the errors first, the most confident error first, then the correct ones, least sure first.
+
+    ``probs``: (N,) positive-class probabilities (decided at ``threshold``) or (N, C) class probabilities
+    (argmax).
+
+    >>> prediction_order([[0.9, 0.1], [0.4, 0.6], [0.2, 0.8], [0.7, 0.3]], [0, 0, 0, 0]).tolist()
+    [2, 1, 3, 0]
+    """
+    decision, p, binary = _decisions(probs, threshold)
+    conf = np.where(decision == 1, p, 1 - p) if binary else p
+    wrong = decision != np.asarray(_np(labels)).astype(np.int64)
+    return np.argsort(np.where(wrong, -conf, 1 + conf), kind="stable")
+
+
+def show_predictions(
+    samples,
+    path,
+    *,
+    probs,
+    labels,
+    class_names: Sequence[str] | None = None,
+    threshold: float = 0.5,
+    image_key: str = IMAGE,
+    mask_key: str | None = None,
+    max_items: int = 16,
+) -> pathlib.Path:
+    """A grid of predictions, the errors first (:func:`prediction_order`), each titled true / predicted / probability.
+
+    ``samples``: the samples aligned with ``probs`` and ``labels``, or a function ``index -> sample``
+    (only the ``max_items`` drawn are built: images regenerated from an id, read from a cache, …).
+    Errors are titled in red. The PNG carries its caption (:func:`figure_caption`).
+    """
+    decision, p, binary = _decisions(probs, threshold)
+    full = np.asarray(_np(probs), dtype=np.float64)
+    y = np.asarray(_np(labels)).astype(np.int64)
+    names = [str(c) for c in class_names] if class_names is not None else None
+
+    def name(c: int) -> str:
+        return names[c] if names is not None and 0 <= c < len(names) else str(c)
+
+    picks = prediction_order(probs, y, threshold=threshold)[:max_items]
+    n_err = int(np.count_nonzero(decision != y))
+    cols = min(4, len(picks)) or 1
+    rows = max(1, math.ceil(len(picks) / cols))
+    fig = _figure(3 * cols, 3.3 * rows + 0.5)
+    for i, k in enumerate(int(k) for k in picks):
+        s = samples(k) if callable(samples) else samples[k]
+        ax = fig.add_subplot(rows, cols, i + 1)
+        _draw(ax, s, image_key, mask_key, None, None)
+        wrong = decision[k] != y[k]
+        prob = f"P({name(1)}) {p[k]:.2f}" if binary else f"P({name(int(decision[k]))}) {p[k]:.2f}"
+        if wrong and not binary:
+            prob += f", P({name(int(y[k]))}) {full[k, y[k]]:.2f}"
+        sid = nd.get(s, SAMPLE_ID, k)
+        head = f"{'ERROR  ' if wrong else ''}{sid}"
+        ax.set_title(f"{head}\ntrue {name(int(y[k]))} · pred {name(int(decision[k]))} · {prob}", fontsize=8,
+                     color="tab:red" if wrong else "black")  # fmt: skip
+    rule = f"P({name(1)}) ≥ {threshold:.3g}" if binary else "argmax"
+    shown_err = min(n_err, len(picks))
+    fig.suptitle(
+        f"{n_err} of {len(y)} cases misclassified ({rule}); {shown_err} shown first, most confident first, "
+        "then the least confident correct cases",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    caption = (
+        f"Test cases ordered errors first: the {shown_err} misclassified case(s) shown (of {n_err}), most confident "
+        f"error first, then the correct cases the model was least sure of; each title gives the true and the "
+        f"predicted class and the predicted probability ({rule})."
+    )
+    return save_figure(fig, path, caption=caption)
+
+
+def show_scores(
+    scores: Mapping[str, np.ndarray], path, *, labels=None, label_name: str = "label", bins: int = 30
+) -> pathlib.Path:
+    """Histograms of score columns (name -> values), one panel each, split by ``labels`` when given.
+
+    The classes share each panel's bins; one legend for all panels sits under them, off the data.
+    """
+    scores = {k: np.asarray(_np(v), dtype=np.float64) for k, v in scores.items()}
+    cols = min(len(scores), 4) or 1
+    rows = -(-len(scores) // cols)
+    fig = _figure(4 * cols, 3.2 * rows + 0.6)
+    lab = None if labels is None else np.asarray(_np(labels))
+    counts = {} if lab is None else {v: int(np.count_nonzero(lab == v)) for v in np.unique(lab)}
+    handles: dict = {}
+    for i, (name, values) in enumerate(scores.items()):
+        ax = fig.add_subplot(rows, cols, i + 1)
+        finite = values[np.isfinite(values)]
+        probs_like = finite.size and finite.min() >= 0 and finite.max() <= 1
+        edges = np.histogram_bin_edges(finite, bins=bins, range=(0, 1) if probs_like else None)
+        if lab is None:
+            ax.hist(finite, bins=edges, color="tab:blue")
+        else:
+            for value in np.unique(lab):
+                sel = values[(lab == value) & np.isfinite(values)]
+                *_, patches = ax.hist(sel, bins=edges, alpha=0.5)
+                handles.setdefault(f"{label_name} = {value} (n={counts[value]})", patches[0] if len(patches) else None)
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel(f"score ({name})", fontsize=8)
+        ax.set_ylabel("samples", fontsize=8)
+        ax.tick_params(labelsize=7)
+    legend = [(h, t) for t, h in handles.items() if h is not None]
+    if legend:
+        fig.legend([h for h, _ in legend], [t for _, t in legend], loc="lower center", ncol=min(len(legend), 6),
+                   fontsize=8, frameon=False)  # fmt: skip
+    fig.tight_layout(rect=(0, 0.06 if legend else 0, 1, 1))
+    split = f", split by {label_name}" if lab is not None else ""
+    return save_figure(fig, path, caption=f"Distribution of each score column{split}; the classes share the bins.")
 
 
 def show_recipe_samples(
@@ -379,7 +553,7 @@ def show_recipe_samples(
         raise ConfigError(f"recipe {recipe.name!r} has no static pipeline to draw (its Recipe.static_data is None)")
     store, source = recipe.static_data(pathlib.Path(cache_dir), rng=rng)
     ds = Dataset(source=source.take(source.ids[:num]), cache=store).build()
-    batch = collate([ds[i] for i in range(len(ds))])
+    batch = collate([ds[i] for i in range(len(ds))], pad=True)  # volumes of different shapes side by side
     out = pathlib.Path(out)
     out.mkdir(parents=True, exist_ok=True)
     return show_batch(

@@ -25,6 +25,7 @@ from fusefn.metrics.classification import (
     PartialAUC,
     ROCCurve,
 )
+from fusefn.metrics.comparison import delong, mcnemar, paired_bootstrap
 from fusefn.metrics.detection import BoxDetection
 from fusefn.metrics.distributed import gather
 from fusefn.metrics.evaluation import evaluate
@@ -93,4 +94,7 @@ __all__ = [
     "YoudenJ",
     "SensitivityAtSpecificity",
     "SpecificityAtSensitivity",
+    "delong",
+    "mcnemar",
+    "paired_bootstrap",
 ]

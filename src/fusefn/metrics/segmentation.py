@@ -39,12 +39,13 @@ from fusefn.metrics.surface import (
     _classes,
     _SurfaceRecord,
     assd,
-    bounding_box,
+    box_distances,
     check_classes,
     class_masks,
     hd95,
     nsd,
     surface_distances,
+    union_box,
 )
 
 __all__ = [
@@ -345,11 +346,15 @@ CASE_METRICS = ("dice", "iou", "hd95", "assd", "nsd", "volume_pred", "volume_ref
 """What :func:`case_scores` returns per class: overlap, surface distances (mm), volumes (mm³) and their difference."""
 
 
-def _foreground_box(pred: np.ndarray, ref: np.ndarray) -> tuple[slice, ...] | None:
-    """Bounding box (+1 voxel) of the non-zero voxels of either label map."""
-    nz = pred != 0
-    nz |= ref != 0
-    return bounding_box(nz, margin=1)
+def _group_mask(labels: np.ndarray, group: tuple[int, ...], present: np.ndarray) -> np.ndarray:
+    """The mask of ``group`` in a label map whose labels present are ``present`` (booleans per label)."""
+    here = [x for x in group if x < present.size and present[x]]
+    others = np.flatnonzero(present).tolist()
+    if 0 not in group and len(here) == len(others) - (1 if present[0] else 0):  # every foreground label
+        return labels != 0
+    if len(here) == 1:
+        return labels == here[0]
+    return class_masks(labels, [group])[0]
 
 
 def case_scores(
@@ -361,6 +366,7 @@ def case_scores(
     voxel_volume: float | None = None,
     tolerance: float = 1.0,
     percentile: float = 95.0,
+    workers: int = 1,
 ) -> dict[str, dict[str, float]]:
     """Every metric of :data:`CASE_METRICS` for each class of one predicted / reference label-map pair.
 
@@ -373,6 +379,8 @@ def case_scores(
         classes: labels or tuples of labels (merged into one mask), as for :class:`Dice`.
         spacing: mm per voxel axis (default 1). voxel_volume: mm³ per voxel (default the product of ``spacing``).
         tolerance: NSD tolerance τ in mm. percentile: of the Hausdorff distance.
+        workers: threads: label groups with different masks are computed side by side, a single one
+            searches its surfaces with them (``-1``: every core).
 
     >>> t = np.zeros((6, 6), int); t[1:4, 1:4] = 1; t[2, 2] = 2
     >>> p = t.copy(); p[4, 1:4] = 1
@@ -386,31 +394,40 @@ def case_scores(
     groups = [(c,) if isinstance(c, int) else tuple(c) for c in _classes(tuple(classes))]
     names = ["+".join(map(str, g)) for g in groups]
     voxel = float(np.prod(spacing)) if voxel_volume is None and spacing is not None else (voxel_volume or 1.0)
-    box = tuple(slice(None) for _ in pred.shape) if any(0 in g for g in groups) else _foreground_box(pred, ref)
+    whole = tuple(slice(None) for _ in pred.shape)
+    box = whole if any(0 in g for g in groups) else union_box(pred, ref, margin=1)
     if box is None:  # nothing but background in either map
         pc = rc = np.zeros((1,) * pred.ndim, dtype=np.int64)
     else:
         pc, rc = pred[box], ref[box]
     n = max(int(pc.max(initial=0)), int(rc.max(initial=0)), max(max(g) for g in groups)) + 1
-    if min(int(pc.min(initial=0)), int(rc.min(initial=0))) < 0:
+    if any(a.dtype.kind != "u" and a.dtype != bool and int(a.min(initial=0)) < 0 for a in (pc, rc)):
         raise ValueError("label maps hold a negative label")
     hist = joint_histogram(rc, pc, n)
-    out, done = {}, {}
-    for name, g in zip(names, groups):
-        present_p = tuple(x for x in g if hist[:, x].sum() > 0)
-        present_r = tuple(x for x in g if hist[x, :].sum() > 0)
+    scale = np.ones(pred.ndim) if spacing is None else np.asarray(spacing, dtype=np.float64)
+    if scale.shape != (pred.ndim,):
+        raise ValueError(f"spacing {tuple(scale)} does not give one value per axis of a {pred.ndim}D label map")
+    in_pred, in_ref = hist.sum(axis=0) > 0, hist.sum(axis=1) > 0
+    # a group's masks are its labels present in each map: groups with the same present labels share them
+    keys = [(tuple(x for x in g if in_pred[x]), tuple(x for x in g if in_ref[x])) for g in groups]
+    todo = {k: g for k, g in zip(keys, groups) if k[0] or k[1]}
+
+    def distances(g):
+        pm, rm = _group_mask(pc, g, in_pred), _group_mask(rc, g, in_ref)
+        return box_distances(pm, rm, scale, workers=1 if len(todo) > 1 else workers)
+
+    if workers != 1 and len(todo) > 1:  # NumPy and the KD-tree searches release the GIL: one thread per group
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(len(todo) if workers < 1 else min(workers, len(todo))) as pool:
+            done = dict(zip(todo, pool.map(distances, todo.values())))
+    else:
+        done = {k: distances(g) for k, g in todo.items()}
+    out = {}
+    for name, g, key in zip(names, groups, keys):
         inter = hist[list(g)][:, list(g)].sum()
         vp, vr = hist[:, list(g)].sum(), hist[list(g), :].sum()
-        # a group's masks are its labels present in each map: groups with the same present labels share them
-        key = (present_p, present_r)
-        if key not in done:
-            if not present_p and not present_r:
-                dist = (np.zeros(0), np.zeros(0))
-            else:
-                pm, rm = class_masks(pc, [g])[0], class_masks(rc, [g])[0]
-                dist = surface_distances(pm, rm, spacing)
-            done[key] = dist
-        dist = done[key]
+        dist = done.get(key, (np.zeros(0), np.zeros(0)))
         with np.errstate(invalid="ignore", divide="ignore"):
             out[name] = {
                 "dice": float(2 * inter / (vp + vr)) if vp + vr else float("nan"),

@@ -16,10 +16,11 @@ Empty masks, as MONAI: both empty → HD95, ASSD and NSD are NaN; one empty → 
 NSD 0; HD95 is ``inf`` too (MONAI's percentile interpolates between infinities there and says NaN). :func:`fusefn.analyze.segmentation.evaluate_segmentations` documents how a report
 treats these.
 
-Speed: every class is computed on the bounding box of prediction ∪ reference (+1 voxel), each
-surface once, and the distances with one KD-tree per surface over its voxel coordinates (exact;
-on these sparse point sets faster than a distance transform of the box); voxels on both surfaces
-are at distance 0 and are not queried.
+Speed: every class is computed on the bounding box of prediction ∪ reference (found on 8-byte
+words, no boolean copy of the volume), each surface once, and the distances with KD-trees over
+surface voxel coordinates (exact; on these sparse point sets faster than a distance transform of
+the box); voxels on both surfaces are at distance 0 and are not searched for, and voxels beyond
+the other mask's box are searched among that mask's outermost voxels only (see ``_directed``).
 
 >>> import numpy as np
 >>> ref = np.zeros((8, 8), bool); ref[2:5, 2:5] = True
@@ -49,37 +50,77 @@ __all__ = [
     "assd",
     "border",
     "bounding_box",
+    "box_distances",
     "class_masks",
     "hd95",
     "nsd",
     "surface_distances",
+    "union_box",
 ]
 
 
+def _tight_box(a: np.ndarray) -> list[tuple[int, int]] | None:
+    """``(first, last + 1)`` of the non-zero entries of ``a`` along each axis; None if there are none."""
+    if a.ndim >= 2 and a.flags.c_contiguous and a.size and (a.shape[-1] * a.itemsize) % 8 == 0:
+        # the leading axes reduce over 8-byte words (a word is non-zero iff one of its elements is): one
+        # OR-pass over the slab kept so far, no boolean copy of the array
+        words = a.view(np.uint64)
+        out = []
+        for _ in range(a.ndim - 1):
+            idx = np.flatnonzero(np.bitwise_or.reduce(words.reshape(words.shape[0], -1), axis=1))
+            if idx.size == 0:
+                return None
+            out.append((int(idx[0]), int(idx[-1]) + 1))
+            words = np.bitwise_or.reduce(words[out[-1][0] : out[-1][1]], axis=0)
+        last = np.flatnonzero(words.view(np.uint8).reshape(a.shape[-1], a.itemsize).any(axis=1))
+        return [*out, (int(last[0]), int(last[-1]) + 1)]
+    out = []
+    for ax in range(a.ndim):
+        proj = a.any(axis=tuple(x for x in range(a.ndim) if x != ax)) if a.ndim > 1 else a
+        idx = np.flatnonzero(proj)
+        if idx.size == 0:
+            return None
+        out.append((int(idx[0]), int(idx[-1]) + 1))
+        # later axes are reduced over the slab kept so far only
+        a = a[(slice(None),) * ax + (slice(*out[-1]),)]
+    return out
+
+
 def bounding_box(mask: np.ndarray, margin: int = 1) -> tuple[slice, ...] | None:
-    """Slices of the smallest box holding every true voxel of ``mask``, grown by ``margin`` (clipped); None if empty.
+    """Slices of the smallest box holding every true (non-zero) voxel of ``mask``, grown by ``margin`` (clipped);
+    None if there is none.
 
     >>> m = np.zeros((4, 5), bool); m[1, 2] = m[2, 3] = True
     >>> bounding_box(m, margin=0)
     (slice(1, 3, None), slice(2, 4, None))
     """
+    mask = np.asarray(mask)
     if mask.ndim > 1 and mask.flags.f_contiguous and not mask.flags.c_contiguous:  # NIfTI's column-major arrays
         box = bounding_box(mask.T, margin)
         return None if box is None else box[::-1]
-    box = []
-    for ax in range(mask.ndim):
-        if ax == 0 and mask.flags.c_contiguous:  # the leading axis of a C-ordered array reduces without a copy
-            proj = mask.reshape(mask.shape[0], -1).any(axis=1)
-        else:
-            proj = mask.any(axis=tuple(a for a in range(mask.ndim) if a != ax))
-        idx = np.flatnonzero(proj)
-        if idx.size == 0:
-            return None
-        sl = slice(max(int(idx[0]) - margin, 0), min(int(idx[-1]) + 1 + margin, mask.shape[ax]))
-        box.append(sl)
-        # later axes are reduced over the slab kept so far only
-        mask = mask[(slice(None),) * ax + (slice(max(int(idx[0]), 0), int(idx[-1]) + 1),)]
-    return tuple(box)
+    tight = _tight_box(mask)
+    if tight is None:
+        return None
+    return tuple(slice(max(lo - margin, 0), min(hi + margin, n)) for (lo, hi), n in zip(tight, mask.shape))
+
+
+def union_box(*arrays: np.ndarray, margin: int = 0) -> tuple[slice, ...] | None:
+    """The box of the non-zero voxels of any of ``arrays`` (one shape), grown by ``margin``; None if there is none.
+
+    The hull of each array's own box: no array of their union is made.
+
+    >>> a = np.zeros((4, 5), bool); a[1, 1] = True
+    >>> b = np.zeros((4, 5), np.uint8); b[2, 3] = 7
+    >>> union_box(a, b)
+    (slice(1, 3, None), slice(1, 4, None))
+    """
+    boxes = [b for b in (bounding_box(a, margin=0) for a in arrays) if b is not None]
+    if not boxes:
+        return None
+    return tuple(
+        slice(max(min(b[ax].start for b in boxes) - margin, 0), min(max(b[ax].stop for b in boxes) + margin, n))
+        for ax, n in enumerate(arrays[0].shape)
+    )
 
 
 def border(mask: np.ndarray) -> np.ndarray:
@@ -92,39 +133,106 @@ def border(mask: np.ndarray) -> np.ndarray:
     8
     """
     mask = np.asarray(mask, dtype=bool)
-    pad = np.pad(mask, 1)
-    inner = mask.copy()
-    center = (slice(1, -1),) * mask.ndim
+    inner = np.array(mask, order="C")  # eroded in place: no padded copy
+    every = (slice(None),) * mask.ndim
     for ax in range(mask.ndim):
-        for shift in (slice(0, -2), slice(2, None)):
-            sl = list(center)
-            sl[ax] = shift
-            inner &= pad[tuple(sl)]
-    return mask & ~inner
+        head, tail = every[:ax], every[ax + 1 :]
+        inner[(*head, slice(1, None), *tail)] &= mask[(*head, slice(None, -1), *tail)]
+        inner[(*head, slice(None, -1), *tail)] &= mask[(*head, slice(1, None), *tail)]
+        inner[(*head, 0, *tail)] = False
+        inner[(*head, -1, *tail)] = False
+    inner ^= mask  # the eroded voxels all lie in the mask: the rest of it is its surface
+    return inner
 
 
-def _surface_points(mask: np.ndarray) -> np.ndarray:
-    """Voxel indices (K, ndim) of the surface of ``mask``, found on the mask's own bounding box."""
-    b = bounding_box(mask, margin=0)
-    if b is None:
-        return np.zeros((0, mask.ndim), dtype=np.int64)
-    return np.argwhere(border(mask[b])) + np.array([x.start for x in b])
+def _extreme(pts: np.ndarray, ax: int, sign: int, shape: tuple[int, ...]) -> np.ndarray:
+    """Which of the voxels ``pts`` (K, ndim) is the last of its line along ``ax`` in direction ``sign`` (booleans)."""
+    others = [a for a in range(pts.shape[1]) if a != ax]
+    line = (
+        np.ravel_multi_index(tuple(pts[:, others].T), tuple(shape[a] for a in others))
+        if others
+        else np.zeros(len(pts), np.int64)
+    )
+    order = np.lexsort((pts[:, ax] * sign, line))
+    line = line[order]
+    last = np.ones(len(pts), bool)
+    last[:-1] = line[1:] != line[:-1]
+    keep = np.zeros(len(pts), bool)
+    keep[order[last]] = True
+    return keep
 
 
-def _directed(src: np.ndarray, on_dst: np.ndarray, scale: np.ndarray, tree) -> np.ndarray:
-    """Distances from the surface points ``src`` to the surface in ``tree``; ``on_dst``: points on both (0)."""
-    out = np.zeros(len(src))
+def _directed(src, on_dst: np.ndarray, dst, shape: tuple[int, ...], scale: np.ndarray, workers: int) -> np.ndarray:
+    """Distances in mm from surface voxels ``src`` to the nearest of ``dst`` (flat indices into ``shape``).
+
+    ``on_dst``: the ``src`` voxels on both surfaces, at distance 0 and not searched for.
+
+    A voxel ``q`` beyond the box of the other mask ``M`` along axis ``a`` (say above it) is outside
+    ``M``, so its nearest surface voxel is its nearest voxel of ``M`` (from an interior voxel a step
+    towards ``q`` comes closer), and that voxel is the top one of its line along ``a`` (any voxel of
+    ``M`` above it in that line would be closer). So such voxels are searched among those line ends
+    only, one set per side of the box (ends along every axis it lies beyond): the same nearest
+    voxel, found among far fewer (a false positive far from the reference costs a fraction).
+    """
+    from scipy.spatial import cKDTree
+
+    out = np.zeros(src.size)
     far = ~on_dst
-    if far.any():
-        out[far] = tree.query(src[far] * scale, k=1)[0]
+    if not far.any():
+        return out
+    q = np.stack(np.unravel_index(src[far], shape), axis=1)
+    d = np.stack(np.unravel_index(dst, shape), axis=1)
+    side = (q > d.max(axis=0)).astype(np.int64) - (q < d.min(axis=0))  # per axis: beyond above, within, below
+    code = (side + 1) @ (3 ** np.arange(len(shape)))
+    found = np.empty(len(q))
+    ends: dict = {}
+    for c in np.unique(code):
+        sel = code == c
+        keep = np.ones(len(d), bool)
+        for ax, s in enumerate((c // 3 ** np.arange(len(shape))) % 3 - 1):
+            if s:
+                if (ax, s) not in ends:
+                    ends[ax, s] = _extreme(d, ax, int(s), shape)
+                keep &= ends[ax, s]
+        # sliding-midpoint splits and uncompacted nodes query far points several times faster on these
+        # grid-aligned surfaces
+        tree = cKDTree(d[keep] * scale, leafsize=32, balanced_tree=False, compact_nodes=False)
+        found[sel] = tree.query(q[sel] * scale, k=1, workers=workers)[0]
+    out[far] = found
     return out
 
 
-def surface_distances(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float] | None = None):
+def box_distances(pred: np.ndarray, ref: np.ndarray, scale, *, workers: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`surface_distances` of two boolean masks of one shape (e.g. both cropped to a box holding both).
+
+    ``scale``: mm per voxel axis. Unchecked: what :func:`surface_distances` and
+    :func:`~fusefn.metrics.segmentation.case_scores` call once they hold the box.
+
+    >>> a = np.zeros((4, 4), bool); a[1:3, 1:3] = True
+    >>> [d.tolist() for d in box_distances(a, np.roll(a, 1, axis=1), (1.0, 2.0))]
+    [[2.0, 0.0, 2.0, 0.0], [0.0, 2.0, 0.0, 2.0]]
+    """
+    scale = np.asarray(scale, dtype=np.float64)
+    bp, br = border(pred), border(ref)
+    fp, fr = np.flatnonzero(bp), np.flatnonzero(br)
+    if not fp.size or not fr.size:
+        return np.full(fp.size, np.inf), np.full(fr.size, np.inf)
+    # voxels on both surfaces are at distance 0: a look-up in the other border, no search
+    p_on_r, r_on_p = br.reshape(-1)[fp], bp.reshape(-1)[fr]
+    return (
+        _directed(fp, p_on_r, fr, bp.shape, scale, workers),
+        _directed(fr, r_on_p, fp, bp.shape, scale, workers),
+    )
+
+
+def surface_distances(
+    pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float] | None = None, *, workers: int = 1
+) -> tuple[np.ndarray, np.ndarray]:
     """``(pred → ref, ref → pred)``: the distance in mm from each surface voxel of one mask to the other's surface.
 
     Both empty: two empty arrays. One empty: the non-empty surface's voxels all at ``inf`` (and
-    an empty array for the empty one's), as MONAI's ``get_surface_distance``.
+    an empty array for the empty one's), as MONAI's ``get_surface_distance``. ``workers``: threads
+    of the nearest-surface searches (``-1``: every core).
     """
     pred, ref = np.asarray(pred, dtype=bool), np.asarray(ref, dtype=bool)
     if pred.shape != ref.shape:
@@ -132,20 +240,11 @@ def surface_distances(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float
     scale = np.ones(pred.ndim) if spacing is None else np.asarray(spacing, dtype=np.float64)
     if scale.shape != (pred.ndim,):
         raise ValueError(f"spacing {tuple(scale)} does not give one value per axis of a {pred.ndim}D mask")
-    # each surface on its own box (the erosion is local): no array the size of both boxes is made
-    pp, pr = _surface_points(pred), _surface_points(ref)
-    if not len(pp) or not len(pr):
-        return np.full(len(pp), np.inf), np.full(len(pr), np.inf)
-    from scipy.spatial import cKDTree
-
-    # voxels on both surfaces are at distance 0: only the others are queried (flat indices are sorted)
-    fp, fr = np.ravel_multi_index(pp.T, pred.shape), np.ravel_multi_index(pr.T, pred.shape)
-    p_on_r, r_on_p = np.isin(fp, fr, assume_unique=True), np.isin(fr, fp, assume_unique=True)
-    # one tree per surface, each queried once; sliding-midpoint splits and uncompacted nodes query far
-    # points (a false positive far from the reference) several times faster on these grid-aligned surfaces
-    opts = {"leafsize": 32, "balanced_tree": False, "compact_nodes": False}
-    tree_r, tree_p = cKDTree(pr * scale, **opts), cKDTree(pp * scale, **opts)
-    return _directed(pp, p_on_r, scale, tree_r), _directed(pr, r_on_p, scale, tree_p)
+    # the erosion is local and outside counts as background: the box of both masks gives the same surfaces
+    box = union_box(pred, ref)
+    if box is None:
+        return np.zeros(0), np.zeros(0)
+    return box_distances(pred[box], ref[box], scale, workers=workers)
 
 
 def _quantile32(d: np.ndarray, q: float) -> float:

@@ -34,9 +34,14 @@ from fusefn.models.ensemble import Ensemble, majority_vote
 from fusefn.models.functional import apply, as_module, init, load_weights, param_count, skeleton, summary
 from fusefn.models.heads import ClassifierHead, RegressionHead, SegmentationHead, SegmentationHead3D
 from fusefn.models.model import Model, Multistream
+from fusefn.models.pretrained import RESNET_KEYS, load_pretrained, map_keys, read_state_dict
 from fusefn.models.wrapper import Wrapper
 
 __all__ = [
+    "RESNET_KEYS",
+    "load_pretrained",
+    "map_keys",
+    "read_state_dict",
     "MLP",
     "ClassifierHead",
     "Ensemble",

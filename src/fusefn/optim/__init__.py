@@ -23,6 +23,11 @@ and never recompiles. ``chain`` (the one :func:`fusefn.chain`) runs gradient tra
 :class:`ReduceLROnPlateau` (:mod:`fusefn.optim.plateau`) is a pure fold over epoch results
 whose output is a multiplier handed to ``update(..., lr_scale=)``.
 
+Fine-tuning: :func:`freeze` and :func:`param_groups` (:mod:`fusefn.optim.groups`) give groups of
+parameters, chosen by name pattern, their own transform (or none); ``decay="weights"`` keeps
+weight decay off biases and norms; :func:`from_torch` (:mod:`fusefn.optim.torch_optim`) makes
+any ``torch.optim`` optimizer a transform.
+
 >>> import torch
 >>> params = {"w": torch.ones(3)}
 >>> opt = chain(clip_by_global_norm(1.0), sgd(lr=0.5))
@@ -34,6 +39,7 @@ tensor([0.7113, 0.7113, 0.7113])
 
 from fusefn.core import chain
 
+from .groups import BiasAndNorm, Frozen, ParamGroups, freeze, frozen, no_decay_on_bias_and_norm, param_groups
 from .plateau import ReduceLROnPlateau
 from .schedules import (
     Constant,
@@ -48,6 +54,7 @@ from .schedules import (
     step_decay,
     warmup_cosine,
 )
+from .torch_optim import TorchOptimizer, from_torch
 from .transforms import (
     Adam,
     AdamW,
@@ -91,4 +98,13 @@ __all__ = [
     "scale_by_schedule",
     "learning_rate",
     "ReduceLROnPlateau",
+    "ParamGroups",
+    "Frozen",
+    "BiasAndNorm",
+    "param_groups",
+    "freeze",
+    "frozen",
+    "no_decay_on_bias_and_norm",
+    "TorchOptimizer",
+    "from_torch",
 ]

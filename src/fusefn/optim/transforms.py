@@ -77,15 +77,23 @@ class GradientTransform:
     def _apply(self, grads, state, params, lr_scale):
         raise NotImplementedError
 
+    def trainable_params(self, params: Params) -> tuple[str, ...]:
+        """The names of the parameters this transform updates; the others need no gradient (frozen)."""
+        return tuple(params)
+
     def update(self, grads: Params, state: dict, params: Params, lr_scale=None) -> tuple[dict, dict]:
         """One step: returns ``(new_params, new_state)``; the inputs' storage is reused (donated).
 
         ``lr_scale`` (a float or 0-d tensor) multiplies the learning rate, e.g. from
-        :class:`ReduceLROnPlateau`.
+        :class:`ReduceLROnPlateau`. ``grads`` needs the :meth:`trainable_params` only; the
+        gradients of frozen parameters, when given, are ignored.
         """
-        missing = set(params) - set(grads)
+        trained = self.trainable_params(params)
+        missing = [k for k in trained if k not in grads]
         if missing:
             raise ConfigError(f"update: no gradient for parameters {sorted(missing)[:5]}")
+        if len(trained) != len(grads):
+            grads = {k: grads[k] for k in trained}
         _, state, params, _ = self._apply(dict(grads), state, dict(params), lr_scale)
         return params, state
 
@@ -322,6 +330,13 @@ class Chain(GradientTransform):
     def init(self, params: Params) -> dict:
         return {str(i): t.init(params) for i, t in enumerate(self.transforms)}
 
+    def trainable_params(self, params: Params) -> tuple[str, ...]:
+        names = tuple(params)
+        for t in self.transforms:
+            keep = set(t.trainable_params(params))
+            names = tuple(k for k in names if k in keep)
+        return names
+
     def _apply(self, grads, state, params, lr_scale):
         new_state = dict(state)
         for i, t in enumerate(self.transforms):
@@ -329,19 +344,52 @@ class Chain(GradientTransform):
         return grads, new_state, params, lr_scale
 
 
-def sgd(lr, momentum: float = 0.0, *, dampening: float = 0.0, weight_decay: float = 0.0, nesterov: bool = False) -> Sgd:
-    """SGD (see :class:`Sgd`)."""
-    return Sgd(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay, nesterov=nesterov)
+def _decayed(opt, decay: str):
+    """``opt``, or with ``decay="weights"`` the same without weight decay on biases and norms (ParamGroups)."""
+    if decay == "all":
+        return opt
+    if decay == "weights":
+        from .groups import no_decay_on_bias_and_norm
+
+        return no_decay_on_bias_and_norm(opt)
+    raise ConfigError(f"{type(opt).__name__.lower()}: decay must be 'all' or 'weights', got {decay!r}")
 
 
-def adam(lr=1e-3, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, *, weight_decay: float = 0.0) -> Adam:
-    """Adam (see :class:`Adam`)."""
-    return Adam(lr=lr, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)
+def sgd(
+    lr,
+    momentum: float = 0.0,
+    *,
+    dampening: float = 0.0,
+    weight_decay: float = 0.0,
+    nesterov: bool = False,
+    decay: str = "all",
+) -> Sgd:
+    """SGD (see :class:`Sgd`); ``decay="weights"`` exempts biases and norm weights from ``weight_decay``."""
+    opt = Sgd(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay, nesterov=nesterov)
+    return _decayed(opt, decay)
 
 
-def adamw(lr=1e-3, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, *, weight_decay: float = 1e-2) -> AdamW:
-    """AdamW (see :class:`AdamW`)."""
-    return AdamW(lr=lr, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)
+def adam(
+    lr=1e-3, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, *, weight_decay: float = 0.0, decay: str = "all"
+) -> Adam:
+    """Adam (see :class:`Adam`); ``decay="weights"`` exempts biases and norm weights from ``weight_decay``."""
+    return _decayed(Adam(lr=lr, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay), decay)
+
+
+def adamw(
+    lr=1e-3, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, *, weight_decay: float = 1e-2, decay: str = "all"
+) -> AdamW:
+    """AdamW (see :class:`AdamW`).
+
+    ``decay="weights"``: weight decay on the weights only, not on biases and normalisation
+    weights (the usual fine-tuning default; :func:`~fusefn.optim.no_decay_on_bias_and_norm`).
+
+    >>> import torch
+    >>> opt = adamw(1e-3, weight_decay=0.05, decay="weights")
+    >>> type(opt).__name__, opt.groups[0][1].weight_decay, opt.default.weight_decay
+    ('ParamGroups', 0.0, 0.05)
+    """
+    return _decayed(AdamW(lr=lr, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay), decay)
 
 
 def clip_by_global_norm(max_norm: float) -> ClipByGlobalNorm:
@@ -357,18 +405,39 @@ def scale_by_schedule(schedule: Schedule) -> ScaleBySchedule:
 def learning_rate(opt: GradientTransform, state: dict, lr_scale=None) -> float:
     """The learning rate the next ``update`` of ``opt`` would use (for logs and epoch results).
 
+    Of parameter groups (:class:`~fusefn.optim.ParamGroups`), the first group's that has one.
+
     >>> from fusefn import chain
     >>> from fusefn.optim import step_decay
     >>> opt = chain(scale_by_schedule(step_decay(1.0, 1, 0.5)), sgd(lr=0.1))
     >>> round(learning_rate(opt, opt.init({"w": torch.zeros(1)})), 6)
     0.1
     """
-    scale = 1.0 if lr_scale is None else float(lr_scale)
-    items = [(opt, state)] if not isinstance(opt, Chain) else [(t, state[str(i)]) for i, t in enumerate(opt.transforms)]
-    for t, s in items:
-        if isinstance(t, ScaleBySchedule):
-            scale *= float(t.schedule(s["count"]))
-        elif isinstance(t, (Sgd, Adam, AdamW)):
-            base = float(t.lr(s["count"])) if isinstance(t.lr, Schedule) else float(t.lr)
-            return base * scale
-    raise ConfigError(f"no optimizer with a learning rate in {opt!r}")
+    found = _find_lr(opt, state, 1.0 if lr_scale is None else float(lr_scale))
+    if found is None:
+        raise ConfigError(f"no optimizer with a learning rate in {opt!r}")
+    return found
+
+
+def _find_lr(opt, state, scale: float) -> float | None:
+    if isinstance(opt, Chain):
+        for i, t in enumerate(opt.transforms):
+            if isinstance(t, ScaleBySchedule):
+                scale *= float(t.schedule(state[str(i)]["count"]))
+                continue
+            found = _find_lr(t, state[str(i)], scale)
+            if found is not None:
+                return found
+        return None
+    subs = getattr(opt, "lr_parts", None)
+    if subs is not None:  # parameter groups: (transform, its state) pairs
+        for t, s in subs(state):
+            found = _find_lr(t, s, scale)
+            if found is not None:
+                return found
+        return None
+    if isinstance(getattr(opt, "lr", None), (Schedule, int, float)):
+        count = state.get("count") if isinstance(state, Mapping) else None
+        base = float(opt.lr(count)) if isinstance(opt.lr, Schedule) else float(opt.lr)
+        return base * scale
+    return None

@@ -2,19 +2,22 @@
 
 Each takes the :class:`~fusefn.recipe.Run` first and fills in what every recipe
 passes the same way: the run's seed, device, compile flag and debug limits, the
-collate function, the CSV of per-epoch metrics, the paths under ``--out``.
+collate function, the CSV of per-epoch metrics, the paths under ``--out``; and what a
+run shows while it works: progress bars on a terminal, one line per epoch with the time left.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import pathlib
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import attrs
 
-from fusefn import keys
+from fusefn import keys, nd
 from fusefn.core import Rng, record
 from fusefn.recipe.run import RecipeInputError, Run
 
@@ -28,7 +31,13 @@ __all__ = [
     "with_folds",
     "classification_metrics",
     "CVTask",
+    "EpochLine",
+    "eta_text",
 ]
+
+
+def _terminal() -> bool:
+    return sys.stderr.isatty()
 
 
 def dataset(source, static: Callable, *, cache_root: str | os.PathLike | None = None):
@@ -43,10 +52,14 @@ def dataset(source, static: Callable, *, cache_root: str | os.PathLike | None = 
     return Dataset(source=source, cache=H5Cache(root=pathlib.Path(cache_root), pipeline=static, progress=False))
 
 
-def build(*datasets, workers: int | None = None, progress: bool = False) -> list:
-    """Each dataset built (its cache filled); under ``torchrun`` rank 0 builds first, the others then read it."""
+def build(*datasets, workers: int | None = None, progress: bool | None = None) -> list:
+    """Each dataset built (its cache filled); under ``torchrun`` rank 0 builds first, the others then read it.
+
+    ``progress``: a bar per cache build; default: when stderr is a terminal.
+    """
     from fusefn.train import distributed
 
+    progress = _terminal() if progress is None else progress
     distributed.init_process_group()
     built = [d.build(workers=workers, progress=progress) for d in datasets] if distributed.rank() == 0 else None
     distributed.barrier()
@@ -97,6 +110,7 @@ def fit(
     batch_sampler=None,
     callbacks: Sequence = (),
     progress: bool | None = None,
+    batch_norm=...,
 ):
     """:func:`fusefn.train.fit` with the run's seed, device, compile flag and debug limits.
 
@@ -105,14 +119,16 @@ def fit(
         model_dir: default ``run.model_dir``.
         best: a ``BestEpochSource`` (or several) that picks the ``best`` checkpoint.
         batch_size, workers, batch_sampler: the loader settings (``fusefn.data.collate`` batches).
-        callbacks: run after the one writing ``metrics.csv`` (:class:`fusefn.train.CsvMetrics`).
-        progress: progress bars; default: when stderr is a terminal.
+        callbacks: run after the one writing ``metrics.csv`` (:class:`fusefn.train.CsvMetrics`) and the
+            one logging each epoch's line with the time left (:class:`EpochLine`).
+        progress: in-epoch progress bars; default: when stderr is a terminal (elsewhere the epoch lines
+            are the progress: a bar redrawn into a log file is noise).
+        batch_norm: a ``train.BatchNormStats`` (how many training samples re-estimate the batch-norm
+            statistics after each epoch) or ``None`` (keep the running averages); default ``train.fit``'s.
 
     ``model_dir`` holding another run's checkpoints is refused unless ``run.force`` (``--force``:
     they are replaced) or ``run.resume`` (``--resume``: that run goes on from its last checkpoint).
     """
-    import sys
-
     import torch
 
     from fusefn import train
@@ -138,11 +154,97 @@ def fit(
             augment=augment,
             seed=run.rng.seed,
             device=run.device,
-            callbacks=(train.CsvMetrics(), *callbacks),
-            progress=sys.stderr.isatty() if progress is None else progress,
+            callbacks=(train.CsvMetrics(), EpochLine(best=_sources(best), logger=run.logger.name), *callbacks),
+            progress=_terminal() if progress is None else progress,
             resume="last" if run.resume else None,
             overwrite=run.force,
+            **({} if batch_norm is ... else {"batch_norm": batch_norm}),
         )
+
+
+def _sources(best) -> tuple:
+    if best is None:
+        return ((f"validation.{keys.TOTAL_LOSS}", "min"),)
+    many = best if isinstance(best, (list, tuple)) else (best,)
+    return tuple((b.source, b.optimization) for b in many)
+
+
+def eta_text(seconds: float) -> str:
+    """A duration as a person reads it on a progress line.
+
+    >>> eta_text(42.4), eta_text(200), eta_text(7300)
+    ('42 s', '3 min 20 s', '2 h 01 min')
+    """
+    s = round(seconds)
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60:02d} s"
+    return f"{s // 3600} h {s % 3600 // 60:02d} min"
+
+
+def _fmt(value) -> str:
+    return "nan" if value is None else f"{value:.4f}"
+
+
+def _mode_words(sub: Mapping) -> list[str]:
+    """A mode's total loss and its metrics; per-class entries give way to their macro mean (ten AUCs crowd a line)."""
+    words = ["loss", _fmt(nd.get(sub, keys.TOTAL_LOSS, default=None))]
+    flat = {k: v for k, v in nd.flatten(sub.get("metrics") or {}).items() if isinstance(v, (int, float))}
+    head = {k: k.rpartition(".") for k in flat}
+    shown = [k for k, (h, _, t) in head.items() if not (h and t != "macro" and f"{h}.macro" in flat)]
+    return words + [f"{k} {_fmt(flat[k])}" for k in shown[:5]]
+
+
+@record
+class EpochLine:
+    """A :func:`fusefn.train.fit` callback: one INFO line per epoch with its results, the best so far and the time left.
+
+    ``best`` is ``((source, "max" | "min"), ...)``: the line says when the epoch is the best yet. A recipe's
+    console shows this line (fit's full table goes to the log files); on a terminal the bars show the epoch.
+
+    >>> import logging, types
+    >>> res = {"epoch": 2, "train": {"losses": {"total_loss": 0.5}, "metrics": {}},
+    ...        "validation": {"losses": {"total_loss": 0.4}, "metrics": {"auc": 0.91}}}
+    >>> run = types.SimpleNamespace(epochs=10, timings={"epoch_s": 4.0, "history_s": [6.0, 4.0]},
+    ...                             state=types.SimpleNamespace(history=({"validation": {"metrics": {"auc": 0.9}}}, res)))
+    >>> EpochLine(best=(("validation.metrics.auc", "max"),)).line(run, 2, res)
+    'epoch 2/10 (4.0 s, about 40 s left)  train loss 0.5000 | validation loss 0.4000 auc 0.9100; best validation.metrics.auc'
+    """
+
+    best: tuple = attrs.field(default=(), converter=tuple)
+    logger: str = "fusefn.recipes"
+
+    def reads(self) -> tuple[str, ...]:
+        return ()
+
+    def on_fit_start(self, run) -> None:
+        return None
+
+    def on_fit_end(self, run) -> None:
+        return None
+
+    def line(self, run, epoch: int, results: Mapping) -> str:
+        done = [d for d in run.timings.get("history_s", []) if d] or [run.timings.get("epoch_s") or 0.0]
+        left = max(run.epochs - epoch, 0) * sum(done) / len(done)
+        parts = [
+            f"{mode} " + " ".join(_mode_words(results[mode])) for mode in ("train", "validation") if results.get(mode)
+        ]
+        head = f"epoch {epoch}/{run.epochs} ({run.timings.get('epoch_s') or 0.0:.1f} s, about {eta_text(left)} left)"
+        improved = [s for s, how in self.best if self._is_best(run.state.history, s, how)]
+        return f"{head}  " + " | ".join(parts) + ("; best " + ", ".join(improved) if improved else "")
+
+    @staticmethod
+    def _is_best(history, source: str, how: str) -> bool:
+        values = [nd.get(h, source, default=None) for h in history]
+        values = [v if isinstance(v, (int, float)) and v == v else None for v in values]
+        if not values or values[-1] is None:
+            return False
+        others = [v for v in values[:-1] if v is not None]
+        return not others or (values[-1] >= max(others) if how == "max" else values[-1] <= min(others))
+
+    def on_epoch_end(self, run, epoch: int, results: dict) -> None:
+        logging.getLogger(self.logger).info("%s", self.line(run, epoch, results))
 
 
 def check_trained(model_dir: str | os.PathLike) -> None:
@@ -205,12 +307,31 @@ def infer(
 class CVTask:
     """What the ``cross_validation`` recipe needs from a recipe: the pool the folds split, a held-out set, training.
 
+    A classifier gives the first five fields: its folds are stratified by ``label``, its models infer
+    ``probs`` and are scored by ROC AUC. Any other task (a segmentation) says how its folds are drawn,
+    how a model (or the fold models' ensemble) predicts and how a prediction file is scored.
+
     Args:
-        pool: a DataSource with a ``label`` column (the folds are stratified by it).
+        pool: a DataSource the folds split.
         held_out: the DataSource every fold model (and their ensemble) is tested on.
         dataset: ``DataSource -> Dataset`` (the recipe's static pipeline, not built).
         fit: ``(run, train_dataset, validation_dataset, model_dir) -> Any``, the recipe's training.
-        output_columns: ``{"probs": key, "label": key}`` for inference.
+        output_columns: ``{"probs": key, "label": key}`` for inference (unused with ``infer``).
+        stratify: the column of ``pool`` the folds are stratified by; ``None``: not stratified.
+        infer: ``(run, built_dataset, model_dir_or_dirs, output_file) -> frame``: inference by one fold's
+            model, or by the ensemble of all (a list of directories); default
+            ``recipe.infer(run, data, output_columns, model_dir=, output_file=)``.
+        score: ``(run, output_file, source) -> {"value", "lower", "upper", ...}``: the score (with its 95 % CI)
+            of the predictions ``infer`` wrote for ``source`` (a ``per_class`` ``{name: {"value", ...}}`` is
+            reported for the ensemble too); default: ROC AUC of ``probs[:, 1]``.
+        score_name: what ``score`` measures, as the report names it.
+
+    ``run`` in each hook is the cross-validated recipe's run (its hyper-parameters); in ``score`` its
+    ``hp["n_boot"]`` is cross_validation's ``--n-boot``.
+
+    >>> task = CVTask(pool=None, held_out=None, dataset=list, fit=print, output_columns={})
+    >>> task.stratify, task.infer, task.score_name
+    ('label', None, 'ROC AUC')
     """
 
     pool: Any = attrs.field(eq=False)
@@ -218,3 +339,7 @@ class CVTask:
     dataset: Callable = attrs.field(eq=False)
     fit: Callable = attrs.field(eq=False)
     output_columns: Mapping = attrs.field(eq=False)
+    stratify: str | None = "label"
+    infer: Callable | None = attrs.field(default=None, eq=False)
+    score: Callable | None = attrs.field(default=None, eq=False)
+    score_name: str = "ROC AUC"

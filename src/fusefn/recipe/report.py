@@ -43,6 +43,9 @@ __all__ = [
     "read_inference",
     "roc_figure",
     "curves_figure",
+    "readable_key",
+    "run_best",
+    "best_epoch",
     "classification_report",
 ]
 
@@ -94,13 +97,14 @@ def write_report(
     rows: Sequence[tuple[str, Mapping | float]],
     *,
     intro: str = "",
-    figures: Sequence[tuple[str, pathlib.Path | None]] = (),
+    figures: Sequence[tuple] = (),
     sections: Sequence[tuple[str, str]] = (),
 ) -> pathlib.Path:
     """Write ``report.md``: a metric table (value, 95 % CI), then sections and embedded PNGs.
 
-    Figure paths are written relative to the report so the folder can be moved; a ``None``
-    figure (nothing to draw) is left out.
+    Each figure, ``(title, path)`` or ``(title, path, caption)``, gets a heading, the PNG (its path
+    relative to the report, so the folder can be moved) and its caption sentence (given, or the one
+    stored in the PNG); a ``None`` figure (nothing to draw) is left out.
     """
     path = pathlib.Path(path)
     lines = [f"# {title}", ""]
@@ -114,11 +118,26 @@ def write_report(
     for head, body in sections:
         lines += [f"## {head}", "", body.strip(), ""]
     path.parent.mkdir(parents=True, exist_ok=True)
-    for caption, fig in figures:
-        if fig is not None:
-            rel = pathlib.Path(fig).resolve().relative_to(path.parent.resolve())
-            lines += [f"![{caption}]({rel.as_posix()})", ""]
+    lines.append(_figures_md(path, figures).lstrip("\n"))
     return write_text(path, "\n".join(lines))
+
+
+def _figures_md(report: pathlib.Path, figures: Sequence[tuple]) -> str:
+    """``### title``, the embedded PNG (relative to the report) and its caption sentence, per figure.
+
+    A figure is ``(title, path)`` or ``(title, path, caption)``; without a caption the one stored in
+    the PNG (:func:`fusefn.data.visualize.figure_caption`) is used; a ``None`` path is left out.
+    """
+    from fusefn.data.visualize import figure_caption
+
+    md = ""
+    for title, fig, *caption in figures:
+        if fig is None:
+            continue
+        rel = pathlib.Path(fig).resolve().relative_to(report.parent.resolve())
+        text = caption[0] if caption and caption[0] else figure_caption(fig)
+        md += f"\n### {title}\n\n![{title}]({rel.as_posix()})\n" + (f"\n{text}\n" if text else "")
+    return md
 
 
 def plain(obj):
@@ -143,12 +162,14 @@ def save_json(path: str | os.PathLike, obj) -> pathlib.Path:
     return write_text(path, json.dumps(plain(obj), indent=2))
 
 
-def append_figures(report: str | os.PathLike, figures: Sequence[tuple[str, pathlib.Path | None]]) -> pathlib.Path:
-    """Append ``### caption`` and the embedded PNG of each figure (``None``: left out) to the Markdown ``report``."""
+def append_figures(report: str | os.PathLike, figures: Sequence[tuple]) -> pathlib.Path:
+    """Append each figure to the Markdown ``report``: ``### title``, the embedded PNG, its caption sentence.
+
+    A figure is ``(title, path)`` (the caption is the one stored in the PNG, when there is one) or
+    ``(title, path, caption)``; a ``None`` path is left out.
+    """
     report = pathlib.Path(report)
-    rel = [(c, pathlib.Path(p).resolve().relative_to(report.parent.resolve())) for c, p in figures if p is not None]
-    md = "".join(f"\n### {c}\n\n![{c}]({p.as_posix()})\n" for c, p in rel)
-    return write_text(report, report.read_text(encoding="utf-8") + md)
+    return write_text(report, report.read_text(encoding="utf-8") + _figures_md(report, figures))
 
 
 def load_json(path: str | os.PathLike):
@@ -185,32 +206,150 @@ def _plt():
     return plt
 
 
-def _save(fig, path: str | os.PathLike, dpi: int) -> pathlib.Path:
+def _save(fig, path: str | os.PathLike, dpi: int, caption: str | None = None) -> pathlib.Path:
     from fusefn.data.visualize import save_figure
 
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_figure(fig, path, dpi=dpi)
+    save_figure(fig, path, dpi=dpi, caption=caption)
     _plt().close(fig)
     return path
 
 
-def roc_figure(path: str | os.PathLike, target: np.ndarray, score: np.ndarray, title: str = "ROC") -> pathlib.Path:
-    """A PNG of the ROC curve of binary ``score`` against ``target``, AUC in the legend."""
+def roc_figure(
+    path: str | os.PathLike,
+    target: np.ndarray,
+    score: np.ndarray,
+    title: str = "ROC",
+    *,
+    auc: Mapping | None = None,
+    threshold: float | None = None,
+) -> pathlib.Path:
+    """A PNG of the ROC curve of binary ``score`` against ``target``, the AUC (and its CI) in the legend.
+
+    ``auc``: a bootstrap result (``value``, ``lower``, ``upper``) whose CI the legend gives; ``threshold``:
+    the operating point to mark (its sensitivity and specificity in the legend).
+    """
     from sklearn.metrics import roc_auc_score, roc_curve
 
+    from fusefn.analyze.plots import _OP_STYLE, _auc_text
+
+    target, score = np.asarray(target), np.asarray(score, dtype=np.float64)
     fpr, tpr, _ = roc_curve(target, score)
-    fig, ax = _plt().subplots(figsize=(4, 4))
-    ax.plot(fpr, tpr, label=f"AUC {roc_auc_score(target, score):.3f}")
+    fig, ax = _plt().subplots(figsize=(4.6, 4.6))
+    auc = auc if auc is not None else float(roc_auc_score(target, score))
+    ax.plot(fpr, tpr, label=_auc_text(auc, 0.95))
+    caption = f"ROC curve ({title}): true against false positive rate over every threshold; {_auc_text(auc, 0.95)}."
+    if threshold is not None:
+        decided, positive = score >= threshold, target == 1
+        sens, spec = decided[positive].mean(), (~decided[~positive]).mean()
+        label = f"threshold {threshold:.3g}: sensitivity {sens:.3f}, specificity {spec:.3f}"
+        ax.plot(1 - spec, sens, color="tab:blue", label=label, **_OP_STYLE)
+        caption += f" The circle is the operating point at the threshold {threshold:.3g}."
     ax.plot([0, 1], [0, 1], "k:", lw=0.8)
-    ax.set(xlabel="false positive rate", ylabel="true positive rate", title=title)
-    ax.legend(loc="lower right")
+    ax.set(xlabel="false positive rate (1 − specificity)", ylabel="true positive rate (sensitivity)", title=title)
+    ax.set(xlim=(-0.01, 1), ylim=(0, 1.02))
+    ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
-    return _save(fig, path, 100)
+    return _save(fig, path, 100, caption)
 
 
-def curves_figure(csv_path: str | os.PathLike, path: str | os.PathLike, keys: Sequence[str]) -> pathlib.Path | None:
-    """Training curves (train and validation per epoch) of ``keys`` from fit's ``metrics.csv``; None if absent."""
+_METRIC_NAMES = {
+    "total_loss": "total loss",
+    "auc": "ROC AUC",
+    "average_precision": "average precision",
+    "accuracy": "accuracy",
+    "balanced_accuracy": "balanced accuracy",
+    "mcc": "MCC",
+    "dice": "Dice",
+    "iou": "IoU",
+    "ece": "ECE",
+    "learning_rate": "learning rate",
+    "mae": "MAE",
+    "mse": "MSE",
+    "rmse": "RMSE",
+    "r2": "R²",
+    "pearson": "Pearson r",
+    "spearman": "Spearman ρ",
+    "harrell_c": "Harrell's C",
+    "uno_c": "Uno's C",
+    "ibs": "integrated Brier score",
+}
+# metrics where lower is better, besides losses: errors and distances
+_LOWER_IS_BETTER = ("mae", "mse", "rmse", "ibs", "ece", "hd95", "assd", "brier")
+
+
+def readable_key(key: str) -> str:
+    """A flat results key as a figure title: ``losses.total_loss`` -> ``total loss``.
+
+    >>> [readable_key(k) for k in ("losses.total_loss", "metrics.auc.macro", "metrics.dice.1", "losses.cls")]
+    ['total loss', 'ROC AUC (macro)', 'Dice (class 1)', 'loss: cls']
+    """
+    parts = key.split(".")
+    kind, rest = (parts[0], parts[1:]) if parts[0] in ("losses", "metrics") and len(parts) > 1 else ("", parts)
+    head = _METRIC_NAMES.get(rest[0], rest[0].replace("_", " "))
+    if kind == "losses" and rest[0] != "total_loss":
+        head = f"loss: {head}"
+    if len(rest) > 1:
+        sub = ".".join(rest[1:])
+        head += f" ({'class ' + sub if sub.isdigit() else sub})"
+    return head
+
+
+def _is_loss(key: str) -> bool:
+    """Whether ``key`` is minimized: a loss, an error or a distance."""
+    parts = key.split(".")
+    if parts[-1].endswith(("loss", "error")) or ".losses." in f".{key}":
+        return True
+    name = parts[1] if parts[0] == "metrics" and len(parts) > 1 else parts[-1]
+    return name in _LOWER_IS_BETTER
+
+
+def run_best(model_dir: str | os.PathLike) -> tuple[str, str] | None:
+    """``(source, "min" | "max")`` of the run's first best-epoch rule (its ``run.json``), or None.
+
+    The direction is not recorded: a loss (or error) is minimized, anything else maximized.
+    """
+    try:
+        sources = load_json(pathlib.Path(model_dir) / "run.json")["config"]["best"]
+        source = sources[0] if isinstance(sources, list) and sources else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not isinstance(source, str):
+        return None
+    return source, "min" if _is_loss(source) else "max"
+
+
+def best_epoch(frame, source: str, optimization: str = "max") -> tuple[int, float] | None:
+    """``(epoch, value)`` where ``source`` (``validation.metrics.auc``: mode, then a metrics.csv column) is best."""
+    import polars as pl
+
+    mode, _, key = source.partition(".")
+    if key not in frame.columns or "mode" not in frame.columns:
+        return None
+    part = frame.filter(pl.col("mode") == mode).drop_nulls(key)
+    values = part[key].cast(pl.Float64).to_numpy()
+    ok = np.isfinite(values)
+    if not ok.any():
+        return None
+    pick = np.flatnonzero(ok)[np.argmax(values[ok]) if optimization == "max" else np.argmin(values[ok])]
+    return int(part["epoch"][int(pick)]), float(values[pick])
+
+
+def curves_figure(
+    csv_path: str | os.PathLike,
+    path: str | os.PathLike,
+    keys: Sequence[str],
+    *,
+    best: tuple[str, str] | str | None = "auto",
+) -> pathlib.Path | None:
+    """Training curves (train and validation per epoch) of ``keys`` from fit's ``metrics.csv``; None if absent.
+
+    Each panel is titled by :func:`readable_key` with the quantity on its y axis and the epoch on x.
+    ``best`` ``(source, "min" | "max")`` marks the best epoch on every panel; ``"auto"`` takes the
+    run's rule from ``run.json`` beside ``metrics.csv`` (:func:`run_best`), None marks nothing.
+    The PNG carries its caption (:func:`fusefn.data.visualize.figure_caption`).
+    """
     import polars as pl
 
     csv_path = pathlib.Path(csv_path)
@@ -220,16 +359,37 @@ def curves_figure(csv_path: str | os.PathLike, path: str | os.PathLike, keys: Se
     keys = [k for k in keys if k in frame.columns]
     if not keys:
         return None
-    fig, axes = _plt().subplots(1, len(keys), figsize=(4 * len(keys), 3.2), squeeze=False)
+    if best == "auto":
+        best = run_best(csv_path.parent)
+    found = best_epoch(frame, *best) if best else None
+    fig, axes = _plt().subplots(1, len(keys), figsize=(4.2 * len(keys), 3.6), squeeze=False)
     for ax, key in zip(axes[0], keys):
-        for mode in ("train", "validation"):
+        for mode, color in (("train", "tab:blue"), ("validation", "tab:orange")):
             part = frame.filter(pl.col("mode") == mode)
             if part.height:
-                ax.plot(part["epoch"].to_numpy(), part[key].to_numpy(), marker=".", label=mode)
-        ax.set(xlabel="epoch", title=key)
-        ax.legend()
+                ax.plot(part["epoch"].to_numpy(), part[key].to_numpy(), marker=".", color=color, label=mode)
+        name = readable_key(key)
+        ax.set(xlabel="epoch", ylabel=name, title=name)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        if found is not None:
+            ax.axvline(found[0], color="0.3", ls="--", lw=1, label=f"best epoch {found[0]}")
+        ax.legend(fontsize=8)
+    if found is not None:
+        rule = "highest" if best[1] == "max" else "lowest"
+        fig.suptitle(
+            f"best epoch {found[0]}: {rule} {best[0].split('.')[0]} {readable_key(best[0].partition('.')[2])} "
+            f"({found[1]:.4f})",
+            fontsize=10,
+        )
     fig.tight_layout()
-    return _save(fig, path, 90)
+    what = ", ".join(readable_key(k) for k in keys)
+    caption = f"Training (blue) and validation (orange) {what} per epoch."
+    if found is not None:
+        caption += (
+            f" The dashed line marks the best epoch, {found[0]}, the one with the {rule} {best[0].split('.')[0]} "
+            f"{readable_key(best[0].partition('.')[2])} ({found[1]:.4f}); its checkpoint is the one evaluated."
+        )
+    return _save(fig, path, 90, caption)
 
 
 _NAMES = {
@@ -239,10 +399,12 @@ _NAMES = {
     "balanced_accuracy": "balanced accuracy",
     "mcc": "MCC",
     "ece": "calibration",
-    "operating_point": "at the operating point:",
+    "operating_point": "at the decision threshold:",
+    # found on the test predictions themselves: optimistic, beside the threshold chosen on validation
+    "operating_points": "optimistic, found on the test set:",
 }
 _CAPTIONS = {
-    "roc.png": "ROC curve with its 95 % bootstrap band",
+    "roc.png": "ROC curve",
     "confusion_matrix.png": "confusion matrix",
     "reliability.png": "reliability diagram",
 }
@@ -266,13 +428,15 @@ def classification_report(
     class_names: Sequence[str] | None = None,
     prefix: str = "",
     ids: Sequence | None = None,
+    analyze_options: Mapping | None = None,
 ) -> tuple[list, dict, list]:
     """Classification metrics with bootstrap CIs and figures, by :func:`fusefn.analyze.analyze`.
 
     Writes the analyzer's files (metrics.json, report.md, roc.png with a CI band,
     confusion_matrix.png, reliability.png) to ``out_dir``. Returns ``(rows, results,
     figures)`` for :func:`write_report`; ``results`` is keyed like the rows without
-    ``prefix`` ("ROC AUC", "accuracy", "ROC AUC macro" when multi-class, …).
+    ``prefix`` ("ROC AUC", "accuracy", "ROC AUC macro" when multi-class, …). ``analyze_options`` go to
+    :func:`~fusefn.analyze.analyze` as they are (``threshold``, ``threshold_from``, ``operating_point``).
     """
     import polars as pl
 
@@ -288,7 +452,15 @@ def classification_report(
     )
     names = list(class_names) if class_names is not None else None
     res = analyze(
-        frame, id="sample_id", score="probs", label="label", out=out_dir, ci=n_boot, rng=rng, class_names=names
+        frame,
+        id="sample_id",
+        score="probs",
+        label="label",
+        out=out_dir,
+        ci=n_boot,
+        rng=rng,
+        class_names=names,
+        **(analyze_options or {}),
     )
     results: dict = {}
     for key, value in res["metrics"].items():

@@ -36,6 +36,7 @@ from fusefn.train.distributed import (
     rank,
     world_size,
 )
+from fusefn.train.ema import EMA
 from fusefn.train.fit import fit
 from fusefn.train.infer import infer
 from fusefn.train.infer_volumes import SlidingWindowSettings
@@ -49,6 +50,7 @@ from fusefn.train.state import TrainState, init_state, tree_clone, tree_to
 from fusefn.train.step import NonFiniteLossError, make_eval_step, make_train_step, total_loss
 
 __all__ = [
+    "EMA",
     "COMPILE_MODES",
     "MEMORY_FORMATS",
     "GraphBreakError",

@@ -28,6 +28,7 @@ __all__ = [
     "merge_across_ranks",
     "barrier",
     "broadcast_object",
+    "gather_to_main",
 ]
 
 
@@ -103,6 +104,20 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     box = [obj]
     torch.distributed.broadcast_object_list(box, src=src)
     return box[0]
+
+
+def gather_to_main(obj: Any) -> list | None:
+    """Every rank's ``obj`` on rank 0 (a list in rank order), ``None`` on the others; ``[obj]`` alone.
+
+    >>> gather_to_main({"rows": 3})
+    [{'rows': 3}]
+    """
+    if not _active():
+        return [obj]
+    main = rank() == 0
+    out: list | None = [None] * world_size() if main else None
+    torch.distributed.gather_object(obj, out, dst=0)
+    return out
 
 
 def merge_across_ranks(state: Any, merge: Callable[[Any, Any], Any]) -> Any:

@@ -94,6 +94,8 @@ def fit(
             or iterables of ready batch_dicts (see :func:`~fusefn.train.epoch_batches`).
         metrics: reducers used in both modes, unless ``train_metrics``/``validation_metrics`` are given.
         loader, step, checkpoints: :class:`LoaderSettings`, :class:`StepSettings`, :class:`CheckpointRule`.
+            ``step.ema`` keeps a moving average of the weights (:class:`~fusefn.train.EMA`) that validation,
+            best-epoch selection and the checkpoints' inference use.
         augment: ``augment(batch, rng=Rng) -> batch`` on the device (see :func:`~fusefn.train.train_epoch`).
         seed: the run's ``Rng(seed)``: parameters, shuffling, augmentation and dropout derive from it.
         validate_first: a validation pass before training (epoch 0 of the history).
@@ -126,6 +128,9 @@ def fit(
         state = _resumed(model_dir, resume, model, optimizer, dev)
         if state is None:
             state = init_state(model, optimizer, rng=Rng(seed), init=init, device=dev)
+        if step.ema is None and state.ema is not None:
+            _log.warning("the resumed state holds a moving average of the weights but step.ema is None: dropped")
+            state = state.replace(ema=None)
         train_step = make_train_step(model, losses, optimizer, apply=apply, **step.train_kwargs())
         eval_step = make_eval_step(model, losses, apply=apply, **step.eval_kwargs())
         io_kw = {"device": dev, "prefetch": step.prefetch}
@@ -201,10 +206,16 @@ def _batch_norm(settings, model, state: TrainState, data, loader: LoaderSettings
     if settings is None or apply is not None or not has_batch_norm(model):
         return state
     kw = {**_batch_kw(loader), "rng": state.rng.child("batch_norm")}
+    rng = state.rng.child("batch_norm", epoch)
     batches, _ = epoch_batches(data, epoch, **kw)
-    return recompute_batch_norm(
-        model, state, batches, rng=state.rng.child("batch_norm", epoch), max_samples=settings.samples, device=device
-    )
+    state = recompute_batch_norm(model, state, batches, rng=rng, max_samples=settings.samples, device=device)
+    if state.ema is None:
+        return state
+    # evaluation runs the averaged weights: their statistics, on the same samples
+    averaged = state.replace(params=state.ema["params"], buffers=state.ema["buffers"])
+    batches, _ = epoch_batches(data, epoch, **kw)
+    averaged = recompute_batch_norm(model, averaged, batches, rng=rng, max_samples=settings.samples, device=device)
+    return state.replace(ema={**state.ema, "buffers": averaged.buffers})
 
 
 def _interrupted(save: Callable, state: TrainState, epoch: int) -> None:

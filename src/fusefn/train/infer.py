@@ -15,6 +15,10 @@ at a time through :func:`~fusefn.train.sliding_window.sliding_window`, streamed 
 post-processed, stored in the ``.h5`` file and, with ``nifti_dir``, written as a NIfTI mask on the
 case's original grid.
 
+Under ``torchrun``, ``shard=True`` on every rank splits a map-style dataset by position (rank r
+takes r, r + world, …); rank 0 gathers the parts (:func:`fusefn.train.distributed.gather_to_main`),
+restores the dataset's order and writes the one output set, which every rank then returns.
+
 A sample whose loading fails (a :class:`~fusefn.errors.SampleError`) does not stop
 the job: the others are written and the failures listed in ``<name>.failed.json``;
 so is an array the HDF5 file cannot hold (with its ``column``).
@@ -47,7 +51,8 @@ import torch
 from fusefn import keys, nd
 from fusefn._atomic import atomic_path, sweep_temporaries
 from fusefn.data.visualize import safe_name
-from fusefn.errors import ConfigError, SampleError
+from fusefn.errors import ConfigError, FusefnError, SampleError
+from fusefn.train import distributed as dist_
 from fusefn.train.batches import default_collate, epoch_batches, is_map_dataset
 from fusefn.train.checkpoint import CheckpointError, checkpoint_path
 from fusefn.train.device import select_device
@@ -59,6 +64,7 @@ __all__ = ["infer"]
 
 _log = logging.getLogger("fusefn.train")
 _INDEX = "_index"  # the .h5 group listing sample ids and dataset names in row order
+_AT = "_at"  # a failure record's position in the dataset (dropped before it is written)
 
 
 def _columns(output_columns) -> dict[str, str]:
@@ -93,46 +99,54 @@ def _rows(value: Any, n: int) -> list:
 
 
 class _Tolerant(torch.utils.data.Dataset):
-    """A dataset whose failing samples come back as error records instead of stopping the job."""
+    """A dataset whose failing samples come back as error records instead of stopping the job.
 
-    def __init__(self, data):
-        self.data = data
+    Each item carries its position in ``data`` (``at``): a sharded run puts the rows of every rank
+    back in the order one process would have written them.
+    """
+
+    def __init__(self, data, at: Sequence[int] | None = None):
+        self.data, self.at = data, at
 
     def __len__(self) -> int:
-        return len(self.data)
+        return len(self.data) if self.at is None else len(self.at)
 
     def __getitem__(self, i: int):
+        j = i if self.at is None else int(self.at[i])
         try:
-            return ("ok", self.data[i])
+            return ("ok", self.data[j], j)
         except SampleError as e:
-            return ("error", e.sample_id if e.sample_id is not None else f"#{i}", str(e))
+            return ("error", e.sample_id if e.sample_id is not None else f"#{j}", str(e), j)
 
 
 def _tolerant_collate(collate_fn):
+    """``items -> (batch | None, errors, positions of the good items)``; each error record holds its ``_at``."""
     collate_fn = collate_fn or default_collate
 
     def collate(items):
         good = [x[1] for x in items if x[0] == "ok"]
-        errors = [{"sample_id": x[1], "error": x[2]} for x in items if x[0] == "error"]
-        return (collate_fn(good) if good else None), errors
+        errors = [{"sample_id": x[1], "error": x[2], _AT: x[3]} for x in items if x[0] == "error"]
+        return (collate_fn(good) if good else None), errors, [x[2] for x in items if x[0] == "ok"]
 
     return collate
 
 
-def _run_one(model_dir, data, cols, checkpoint, batch_kw: dict, device, allowed) -> tuple[list, dict[str, list], list]:
+def _run_one(model_dir, data, cols, checkpoint, batch_kw: dict, device, allowed, at=None) -> tuple:
+    """``(ids, columns, failed, positions)`` of one model over ``data`` (only the positions ``at`` when given)."""
     model, state = load_model(model_dir, checkpoint, device=device, allowed=allowed)
     eval_step = make_eval_step(model)
     ids: list = []
     failed: list = []
+    positions: list = []
     out_cols: dict[str, list] = {c: [] for c in cols}
     tolerant = is_map_dataset(data)
     if tolerant:
         kw = {**batch_kw, "collate": _tolerant_collate(batch_kw["collate"])}
-        batches, _ = epoch_batches(_Tolerant(data), 0, **kw)
+        batches, _ = epoch_batches(_Tolerant(data, at), 0, **kw)
     else:
         batches, _ = epoch_batches(data, 0, **batch_kw)
     for item in batches:
-        batch, errors = item if tolerant else (item, [])
+        batch, errors, good = item if tolerant else (item, [], None)
         failed.extend(errors)
         if batch is None:
             continue
@@ -140,9 +154,10 @@ def _run_one(model_dir, data, cols, checkpoint, batch_kw: dict, device, allowed)
         bid = nd.get(out, keys.SAMPLE_ID)
         n = len(bid)
         ids.extend(bid)
+        positions.extend(good if good is not None else range(len(positions), len(positions) + n))
         for c, key in cols.items():
             out_cols[c].extend(_rows(nd.get(out, key), n))
-    return ids, out_cols, failed
+    return ids, out_cols, failed, positions
 
 
 def _is_big(values: list, max_inline: int) -> bool:
@@ -219,6 +234,7 @@ def infer(
     sliding_window=None,
     postprocess=None,
     nifti_dir: str | os.PathLike | None = None,
+    shard: bool = False,
 ) -> pl.DataFrame:
     """Run the trained model(s) of ``model_dir`` over ``data`` and write ``output_file`` (Parquet).
 
@@ -240,6 +256,13 @@ def infer(
         max_inline: per-sample arrays with more values (or 2+ dims) go to ``<output>.h5``.
         allowed: modules or objects, besides fusefn's, the saved model config may name
             (see :func:`fusefn.from_config`).
+        shard: every rank of the active process group (``torchrun``) calls ``infer`` alike, and each
+            predicts its share of a map-style ``data`` (positions ``rank, rank + world, …``; volume mode:
+            writing the masks of its cases); rank 0 gathers the rows, puts them in ``data``'s order and
+            writes the files one process would write (the same rows, every rank's failures; the same
+            values in volume mode, equal to float rounding in batched mode, whose batches differ);
+            every rank returns that frame. A failure on one rank is raised on all. Without a group (or
+            with ``data`` an iterable of batches) it runs as usual.
 
     Returns:
         the frame written.
@@ -263,36 +286,95 @@ def infer(
         if not p.is_file():
             raise CheckpointError(f"checkpoint not found: {p}; train first (or pass another checkpoint)")
     dev = select_device(device)
-    if volumes:
-        from fusefn.train.infer_volumes import run_volumes
+    shard = shard and dist_.world_size() > 1
+    at = _shard(data) if shard else None
 
-        ids, merged, failed = run_volumes(
-            dirs,
-            data,
-            cols,
-            checkpoint=checkpoint,
-            settings=sliding_window,
-            postprocess=postprocess,
-            nifti_dir=nifti_dir,
-            device=dev,
-            allowed=allowed,
-            num_workers=num_workers,
-        )
+    def work() -> tuple:
+        if volumes:
+            from fusefn.train.infer_volumes import run_volumes
+
+            return run_volumes(
+                dirs,
+                data,
+                cols,
+                checkpoint=checkpoint,
+                settings=sliding_window,
+                postprocess=postprocess,
+                nifti_dir=nifti_dir,
+                device=dev,
+                allowed=allowed,
+                num_workers=num_workers,
+                at=at,
+            )
+        return _run_all(dirs, data, cols, checkpoint, batch_size, collate_fn, num_workers, dev, allowed, at)
+
+    def finish(ids: list, merged: dict, failed: list) -> pl.DataFrame:
         if not ids:
-            raise SampleError(f"infer: every case failed; first: {failed[0]['error'] if failed else '?'}")
-    else:
-        ids, merged, failed = _run_all(dirs, data, cols, checkpoint, batch_size, collate_fn, num_workers, dev, allowed)
-    return _write_outputs(output_file, ids, merged, failed, max_inline)
+            what = "case" if volumes else "sample"
+            raise SampleError(f"infer: every {what} failed; first: {failed[0]['error'] if failed else '?'}")
+        return _write_outputs(output_file, ids, merged, failed, max_inline)
+
+    if not shard:
+        return finish(*_merge([work()], replicated=True))
+    return _on_ranks(work, lambda parts: finish(*_merge(parts, replicated=at is None)))
 
 
-def _run_all(dirs, data, cols, checkpoint, batch_size, collate_fn, num_workers, dev, allowed):
-    """``(ids, columns, failed)`` of batched inference; several members averaged (probabilities also voted)."""
+def _shard(data) -> list[int] | None:
+    """This rank's positions of ``data`` (every ``world``-th from ``rank``); ``None``: all (no ``len``)."""
+    if not is_map_dataset(data):
+        return None
+    return list(range(dist_.rank(), len(data), dist_.world_size()))
+
+
+def _merge(parts: Sequence[tuple], *, replicated: bool) -> tuple[list, dict, list]:
+    """One ``(ids, columns, failed)`` from the ranks' ``(ids, columns, failed, positions)``, in dataset order.
+
+    ``replicated``: every rank ran every sample (data without ``len``), so the first part is the whole.
+    """
+    parts = parts[:1] if replicated else parts
+    rows = sorted((pos, r, i) for r, part in enumerate(parts) for i, pos in enumerate(part[3]))
+    ids = [parts[r][0][i] for _, r, i in rows]
+    merged = {c: [parts[r][1][c][i] for _, r, i in rows] for c in parts[0][1]}
+    failed = sorted((f for part in parts for f in part[2]), key=lambda f: f.get(_AT, -1))
+    return ids, merged, [{k: x for k, x in f.items() if k != _AT} for f in failed]
+
+
+def _on_ranks(work, finish):
+    """``work()`` on every rank, the parts gathered on rank 0, ``finish(parts)`` there; its result on every rank.
+
+    A failure on any rank (in ``work`` or ``finish``) is raised on every rank, so none waits for the others.
+    """
+    try:
+        local, error = work(), None
+    except Exception as e:
+        local, error = None, e
+    outcome = None if error is None else f"rank {dist_.rank()}: {type(error).__name__}: {error}"
+    parts = dist_.gather_to_main((outcome, local))
+    result = None
+    if parts is not None:
+        bad = [msg for msg, _ in parts if msg is not None]
+        if bad:
+            result = ("error", bad[0])
+        else:
+            try:
+                result = ("ok", finish([p for _, p in parts]))
+            except Exception as e:
+                error = error or e
+                result = ("error", f"rank 0: {type(e).__name__}: {e}")
+    result = dist_.broadcast_object(result)
+    if error is not None:
+        raise error
+    if result[0] == "error":
+        raise FusefnError(f"infer: failed on another rank: {result[1]}")
+    return result[1]
+
+
+def _run_all(dirs, data, cols, checkpoint, batch_size, collate_fn, num_workers, dev, allowed, at=None):
+    """``(ids, columns, failed, positions)`` of batched inference; several members averaged (probabilities voted)."""
     batch_kw = {"batch_size": batch_size, "collate": collate_fn, "workers": num_workers}
-    runs = [_run_one(d, data, cols, checkpoint, batch_kw, dev, allowed) for d in dirs]
-    ids, failed = runs[0][0], runs[0][2]
-    if not ids:
-        raise SampleError(f"infer: every sample failed; first: {failed[0]['error'] if failed else '?'}")
-    for d, (other, _, _) in zip(dirs[1:], runs[1:]):
+    runs = [_run_one(d, data, cols, checkpoint, batch_kw, dev, allowed, at) for d in dirs]
+    ids, failed, positions = runs[0][0], runs[0][2], runs[0][3]
+    for d, (other, _, _, _) in zip(dirs[1:], runs[1:]):
         if other != ids:
             raise ConfigError(f"infer: ensemble member {d} saw other samples than {dirs[0]}")
     merged: dict[str, list] = {}
@@ -302,13 +384,13 @@ def _run_all(dirs, data, cols, checkpoint, batch_size, collate_fn, num_workers, 
         floating = all(isinstance(v, np.ndarray) and v.dtype.kind == "f" for v in first) or all(
             isinstance(v, float) for v in first
         )
-        if len(runs) > 1 and floating:
+        if len(runs) > 1 and floating and first:
             merged[c] = list(np.mean(np.stack([np.stack(m) for m in members]), axis=0))
             if "prob" in c and isinstance(first[0], np.ndarray) and first[0].ndim == 1:
                 merged[f"{c}_vote"] = _vote(members)
         else:
             merged[c] = first
-    return ids, merged, failed
+    return ids, merged, failed, positions
 
 
 def _write_outputs(output_file: pathlib.Path, ids: list, merged: dict, failed: list, max_inline: int) -> pl.DataFrame:

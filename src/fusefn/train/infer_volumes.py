@@ -32,7 +32,7 @@ from fusefn.core import record
 from fusefn.data.visualize import safe_name
 from fusefn.errors import ConfigError, FusefnError
 from fusefn.train.batches import epoch_batches, is_map_dataset
-from fusefn.train.infer import _Tolerant, _tolerant_collate
+from fusefn.train.infer import _AT, _Tolerant, _tolerant_collate
 from fusefn.train.loading import load_model
 from fusefn.train.sliding_window import sliding_window
 from fusefn.train.step import make_eval_step
@@ -166,8 +166,10 @@ def run_volumes(
     allowed,
     num_workers: int,
     progress: bool = False,
-) -> tuple[list, dict[str, list], list]:
-    """``(ids, columns, failed)`` of the cases of ``data``: the label map at ``settings.label_key``, extra columns."""
+    at: Sequence[int] | None = None,
+) -> tuple[list, dict[str, list], list, list]:
+    """``(ids, columns, failed, positions)`` of the cases of ``data`` (those at ``at`` when given, as one rank's
+    share): the label map at ``settings.label_key``, extra columns, and each row's position in ``data``."""
     if not is_map_dataset(data):
         raise ConfigError("infer: sliding_window needs a map-style dataset of one case per item (not batches)")
     taken = {settings.label_key, MASK_FILE} & set(cols)
@@ -187,12 +189,15 @@ def run_volumes(
     if out_dir is not None:
         columns[MASK_FILE] = []
     used: set = set()
-    batches, _ = epoch_batches(_Tolerant(data), 0, batch_size=1, collate=_tolerant_collate(_first), workers=num_workers)
-    for sample, errors in batches:
+    positions: list = []
+    tolerant = _Tolerant(data, at)
+    batches, _ = epoch_batches(tolerant, 0, batch_size=1, collate=_tolerant_collate(_first), workers=num_workers)
+    for sample, errors, good in batches:
         failed.extend(errors)
         if sample is None:
             continue
-        sid = nd.get(sample, keys.SAMPLE_ID, f"#{len(ids) + len(failed)}")
+        (pos,) = good
+        sid = nd.get(sample, keys.SAMPLE_ID, f"#{pos}")
         try:
             row = _one_case(sample, sid, predict, settings, postprocess, cols, device, progress)
             if out_dir is not None:
@@ -202,13 +207,14 @@ def run_volumes(
             else:
                 row.pop("_sample")
         except (FusefnError, RuntimeError, ValueError, TypeError, OSError) as e:
-            failed.append({"sample_id": sid, "error": f"{type(e).__name__}: {e}"})
+            failed.append({"sample_id": sid, "error": f"{type(e).__name__}: {e}", _AT: pos})
             _log.warning("infer: case %r failed: %s", sid, e)
             continue
         ids.append(sid)
+        positions.append(pos)
         for c in columns:
             columns[c].append(row[c])
-    return ids, columns, failed
+    return ids, columns, failed, positions
 
 
 def _one_case(sample, sid, predict, settings, postprocess, cols, device, progress) -> dict:

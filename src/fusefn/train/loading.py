@@ -85,6 +85,6 @@ def load_ensemble(
     members = []
     for d in dirs:
         model, state = load_model(d, checkpoint, device=device, allowed=allowed)
-        members.append((model, state.params, state.buffers))
+        members.append((model, *state.eval_weights()))  # the EMA weights where the run kept them
     ensemble, params, buffers = Ensemble.stack(members)
     return ensemble, TrainState(params=params, buffers=buffers)

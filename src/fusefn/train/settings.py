@@ -25,6 +25,7 @@ from fusefn import validators as v
 from fusefn.core import record
 from fusefn.train._compile import COMPILE_MODES, MEMORY_FORMATS, PRECISIONS
 from fusefn.train.checkpoint import BestEpochSource, best_name, should_save_epoch
+from fusefn.train.ema import EMA
 
 __all__ = ["LoaderSettings", "StepSettings", "CheckpointRule"]
 
@@ -65,6 +66,8 @@ class StepSettings:
         memory_format: ``channels_last`` puts 4-d/5-d inputs and weights in channels-last layout.
         prefetch: copy the next batch to the device while the step runs (pinned memory, a side CUDA stream).
         cudnn_benchmark: let cuDNN time its convolution algorithms once (CUDA only).
+        ema: an :class:`~fusefn.train.EMA` of the weights, updated in the train step; validation, the
+            ``best_*`` checkpoints and ``infer`` then use the averaged weights (``None``: no average).
     """
 
     compile: bool | str = attrs.field(default=False, validator=v.in_((False, True, *COMPILE_MODES)))
@@ -73,6 +76,7 @@ class StepSettings:
     memory_format: str = attrs.field(default="contiguous", validator=v.in_(MEMORY_FORMATS))
     prefetch: bool = attrs.field(default=True, validator=v.instance_of(bool))
     cudnn_benchmark: bool = attrs.field(default=True, validator=v.instance_of(bool))
+    ema: EMA | None = attrs.field(default=None, validator=v.optional(v.instance_of(EMA)))
 
     def train_kwargs(self) -> dict:
         """The keyword arguments of :func:`~fusefn.train.make_train_step` these settings give."""
@@ -82,6 +86,7 @@ class StepSettings:
             "accumulate": self.accumulate,
             "memory_format": self.memory_format,
             "cudnn_benchmark": self.cudnn_benchmark,
+            "ema": self.ema,
         }
 
     def eval_kwargs(self) -> dict:

@@ -6,14 +6,18 @@ gaussian importance map with its clamp, same centred padding of a volume smaller
 blends the window outputs by their importance-weighted mean. Blending is done on whatever the
 predictor returns: logits blend as logits, probabilities as probabilities (their argmax can differ).
 
-The windows are visited in order of their start on the first spatial axis. Once every window
-that starts before row ``d`` is in, the rows before ``d`` are final: they are divided by their
-weight, written out, and their buffer rows reused. So the working memory is one slab of K-class
-scores (``K × (roi[0] + …) × H × W``), not the ``K × D × H × W`` of the whole output; with
-``output="argmax"`` the result is the label volume alone (``uint8`` up to 256 classes, else
-``int16``/``int32``). Every voxel is summed in the same order as MONAI sums it, so ``argmax``
-equals the argmax of ``output="probs"`` exactly (for finite scores); ties go to the lowest class, as
-with ``torch.argmax``.
+The windows are visited in order of their start on the first spatial axis. With ``output="probs"``
+each window's ``scores × weight`` is added (one fused ``addcmul_``, no temporary) straight into the
+output, which is divided by the summed weights in place at the end. With ``output="argmax"`` the
+scores go to a ring buffer of rows instead: once every window that starts before row ``d`` is in,
+the rows before ``d`` are final, so they are divided by their weight, turned into labels and their
+buffer rows reused (nothing is moved). So the working memory is one slab of K-class scores
+(``K × (roi[0] + …) × H × W``), not the ``K × D × H × W`` of the whole output, and the result is the
+label volume alone (``uint8`` up to 256 classes, else ``int16``/``int32``). Every voxel is summed
+with the same arithmetic in the same order in both modes, so ``argmax`` equals the argmax of
+``output="probs"`` exactly (for finite scores); ties go to the lowest class, as with ``torch.argmax``.
+The sums are MONAI's in MONAI's order except that ``p·w`` is not rounded before it is added: the
+results agree to about one float32 ulp.
 
 >>> import torch
 >>> predictor = lambda x: torch.cat([x, -x], 1)  # two "classes": the image and its negative
@@ -28,6 +32,7 @@ with ``torch.argmax``.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from collections.abc import Callable, Sequence
@@ -84,6 +89,12 @@ def window_starts(image_size: Sequence[int], roi: Sequence[int], interval: Seque
         n = next((d for d in range(math.ceil(size / step)) if d * step + r >= size), 0) + 1
         starts.append([i * step - max(i * step + r - size, 0) for i in range(n)])
     return starts
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_importance(roi: tuple, blend: str, sigma_scale, dtype, device) -> torch.Tensor:
+    # one map per setting: a call over many volumes builds it once (callers never write to it)
+    return importance_map(roi, blend=blend, sigma_scale=sigma_scale, dtype=dtype, device=device)
 
 
 def importance_map(roi: Sequence[int], *, blend: str = "gaussian", sigma_scale=0.125, dtype=torch.float32, device=None):
@@ -145,10 +156,10 @@ def _argmax0(scores: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 
 class _Writer:
-    """Takes finished rows (padded coordinates) and keeps those inside the volume, as scores or labels."""
+    """Takes finished rows (padded coordinates) and keeps those inside the volume as labels."""
 
-    def __init__(self, output: str, crop: tuple[slice, ...], shape: tuple[int, ...], device):
-        self.output, self.crop, self.shape, self.device = output, crop, shape, device
+    def __init__(self, crop: tuple[slice, ...], shape: tuple[int, ...], device):
+        self.crop, self.shape, self.device = crop, shape, device
         self.out = None
 
     def __call__(self, lo: int, scores: torch.Tensor) -> None:  # scores: K × rows × rest
@@ -159,23 +170,18 @@ class _Writer:
             return
         part = scores[(slice(None), slice(a - lo, b - lo), *self.crop[1:])]
         if self.out is None:
-            if self.output == "argmax":
-                self.out = torch.empty(self.shape, dtype=_label_dtype(k), device=self.device)
-            else:
-                self.out = torch.empty((k, *self.shape), dtype=scores.dtype, device=self.device)
-        if self.output == "argmax":
-            self.out[a - d0 : b - d0] = _argmax0(part, self.out.dtype).to(self.device)
-        else:
-            self.out[:, a - d0 : b - d0] = part.to(self.device)
+            self.out = torch.empty(self.shape, dtype=_label_dtype(k), device=self.device)
+        self.out[a - d0 : b - d0] = _argmax0(part, self.out.dtype).to(self.device)
 
 
-def _shift(t: torch.Tensor, done: int) -> None:
-    """Move rows ``done:`` of axis 1 to the front and zero the rest, in chunks that never overlap (no copy of the slab)."""
-    rest = t.shape[1] - done
-    for i in range(0, rest, done):
-        n = min(done, rest - i)
-        t[:, i : i + n] = t[:, done + i : done + i + n]
-    t[:, rest:] = 0
+def _ring(start: int, length: int, cap: int) -> list[tuple[slice, slice]]:
+    """Rows ``start:start + length`` of a ring buffer of ``cap`` rows: ``(buffer rows, rows of the piece)`` pairs."""
+    a = start % cap
+    n = min(length, cap - a)
+    pieces = [(slice(a, a + n), slice(0, n))]
+    if n < length:  # wraps around to the buffer's first rows
+        pieces.append((slice(0, length - n), slice(n, length)))
+    return pieces
 
 
 def _predict(predictor: Callable, x: torch.Tensor, flips, roi: tuple, dtype) -> torch.Tensor:
@@ -279,13 +285,17 @@ def sliding_window(
     size = tuple(x.shape[2:])
     starts = window_starts(size, roi, scan_interval(size, roi, overlap))
     windows = list(itertools.product(*starts))
-    w = importance_map(roi, blend=blend, sigma_scale=sigma_scale, dtype=dtype, device=dev)
+    sig = tuple(float(s) for s in _per_axis(sigma_scale, n, "sigma_scale"))
+    w = _cached_importance(roi, blend, sig, dtype, dev)
     batches = [windows[i : i + batch_size] for i in range(0, len(windows), batch_size)]
-    # rows a batch needs from the first row not yet final (its first window's start) to its last window's end
-    cap = max(b[-1][0] + roi[0] - b[0][0] for b in batches)
     crop = tuple(slice(b, b + s) for b, s in zip(before, shape))
-    write = _Writer(output, crop, shape, out_device)
-    acc = tmp = None
+    full = output == "probs"
+    # probs: the buffers are the whole (padded) output, blended in place. argmax: a ring of the rows a batch
+    # needs, from the first row not yet final (its first window's start) to its last window's end; finished
+    # rows become labels and their buffer rows are reused, nothing is moved
+    cap = size[0] if full else max(b[-1][0] + roi[0] - b[0][0] for b in batches)
+    write = None if full else _Writer(crop, shape, out_device)
+    acc = None
     cnt = torch.zeros((1, cap, *size[1:]), dtype=dtype, device=dev)
     lo = 0
     bar = None
@@ -306,26 +316,31 @@ def sliding_window(
                     raise ConfigError(
                         f"sliding_window: the predictor returned {p.shape[1]} channels, earlier {acc.shape[0]}"
                     )
-                if tmp is None:
-                    tmp = torch.empty_like(p[0])
                 for pi, st in zip(p, batch):
-                    at = (slice(st[0] - lo, st[0] - lo + roi[0]), *(slice(s, s + r) for s, r in zip(st[1:], roi[1:])))
-                    # one window's p·w at a time (MONAI's arithmetic, without a batch-sized temporary)
-                    acc[(slice(None), *at)] += torch.mul(pi, w, out=tmp)
-                    cnt[(slice(None), *at)] += w
+                    rest = tuple(slice(s, s + r) for s, r in zip(st[1:], roi[1:]))
+                    for rows, part in _ring(st[0], roi[0], cap):
+                        # acc += p·w in one pass, no p·w temporary (MONAI multiplies first: within an ulp)
+                        acc[(slice(None), rows, *rest)].addcmul_(pi[:, part], w[part])
+                        cnt[(slice(None), rows, *rest)] += w[part]
                 del p, pi, win  # before the next call allocates its output: one batch of scores alive at a time
-                nxt = batches[bi + 1][0][0] if bi + 1 < len(batches) else size[0]
-                done = nxt - lo  # rows no later window touches
-                if done > 0:
-                    rows = acc[:, :done]
-                    write(lo, rows.div_(cnt[:, :done]))
-                    _shift(acc, done)
-                    _shift(cnt, done)
-                    lo = nxt
+                if not full:
+                    nxt = batches[bi + 1][0][0] if bi + 1 < len(batches) else size[0]
+                    if nxt > lo:  # rows lo:nxt are final: no later window touches them
+                        for rows, part in _ring(lo, nxt - lo, cap):
+                            write(lo + part.start, acc[:, rows].div_(cnt[:, rows]))
+                            acc[:, rows] = 0
+                            cnt[:, rows] = 0
+                        lo = nxt
                 if bar is not None:
                     bar.update(1)
     finally:
         if bar is not None:
             bar.close()
-    out = write.out
+    if full:
+        out = acc.div_(cnt)
+        if any(pad):
+            out = out[(slice(None), *crop)].clone()
+        out = out.to(out_device)
+    else:
+        out = write.out
     return out.numpy() if was_numpy else out

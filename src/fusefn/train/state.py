@@ -31,6 +31,8 @@ class TrainState:
         history: one ``epoch_results`` dict per epoch run so far (epoch 0 = pre-training validation).
         loss_scale: fp16 dynamic loss-scaling state, if any.
         partial: metric/loss accumulators of an interrupted epoch (Ctrl-C), else ``None``.
+        ema: the moving average of the weights (:class:`fusefn.train.EMA`), ``{"params", "buffers",
+            "count"}``, or ``None``; when present, evaluation runs it (:meth:`eval_weights`).
     """
 
     params: dict = attrs.field(eq=False)
@@ -46,6 +48,13 @@ class TrainState:
     history: tuple = ()
     loss_scale: dict | None = attrs.field(default=None, eq=False)
     partial: Any = attrs.field(default=None, eq=False)
+    ema: dict | None = attrs.field(default=None, eq=False)
+
+    def eval_weights(self) -> tuple[dict, dict]:
+        """``(params, buffers)`` that evaluation and inference use: the moving average's when there is one."""
+        if self.ema is not None:
+            return self.ema["params"], self.ema["buffers"]
+        return self.params, self.buffers
 
     def replace(self, **changes) -> TrainState:
         """A copy with ``changes`` (``attrs.evolve``)."""

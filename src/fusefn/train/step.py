@@ -152,6 +152,7 @@ def make_train_step(
     augment: Callable | None = None,
     memory_format: str = "contiguous",
     cudnn_benchmark: bool = True,
+    ema=None,
     backend=None,
 ):
     """Build ``train_step(state, batch) -> (state, batch_out)``.
@@ -178,7 +179,13 @@ def make_train_step(
         memory_format: ``channels_last``: 4-d/5-d floating inputs and weights in channels-last layout
             (faster convolutions on tensor cores).
         cudnn_benchmark: on CUDA, let cuDNN time its algorithms once (``torch.backends.cudnn.benchmark``).
+        ema: a :class:`fusefn.train.EMA`: the moving average of the weights, ``state.ema``, updated after
+            every optimizer update in the same (compiled) step; started from the weights when the state has
+            none. Without it the step leaves ``state.ema`` at ``None``.
         backend: ``torch.compile``'s backend (default inductor); tests pass a counting one.
+
+    Frozen parameters (:func:`fusefn.optim.freeze`, the optimizer's ``trainable_params``) get no gradient:
+    the backward pass leaves them out.
 
     Returns:
         the step; ``batch_out`` is the model output plus ``losses.<name>`` and ``losses.total_loss`` (detached).
@@ -204,8 +211,11 @@ def make_train_step(
         distributed=distributed,
         memory_format=memory_format,
         cudnn_benchmark=cudnn_benchmark,
+        ema=ema,
         backend=backend,
     )
+    if ema is not None and not (callable(getattr(ema, "init", None)) and callable(getattr(ema, "update", None))):
+        raise ConfigError(f"make_train_step: ema must be a fusefn.train.EMA, got {type(ema).__name__}")
     apply = apply or _default_apply()
     lr_value = _LrScale()
     started: list = []
@@ -217,19 +227,27 @@ def make_train_step(
 
     def grads_of(params, buffers, batch, rng, scale):
         device_type = _device_of(params).type
+        trained = optimizer.trainable_params(params)
+        fixed = None
+        if len(trained) != len(params):
+            keep = set(trained)
+            fixed = {k: t for k, t in params.items() if k not in keep}
 
         def objective(p):
+            if fixed is not None:  # frozen parameters enter as constants: no gradient is computed for them
+                p = {**fixed, **p}
             with _autocast(precision, device_type):
                 out, new_buffers = apply(model, p, buffers, batch, train=True, rng=rng)
                 tot, parts = loss_total(losses, out)
             tot = tot.float()
             return tot * scale if scale is not None else tot, (tot, out, new_buffers, parts)
 
+        wrt = params if fixed is None else {k: params[k] for k in trained}
         if compile:
             # the batch reaching here holds tensors only (see _split_tensors), as torch.func's aux requires
-            grads, (_, (tot, out, new_buffers, parts)) = torch.func.grad_and_value(objective, has_aux=True)(params)
+            grads, (_, (tot, out, new_buffers, parts)) = torch.func.grad_and_value(objective, has_aux=True)(wrt)
         else:
-            grads, tot, out, new_buffers, parts = _autograd_grads(objective, params, batch)
+            grads, tot, out, new_buffers, parts = _autograd_grads(objective, wrt, batch)
         return grads, new_buffers, _with_losses(out, tot, parts)
 
     def augmented(batches, aug_params):
@@ -253,13 +271,18 @@ def make_train_step(
             total = {k: v / div for k, v in total.items()}
         return total, buffers, outs
 
-    def full(params, buffers, opt_state, lr_scale, batches, rngs, aug_params):
+    def full(params, buffers, opt_state, ema_state, lr_scale, batches, rngs, aug_params):
         grads, buffers, outs = accumulate_grads(params, buffers, batches, rngs, None, aug_params)
         params, opt_state = optimizer.update(grads, opt_state, params, lr_scale=lr_scale)
-        return params, buffers, opt_state, outs
+        if ema is not None:
+            ema_state = ema.update(ema_state, params, buffers)
+        return params, buffers, opt_state, ema_state, outs
 
-    def update(params, opt_state, lr_scale, grads):
-        return optimizer.update(grads, opt_state, params, lr_scale=lr_scale)
+    def update(params, buffers, opt_state, ema_state, lr_scale, grads):
+        params, opt_state = optimizer.update(grads, opt_state, params, lr_scale=lr_scale)
+        if ema is not None:
+            ema_state = ema.update(ema_state, params, buffers)
+        return params, opt_state, ema_state
 
     if compile:
         full_c = _compiled(full, options, backend)
@@ -297,6 +320,8 @@ def make_train_step(
         if memory_format != "contiguous":
             state = state.replace(params=_formatted(state.params, memory_format))
             batches = [_formatted(b, memory_format) for b in batches]
+        if ema is not None and state.ema is None:
+            state = state.replace(ema=ema.init(state.params, state.buffers))
         if compile:
             batches, extras = zip(*(_split_tensors(b) for b in batches))
         else:
@@ -312,8 +337,17 @@ def make_train_step(
         lr_scale = lr_value(state, compile or device.type != "cpu")
         where = f"train step {state.step + 1}"
         if precision != "fp16" and not distributed:
-            params, buffers, opt_state, outs = _call_compiled(
-                full_c, where, state.params, state.buffers, state.opt_state, lr_scale, list(batches), rngs, aug_params
+            params, buffers, opt_state, ema_state, outs = _call_compiled(
+                full_c,
+                where,
+                state.params,
+                state.buffers,
+                state.opt_state,
+                state.ema if ema is not None else None,
+                lr_scale,
+                list(batches),
+                rngs,
+                aug_params,
             )
             loss_scale = state.loss_scale
         else:
@@ -331,13 +365,21 @@ def make_train_step(
                     finite = _all_reduce_min(finite)
                 skip = not bool(finite)
                 ls = _next_loss_scale(ls, skip)
+            ema_state = state.ema if ema is not None else None
             if skip:
                 params, opt_state = state.params, state.opt_state
             else:
-                params, opt_state = _call_compiled(update_c, where, state.params, state.opt_state, lr_scale, grads)
+                params, opt_state, ema_state = _call_compiled(
+                    update_c, where, state.params, buffers, state.opt_state, ema_state, lr_scale, grads
+                )
             loss_scale = ls
         new = state.replace(
-            params=params, buffers=buffers, opt_state=opt_state, step=state.step + 1, loss_scale=loss_scale
+            params=params,
+            buffers=buffers,
+            opt_state=opt_state,
+            step=state.step + 1,
+            loss_scale=loss_scale,
+            ema=ema_state,
         )
         outs = [nd.assoc_many(o, e) if e else o for o, e in zip(outs, extras)]
         return new, (outs if accumulate > 1 else outs[0])
@@ -476,7 +518,9 @@ def make_eval_step(
 ):
     """Build ``eval_step(state, batch) -> batch_out`` (no gradients; buffers unchanged).
 
-    ``state`` is a :class:`TrainState` or a ``(params, buffers)`` pair. Losses are
+    ``state`` is a :class:`TrainState` or a ``(params, buffers)`` pair; of a TrainState the
+    weights it evaluates are :meth:`~fusefn.train.TrainState.eval_weights`: the moving average
+    (``state.ema``) when the run keeps one. Losses are
     computed when given and their keys are found in the output. ``compile`` (as in
     :func:`make_train_step`) runs the forward pass and the losses as one graph (non-tensor
     leaves such as sample ids stay outside; the batch axis is dynamic, so a smaller last
@@ -502,7 +546,7 @@ def make_eval_step(
     forward_c = _compiled(forward, options, backend) if compile else forward
 
     def eval_step(state: Any, batch: Mapping) -> dict:
-        params, buffers = (state.params, state.buffers) if isinstance(state, TrainState) else state
+        params, buffers = state.eval_weights() if isinstance(state, TrainState) else state
         if not started:
             _check_mode_device(options, _device_of(params), "make_eval_step")
             started.append(True)
