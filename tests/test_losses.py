@@ -305,3 +305,12 @@ def test_ignored_labels_stay_valid_and_real_targets_are_checked_for_finiteness(b
     bce = BCEWithLogits(pred="model.head.bin", target="data.gt.bin")
     with pytest.raises(InvalidTargetError, match=r"sample \['#4'\].*finite numbers"):
         check_targets({"bce": bce}, nd.assoc(batch, "data.gt.bin", t))
+
+
+def test_cross_entropy_ignores_any_index_with_class_and_sample_weights():
+    # an ignore_index outside the classes (255, as in segmentation) must not index the class weights
+    batch = {"p": torch.randn(3, 2), "t": torch.tensor([0, 1, 255]), "w": torch.tensor([1.0, 2.0, 5.0])}
+    loss = CrossEntropy(pred="p", target="t", ignore_index=255, class_weights=(1.0, 2.0), sample_weight="w")
+    per = F.cross_entropy(batch["p"][:2], batch["t"][:2], weight=torch.tensor([1.0, 2.0]), reduction="none")
+    expected = (per * batch["w"][:2]).sum() / (batch["w"][:2] * torch.tensor([1.0, 2.0])).sum()
+    torch.testing.assert_close(loss(batch), expected)

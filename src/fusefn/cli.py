@@ -358,8 +358,8 @@ def inspect(path: pathlib.Path) -> None:
     "--threshold-from",
     type=click.Path(dir_okay=False),
     default=None,
-    help="Binary: validation predictions (same columns) where the first --operating-point (default youden) is "
-    "found; its threshold is applied here.",
+    help="Binary: validation predictions (same columns, with their own label column: --target is not joined "
+    "to them) where the first --operating-point (default youden) is found; its threshold is applied here.",
 )
 @click.option("--time", "time_col", default=None, help="Survival: time column [default: time].")
 @click.option(

@@ -14,7 +14,7 @@ own ``infer`` and ``score`` (``ct_organs``: sliding windows, mean Dice) is repor
 out of fold and held out, and for the ensemble (its members averaged window by window), with
 no pooled figure, ROC or threshold. Its hyper-parameters keep their defaults;
 the common flags ``--epochs --batch-size --lr --workers`` set its own, any other with ``--set name=value``
-(e.g. ``--set n_folds=6``).
+(e.g. ``--set dropout=0.2``; the recipe's own options, not the CV folds, which are ``--folds``).
 
 Layout: ``model/fold_<k>/`` (each fold's model), ``infer/fold_<k>/out_of_fold.parquet`` and
 ``held_out.parquet``, ``infer/ensemble.parquet``, ``report/``.
@@ -322,7 +322,7 @@ OPTIONS = [
         "set_",
         multiple=True,
         metavar="NAME=VALUE",
-        help="Override a hyper-parameter of the recipe (repeatable), e.g. --set n_folds=6.",
+        help="Override an option of the recipe (repeatable), e.g. --set dropout=0.2 (the CV folds are --folds).",
     ),
 ]
 

@@ -45,6 +45,7 @@ import polars as pl
 import torch
 
 from fusefn import Rng, augment, chain, keys, nd, optim, recipe, record, train
+from fusefn._atomic import atomic_path
 from fusefn.data import DataSource, PatchDataset, PatchSampler
 from fusefn.data.ops import (
     ForegroundIndices,
@@ -286,7 +287,8 @@ def predict(run: Run):
         # the reference label maps of the test cases beside the predictions, named as infer names the masks
         reference.mkdir(parents=True, exist_ok=True)
         for row in test_src.frame.iter_rows(named=True):
-            shutil.copyfile(row["label"], reference / f"{row['sample_id']}.nii.gz")
+            with atomic_path(reference / f"{row['sample_id']}.nii.gz") as tmp:  # analyze never reads half a file
+                shutil.copyfile(row["label"], tmp)
     distributed.barrier()
     return frame
 

@@ -109,7 +109,7 @@ def test_figures_are_labelled():
 
 def test_bad_input_is_one_clear_line():
     df = _frame(10).with_columns(pl.when(pl.col("id") == "c3").then(None).otherwise(pl.col("pred")).alias("pred"))
-    with pytest.raises(ConfigError, match=r"prediction column 'pred': case 'c3' has no value"):
+    with pytest.raises(ConfigError, match=r"prediction column 'pred': case 'c3' has no finite value"):
         analyze(df, task="regression", ci=0)
     r = analyze(df, task="regression", ci=0, skip_invalid=True)
     assert r["skipped"] == [{"id": "c3", "reason": "NaN or missing prediction"}] and r["num_samples"] == 9

@@ -131,7 +131,7 @@ def test_kaplan_meier_figure_is_labelled():
     [
         ({"time": -1.0}, {}, r"time column 'time': case 'c5' has a negative time -1"),
         ({"event": 2}, {}, r"event column 'event': case 'c5' has 2, not 0 \(censored\) or 1"),
-        ({"risk": None}, {}, r"risk score column 'risk': case 'c5' has no value"),
+        ({"risk": None}, {}, r"risk score column 'risk': case 'c5' has no finite value"),
         ({}, {"times": [10_000.0]}, r"times \[10000.0\] are outside the follow-up"),
         ({}, {"survival": "risk"}, r"pass those times"),
         ({}, {"times": [4.0, 8.0], "survival": "risk"}, r"1 values per case for 2 times"),

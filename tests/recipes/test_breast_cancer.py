@@ -1,6 +1,7 @@
 """breast_cancer: the recipe runs end to end in fast mode; its ops and augmentation are pure."""
 
 import json
+import os
 
 import numpy as np
 import polars as pl
@@ -95,3 +96,19 @@ def test_compiled_step_runs(tmp_path):
     r = CliRunner().invoke(bc.cli, args)
     assert r.exit_code == 0, r.output
     assert (tmp_path / "report" / "report.md").is_file()
+
+
+@pytest.mark.slow
+def test_all_under_torchrun_on_two_ranks(tmp_path):
+    # every rank trains in the run's process group; rank 0 then infers and analyzes alone, and must not try to
+    # join a group again there (it would wait for ranks that have returned)
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    cmd += ["-m", "fusefn_recipes.breast_cancer", "all", "--out", str(out), "--debug", "fast"]
+    env = {**os.environ, "MPLBACKEND": "Agg", "OMP_NUM_THREADS": "1"}
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, check=False)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert (out / "report" / "report.md").is_file() and (out / "infer" / "predictions.parquet").is_file()

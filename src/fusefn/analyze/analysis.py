@@ -155,7 +155,16 @@ def analyze(
     df, id = read_predictions(pred, target, id=id, strict=strict)
     task = _resolve_task(task, df, label=label, time=time, event=event)
     if task in ("regression", "survival", "multilabel"):
-        _not_for(task, group=group, fold=fold, operating_point=operating_point, threshold_from=threshold_from)
+        # multi-label decides every label at `threshold`; regression and survival take none
+        no_threshold = threshold if task != "multilabel" else None
+        _not_for(
+            task,
+            group=group,
+            fold=fold,
+            operating_point=operating_point,
+            threshold_from=threshold_from,
+            threshold=no_threshold,
+        )
         return _analyze_task(
             task,
             df,
@@ -229,7 +238,7 @@ def analyze(
             "level": level,
             "method": method,
             "stratified": "by target",
-            "threshold": 0.5 if binary and threshold is None else threshold,
+            "threshold": (0.5 if threshold is None else threshold) if binary else None,
             "threshold_rule": _threshold_rule(binary, threshold, chosen),
         },
         "num_samples": inputs.num_samples,
@@ -272,7 +281,9 @@ def _resolve_task(task: str, df: pl.DataFrame, *, label, time, event) -> str:
 def _not_for(task: str, **given) -> None:
     extra = [k for k, v in given.items() if v]
     if extra:
-        raise ConfigError(f"task={task!r} does not take {', '.join(f'{k}=' for k in extra)} (binary analyses only)")
+        raise ConfigError(
+            f"task={task!r} does not take {', '.join(f'{k}=' for k in extra)} (classification analyses only; operating_point / threshold_from: binary only)"
+        )
 
 
 def _analyze_task(task: str, df: pl.DataFrame, *, out, ci: int, rng: Rng, level: float, plots: bool, **kw) -> dict:

@@ -50,7 +50,7 @@ from fusefn.core import Rng
 from fusefn.errors import ConfigError
 from fusefn.metrics import ConfusionMatrix
 from fusefn.metrics.classification import decide
-from fusefn.metrics.comparison import default_pairs, delong, mcnemar, on_leaves, paired_bootstrap
+from fusefn.metrics.comparison import MCNEMAR_EXACT_BELOW, default_pairs, delong, mcnemar, on_leaves, paired_bootstrap
 
 __all__ = ["OUTPUTS", "compare", "load_models"]
 
@@ -320,9 +320,10 @@ def compare(
             "method": method,
             "paired": "every model on the same resamples",
             "stratified": "by target",
-            "threshold": 0.5 if binary and threshold is None else threshold,
+            "threshold": (0.5 if threshold is None else threshold) if binary else None,
             "threshold_rule": _threshold_rule(binary, threshold),
-            "mcnemar_rule": "exact binomial below 25 discordant cases, chi-square with continuity correction above",
+            "mcnemar_rule": f"exact binomial below {MCNEMAR_EXACT_BELOW} discordant cases, "
+            "chi-square with continuity correction above",
         },
         "num_samples": first.num_samples,
         "class_counts": {c: int(np.count_nonzero(target_values == i)) for i, c in enumerate(names_c)},

@@ -13,7 +13,7 @@ section with :func:`write_task` under the header every analysis opens with.
 >>> numbers(df, "y", "target", "id")
 Traceback (most recent call last):
 ...
-fusefn.errors.ConfigError: target column 'y': case 'b' has no value (NaN or missing); pass skip_invalid=True (--skip-invalid) to leave such cases out
+fusefn.errors.ConfigError: target column 'y': case 'b' has no finite value (NaN, infinite or missing); pass skip_invalid=True (--skip-invalid) to leave such cases out
 """
 
 from __future__ import annotations
@@ -121,7 +121,7 @@ def numbers(
             i = int(np.flatnonzero(bad)[0])
             where = ", ".join(names)
             raise ConfigError(
-                f"{what} column {where!r}: case {case_id(df, id, i)!r} has no value (NaN or missing)"
+                f"{what} column {where!r}: case {case_id(df, id, i)!r} has no finite value (NaN, infinite or missing)"
                 + (f", and {int(bad.sum()) - 1} more case(s)" if bad.sum() > 1 else "")
                 + f"; {_SKIP_HINT}"
             )

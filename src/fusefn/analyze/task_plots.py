@@ -78,7 +78,9 @@ def plot_scatter(pred: np.ndarray, target: np.ndarray, metrics: Mapping, path: s
     return _save(fig, path)
 
 
-def plot_bland_altman(pred: np.ndarray, target: np.ndarray, agreement: Mapping, path: str | os.PathLike | None):
+def plot_bland_altman(
+    pred: np.ndarray, target: np.ndarray, agreement: Mapping, path: str | os.PathLike | None, *, level: float = 0.95
+):
     """Bland–Altman plot: ``pred - target`` against their mean; bias and limits of agreement, shaded by their CIs.
 
     ``agreement`` is :class:`~fusefn.analyze.task_regression.BlandAltman`'s result (leaves ``{"value"}``,
@@ -102,7 +104,7 @@ def plot_bland_altman(pred: np.ndarray, target: np.ndarray, agreement: Mapping, 
     ax.set(
         xlabel="mean of prediction and target",
         ylabel="prediction − target",
-        title="Bland–Altman plot (shaded: 95% bootstrap CIs)"
+        title=f"Bland–Altman plot (shaded: {round(level * 100, 1):g}% bootstrap CIs)"
         if agreement["bias"].get("lower") is not None
         else "Bland–Altman plot",
     )
@@ -195,7 +197,15 @@ def plot_td_auc(
         if all(v.get("lower") is not None for _, v in pts):
             lo = np.array([v["lower"] for _, v in pts], dtype=np.float64)
             hi = np.array([v["upper"] for _, v in pts], dtype=np.float64)
-            ax.errorbar(x, y, yerr=[y - lo, hi - y], fmt="o", color="C3", capsize=3, label="report times (95% CI)")
+            ax.errorbar(
+                x,
+                y,
+                yerr=[y - lo, hi - y],
+                fmt="o",
+                color="C3",
+                capsize=3,
+                label=f"report times ({round(level * 100, 1):g}% CI)",
+            )
         else:
             ax.plot(x, y, "o", color="C3", label="report times")
     ax.axhline(0.5, color="grey", lw=0.8, ls="--", label="chance")

@@ -76,7 +76,7 @@ class BlandAltman(ColumnStore):
     extract = MAE.extract
 
     @staticmethod
-    def _from(n, mean, var) -> dict:
+    def _from(mean, var) -> dict:
         sd = np.sqrt(np.clip(var, 0, None))
         return {"bias": mean, "sd": sd, "lower_loa": mean - LOA_Z * sd, "upper_loa": mean + LOA_Z * sd}
 
@@ -85,7 +85,7 @@ class BlandAltman(ColumnStore):
             undefined("BlandAltman: fewer than two samples seen")
             return dict.fromkeys(("bias", "sd", "lower_loa", "upper_loa"), float("nan"))
         d = state["pred"] - state["target"]
-        return {k: float(v) for k, v in self._from(d.size, d.mean(), d.var(ddof=1)).items()}
+        return {k: float(v) for k, v in self._from(d.mean(), d.var(ddof=1)).items()}
 
     def resampled(self, cols: Mapping, counts: np.ndarray) -> dict:
         d = cols["pred"] - cols["target"]
@@ -96,7 +96,7 @@ class BlandAltman(ColumnStore):
         with np.errstate(invalid="ignore", divide="ignore"):
             mean = (w @ d) / n
             var = (w @ (d * d) - n * mean * mean) / (n - 1)
-        return self._from(n, mean + c, var)
+        return self._from(mean + c, var)
 
 
 def regression_metrics() -> dict:
@@ -249,7 +249,9 @@ def write_regression(out: pathlib.Path, results: dict, data: Mapping, *, level: 
     figures = []
     if plots:
         plot_scatter(data["pred"], data["target"], results["metrics"], out / "scatter.png")
-        plot_bland_altman(data["pred"], data["target"], results["metrics"]["bland_altman"], out / "bland_altman.png")
+        plot_bland_altman(
+            data["pred"], data["target"], results["metrics"]["bland_altman"], out / "bland_altman.png", level=level
+        )
         figures = [
             (
                 "predicted against true",

@@ -522,7 +522,7 @@ def write_survival(
                 "time-dependent AUC",
                 "td_auc.png",
                 "Cumulative/dynamic AUC against time"
-                + (f", shaded: the central 95 % of {n_band} resampled curves" if ci else "")
+                + (f", shaded: the central {round(level * 100, 1):g} % of {n_band} resampled curves" if ci else "")
                 + "; the points are the report's times with their intervals.",
             ),
         ]

@@ -93,7 +93,9 @@ class CrossEntropy:
         sw = torch.as_tensor(nd.get(batch, self.sample_weight), device=per.device).to(per.dtype)
         sw = sw.reshape(-1, *([1] * (per.dim() - 1)))
         valid = (target != self.ignore_index).to(per.dtype)
-        denom = sw * valid if class_w is None else sw * valid * class_w[target.clamp_min(0)]
+        # ignored labels may be any value (255 in segmentation): index the class weights with a valid class there
+        safe = torch.where(valid.bool(), target, 0)
+        denom = sw * valid if class_w is None else sw * valid * class_w[safe]
         return poisoned((per * sw).sum() / denom.sum().clamp_min(torch.finfo(per.dtype).tiny), ok) * self.weight
 
 

@@ -34,7 +34,8 @@ from fusefn import validators as v
 from fusefn.core import record
 from fusefn.errors import ConfigError
 
-from .transforms import GradientTransform, Params
+from .torch_optim import TorchOptimizer
+from .transforms import Adam, AdamW, GradientTransform, Params, Sgd
 
 __all__ = ["ParamGroups", "Frozen", "BiasAndNorm", "param_groups", "freeze", "frozen", "no_decay_on_bias_and_norm"]
 
@@ -236,10 +237,9 @@ def no_decay_on_bias_and_norm(opt: GradientTransform, *, also=()) -> ParamGroups
     ``opt`` is a transform with a ``weight_decay`` field (``sgd``, ``adam``, ``adamw``,
     :func:`~fusefn.optim.from_torch`); the same as ``optim.adamw(..., decay="weights")``.
     """
-    if not attrs.has(type(opt)) or "weight_decay" not in attrs.fields_dict(type(opt)):
-        from .torch_optim import TorchOptimizer
-
-        if isinstance(opt, TorchOptimizer):
-            return ParamGroups(groups=((BiasAndNorm(also=also), opt.with_options(weight_decay=0.0)),), default=opt)
-        raise ConfigError(f"no_decay_on_bias_and_norm: {type(opt).__name__} has no weight_decay field")
-    return ParamGroups(groups=((BiasAndNorm(also=also), attrs.evolve(opt, weight_decay=0.0)),), default=opt)
+    sel = BiasAndNorm(also=also)
+    if isinstance(opt, TorchOptimizer):
+        return ParamGroups(groups=((sel, opt.with_options(weight_decay=0.0)),), default=opt)
+    if isinstance(opt, (Sgd, Adam, AdamW)):
+        return ParamGroups(groups=((sel, attrs.evolve(opt, weight_decay=0.0)),), default=opt)
+    raise ConfigError(f"no_decay_on_bias_and_norm: {type(opt).__name__} has no weight_decay")

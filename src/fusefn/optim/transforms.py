@@ -363,7 +363,7 @@ def sgd(
     weight_decay: float = 0.0,
     nesterov: bool = False,
     decay: str = "all",
-) -> Sgd:
+) -> GradientTransform:
     """SGD (see :class:`Sgd`); ``decay="weights"`` exempts biases and norm weights from ``weight_decay``."""
     opt = Sgd(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay, nesterov=nesterov)
     return _decayed(opt, decay)
@@ -371,14 +371,14 @@ def sgd(
 
 def adam(
     lr=1e-3, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, *, weight_decay: float = 0.0, decay: str = "all"
-) -> Adam:
+) -> GradientTransform:
     """Adam (see :class:`Adam`); ``decay="weights"`` exempts biases and norm weights from ``weight_decay``."""
     return _decayed(Adam(lr=lr, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay), decay)
 
 
 def adamw(
     lr=1e-3, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, *, weight_decay: float = 1e-2, decay: str = "all"
-) -> AdamW:
+) -> GradientTransform:
     """AdamW (see :class:`AdamW`).
 
     ``decay="weights"``: weight decay on the weights only, not on biases and normalisation

@@ -53,14 +53,20 @@ def dataset(source, static: Callable, *, cache_root: str | os.PathLike | None = 
 
 
 def build(*datasets, workers: int | None = None, progress: bool | None = None) -> list:
-    """Each dataset built (its cache filled); under ``torchrun`` rank 0 builds first, the others then read it.
+    """Each dataset built (its cache filled); in a process group rank 0 builds first, the others then read it.
 
     ``progress``: a bar per cache build; default: when stderr is a terminal.
+
+    It uses the run's process group and never joins one: :meth:`Recipe.execute` holds it around the phases
+    every rank runs (``Recipe.all_ranks``) and leaves it before rank 0 goes on alone, where joining again
+    would wait for ranks that have returned. A script under ``torchrun`` holds
+    ``fusefn.train.process_group()`` itself.
     """
     from fusefn.train import distributed
 
     progress = _terminal() if progress is None else progress
-    distributed.init_process_group()
+    if distributed.world_size() == 1:  # no group, or rank 0 alone after the run's group was left
+        return [d.build(workers=workers, progress=progress) for d in datasets]
     built = [d.build(workers=workers, progress=progress) for d in datasets] if distributed.rank() == 0 else None
     distributed.barrier()
     return built if built is not None else [d.build(workers=workers, progress=progress) for d in datasets]

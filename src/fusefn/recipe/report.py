@@ -134,7 +134,8 @@ def _figures_md(report: pathlib.Path, figures: Sequence[tuple]) -> str:
     for title, fig, *caption in figures:
         if fig is None:
             continue
-        rel = pathlib.Path(fig).resolve().relative_to(report.parent.resolve())
+        # relative to the report (so the folder can move), also for a figure outside its folder
+        rel = pathlib.Path(os.path.relpath(pathlib.Path(fig).resolve(), report.parent.resolve()))
         text = caption[0] if caption and caption[0] else figure_caption(fig)
         md += f"\n### {title}\n\n![{title}]({rel.as_posix()})\n" + (f"\n{text}\n" if text else "")
     return md

@@ -334,7 +334,9 @@ def _merge(parts: Sequence[tuple], *, replicated: bool) -> tuple[list, dict, lis
     parts = parts[:1] if replicated else parts
     rows = sorted((pos, r, i) for r, part in enumerate(parts) for i, pos in enumerate(part[3]))
     ids = [parts[r][0][i] for _, r, i in rows]
-    merged = {c: [parts[r][1][c][i] for _, r, i in rows] for c in parts[0][1]}
+    # a rank with no rows (its share failed) lacks the columns the others add (e.g. an ensemble's votes)
+    names = list(dict.fromkeys(c for p in parts if p[0] for c in p[1])) or list(parts[0][1])
+    merged = {c: [parts[r][1][c][i] for _, r, i in rows] for c in names}
     failed = sorted((f for part in parts for f in part[2]), key=lambda f: f.get(_AT, -1))
     return ids, merged, [{k: x for k, x in f.items() if k != _AT} for f in failed]
 
