@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime
-import importlib.metadata
 import os
 import pathlib
 import warnings
@@ -13,7 +12,7 @@ import numpy as np
 import polars as pl
 
 from fusefn._atomic import atomic_dir
-from fusefn.analyze.inputs import TARGET, as_list, read_predictions, select_inputs
+from fusefn.analyze.inputs import TARGET, as_list, fusefn_version, read_predictions, select_inputs, source_name
 from fusefn.analyze.plots import draw_figures
 from fusefn.analyze.report import write_markdown, write_results
 from fusefn.analyze.resampling import Progress
@@ -35,10 +34,6 @@ _RNG = Rng(1234)  # the default resampling stream (an Rng is immutable: one inst
 OUTPUTS = ("metrics.json", "report.txt", "report.md", "*.png", ".*.tmp")
 
 
-def _name(source) -> str:
-    return "<frame>" if isinstance(source, pl.DataFrame) else str(source)
-
-
 def _threshold_rule(binary: bool, threshold: float | None, chosen: dict | None = None) -> str:
     if not binary:
         return "argmax: the class with the highest score"
@@ -47,13 +42,6 @@ def _threshold_rule(binary: bool, threshold: float | None, chosen: dict | None =
     if threshold is None:
         return "the default, on the positive-class probability; not tuned on these data"
     return "given by the user (--threshold / threshold=)"
-
-
-def _version() -> str:
-    try:
-        return importlib.metadata.version("fusefn")
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
 
 
 def analyze(
@@ -214,7 +202,7 @@ def analyze(
         vdf, _ = read_predictions(threshold_from, None, id=id, strict=strict)
         validation = select_inputs(vdf, **{**select, "fold": None, "group": None})
         first = as_list(operating_point)[0] if operating_point else "youden"
-        chosen = threshold_from_validation(validation, first, source=_name(threshold_from))
+        chosen = threshold_from_validation(validation, first, source=source_name(threshold_from))
         threshold = chosen["threshold"]
     if scores == "raw" and binary and threshold is None:
         raise ConfigError("raw scores are not probabilities: give the binary decision threshold (--threshold)")
@@ -224,8 +212,8 @@ def analyze(
     results: dict = {
         "task": "binary" if binary else "multiclass",
         "inputs": {
-            "pred": [_name(f) for f in as_list(pred)],
-            "target": None if target is None else _name(target),
+            "pred": [source_name(f) for f in as_list(pred)],
+            "target": None if target is None else source_name(target),
             "id": id,
             "score": list(inputs.score),
             "scores": scores,
@@ -243,7 +231,7 @@ def analyze(
         },
         "num_samples": inputs.num_samples,
         "class_counts": {name: int(np.count_nonzero(target_values == i)) for i, name in enumerate(inputs.class_names)},
-        "fusefn_version": _version(),
+        "fusefn_version": fusefn_version(),
         "date": datetime.date.today().isoformat(),
         "skipped": list(inputs.skipped),
         "class_names": list(inputs.class_names),

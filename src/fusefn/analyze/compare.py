@@ -31,7 +31,6 @@ The command line is ``fusefn compare A.csv B.csv --out DIR`` (:mod:`fusefn.analy
 from __future__ import annotations
 
 import datetime
-import importlib.metadata
 import os
 import pathlib
 import warnings
@@ -43,7 +42,15 @@ import polars as pl
 
 from fusefn import keys, nd
 from fusefn._atomic import atomic_dir
-from fusefn.analyze.inputs import PRED, TARGET, AnalysisInputs, read_predictions, select_inputs
+from fusefn.analyze.inputs import (
+    PRED,
+    TARGET,
+    AnalysisInputs,
+    fusefn_version,
+    read_predictions,
+    select_inputs,
+    source_name,
+)
 from fusefn.analyze.resampling import Progress
 from fusefn.analyze.suite import OPERATING_POINT_STATS, classification_metrics, interval_methods
 from fusefn.core import Rng
@@ -61,10 +68,6 @@ _RNG = Rng(1234)
 _SHOWN = 5  # ids listed in an error before "and N more"
 
 
-def _name(source) -> str:
-    return "<frame>" if isinstance(source, pl.DataFrame) else str(source)
-
-
 def _model_names(sources: Sequence, names: Sequence[str] | None) -> list[str]:
     if names is not None:
         names = [str(n) for n in names]
@@ -76,7 +79,7 @@ def _model_names(sources: Sequence, names: Sequence[str] | None) -> list[str]:
     stems = [pathlib.Path(s).stem if not isinstance(s, pl.DataFrame) else "" for s in sources]
     if all(stems) and len(set(stems)) == len(stems):
         return stems
-    paths = [_name(s) for s in sources]
+    paths = [source_name(s) for s in sources]
     if all(stems) and len(set(paths)) == len(paths):
         return paths
     return [f"model {i + 1}" for i in range(len(sources))]
@@ -159,13 +162,6 @@ def load_models(
         )
     _check_same_cases(models)
     return _aligned(models)
-
-
-def _version() -> str:
-    try:
-        return importlib.metadata.version("fusefn")
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
 
 
 def _operating_point(tree: Mapping, shown: Sequence[str], binary: bool) -> dict:
@@ -304,9 +300,9 @@ def compare(
     sources = list(pred)
     results: dict = {
         "inputs": {
-            "pred": [_name(f) for f in sources],
-            "models": {m: _name(f) for m, f in zip(models, sources, strict=True)},
-            "target": None if target is None else _name(target),
+            "pred": [source_name(f) for f in sources],
+            "models": {m: source_name(f) for m, f in zip(models, sources, strict=True)},
+            "target": None if target is None else source_name(target),
             "id": first.id,
             "score": list(first.score),
             "scores": scores,
@@ -333,7 +329,7 @@ def compare(
         "differences": diffs,
         "tests": tests,
         "methods": methods if ci else {},
-        "fusefn_version": _version(),
+        "fusefn_version": fusefn_version(),
         "date": datetime.date.today().isoformat(),
         "warnings": sorted({str(w.message) for w in caught}),
     }

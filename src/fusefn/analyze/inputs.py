@@ -7,6 +7,7 @@ metric suite runs on.
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 from collections.abc import Sequence
 
@@ -31,6 +32,19 @@ TARGET = "target"
 def group_key(i: int) -> str:
     """Key of the ``i``-th group column in :attr:`AnalysisInputs.batch` (column names may hold dots)."""
     return f"group_{i}"
+
+
+def source_name(source) -> str:
+    """How a report names an input: its path, or ``<frame>`` for an in-memory table."""
+    return "<frame>" if isinstance(source, pl.DataFrame) else str(source)
+
+
+def fusefn_version() -> str:
+    """The installed fusefn's version, recorded in every analysis's metrics.json."""
+    try:
+        return importlib.metadata.version("fusefn")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def as_list(value) -> list:

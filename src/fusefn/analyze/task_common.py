@@ -19,7 +19,6 @@ fusefn.errors.ConfigError: target column 'y': case 'b' has no finite value (NaN,
 from __future__ import annotations
 
 import datetime
-import importlib.metadata
 import pathlib
 import warnings
 from collections.abc import Mapping, Sequence
@@ -29,7 +28,7 @@ import polars as pl
 
 from fusefn import keys, nd
 from fusefn._atomic import write_bytes
-from fusefn.analyze.inputs import as_list
+from fusefn.analyze.inputs import as_list, fusefn_version, source_name
 from fusefn.analyze.report import format_value, markdown_header, write_results
 from fusefn.analyze.resampling import Progress, resample_suite
 from fusefn.analyze.suite import interval_methods, outside_notes
@@ -191,17 +190,6 @@ def bootstrap_metrics(
     return out
 
 
-def _version() -> str:
-    try:
-        return importlib.metadata.version("fusefn")
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
-
-
-def _name(source) -> str:
-    return "<frame>" if isinstance(source, pl.DataFrame) else str(source)
-
-
 def base_results(
     task: str,
     *,
@@ -229,8 +217,8 @@ def base_results(
     return {
         "task": task,
         "inputs": {
-            "pred": [_name(f) for f in as_list(pred)],
-            "target": None if target is None else _name(target),
+            "pred": [source_name(f) for f in as_list(pred)],
+            "target": None if target is None else source_name(target),
             "id": id,
             "score": list(score),
             "scores": "raw",
@@ -249,7 +237,7 @@ def base_results(
         },
         "num_samples": num_samples,
         "class_counts": dict(counts),
-        "fusefn_version": _version(),
+        "fusefn_version": fusefn_version(),
         "date": datetime.date.today().isoformat(),
         "skipped": list(skipped),
         "class_names": [],
