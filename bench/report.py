@@ -99,8 +99,11 @@ COMPARISONS: dict[str, dict[str, Any]] = {
         "note": "FuseMedML's row is its KNIGHT 3D pipeline (nearest-neighbour 3D rotation p .5, per-slice bilinear 2D "
         "affine p .5, noise p .3, no intensity group): less work than fusefn's default (trilinear rotation about every "
         "axis, intensity group, noise p .5). The row 'fusefn (FuseMedML's augmentations)' runs FuseMedML's "
-        "augmentations with fusefn ops (in-plane samples on the 2D kernel). Ratios depend strongly on thread count "
-        "and load: this is the 2-thread run on the quiet machine (2026-12-07 00:08, load < 1); at 1 thread fusefn is 0.74× and the same-work row 0.85× FuseMedML (53.6 / 62.0 vs 72.6 volumes/s)",
+        "augmentations with fusefn ops (in-plane samples on the 2D kernel). fusefn's eager rows resample volumes on "
+        "its compiled kernel (fusefn.augment._sample3d: PyTorch's grid_sample values bit for bit) and draw noise on "
+        "both threads; the compiled rows trace PyTorch's grid_sample (the kernel is eager-only). Ratios depend on "
+        "thread count and load: this is the 2-thread run on the quiet machine (2026-12-07 01:58, load < 2); at 1 "
+        "thread fusefn is 1.21× and the same-work row 1.50× FuseMedML (85.2 / 105.1 vs 70.2 volumes/s)",
     },
     "augment.3d_elastic": {
         "title": "Augmentation: affine + elastic deformation, 3D (16 × 1×96³)",
@@ -108,8 +111,8 @@ COMPARISONS: dict[str, dict[str, Any]] = {
         "better": "higher",
         "subject": (C.FUSEFN,),
         "targets": {C.FUSEFN + " (two resamplings)": (">=", 1.3, "one composed grid: ≥ 1.3× two resamplings")},
-        "note": "at 1 thread the fused chain is 1.9× the two resamplings (37.0 vs 19.4 volumes/s, 2026-12-06, load "
-        "~9); FuseMedML has no 3D elastic deformation",
+        "note": "both fusefn rows resample on the compiled 3D kernel; at 1 thread the fused chain is 1.54× the two "
+        "resamplings (51.7 vs 33.5 volumes/s, 2026-12-07, MONAI 1.70); FuseMedML has no 3D elastic deformation",
     },
     "metrics.auc_ci.knight": {
         "title": "ROC AUC + stratified bootstrap 95 % CI on the 60 KNIGHT cases",

@@ -12,8 +12,10 @@ a pipeline, in order) comes from that generator.
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Mapping
+import threading
+from collections.abc import Callable, Mapping
 
 import torch
 
@@ -300,6 +302,65 @@ def write_rows(out: torch.Tensor, idx: torch.Tensor, y: torch.Tensor) -> torch.T
     if not (dst.data_ptr() == y.data_ptr() and dst.stride() == y.stride()):
         dst.copy_(y)
     return out
+
+
+def split_over_threads(count: int, fn: Callable[[int, int], None], *, threads: int | None = None) -> None:
+    """``fn(lo, hi)`` over contiguous ranges covering ``range(count)``, on ``threads`` threads (default ``torch.get_num_threads()``).
+
+    Python threads for work that releases the GIL (PyTorch ops, the numba kernels). The range is cut
+    into a few pieces per thread, which the threads (the calling one included) take in turn until
+    none is left: a thread slowed by other work on its core does less, instead of holding the others up.
+    What a piece computes must not depend on which thread runs it.
+    """
+    k = max(1, min(count, torch.get_num_threads() if threads is None else threads))
+    pieces = min(count, k * 8) if k > 1 else 1
+    bounds = [count * i // pieces for i in range(pieces + 1)]
+    taken = itertools.count()  # next() on it is atomic under the GIL
+    errors: list = []
+
+    def work() -> None:
+        try:
+            while not errors and (i := next(taken)) < pieces:
+                fn(bounds[i], bounds[i + 1])
+        except BaseException as e:  # re-raised in the caller's thread
+            errors.append(e)
+
+    others = [threading.Thread(target=work) for _ in range(1, k)]
+    for t in others:
+        t.start()
+    work()
+    for t in others:
+        t.join()
+    if errors:
+        raise errors[0]
+
+
+# samples at least this large draw their noise from generators of their own (see standard_normal)
+OWN_GENERATOR_NUMEL = 1 << 16
+
+
+def standard_normal(generator: torch.Generator, n: int, shape: tuple, scale: torch.Tensor) -> torch.Tensor:
+    """``n×shape`` standard normal draws, sample ``i`` multiplied by ``scale[i]``.
+
+    PyTorch draws from one CPU generator on one thread. On the CPU, samples of at least
+    ``OWN_GENERATOR_NUMEL`` values therefore each draw from a generator of their own, seeded from
+    ``generator``, so the threads draw them in parallel; the values do not depend on the threads.
+    """
+    numel = math.prod(shape)
+    if generator.device.type != "cpu" or numel < OWN_GENERATOR_NUMEL or n == 0:
+        z = torch.randn((n, *shape), generator=generator, device=generator.device)
+        return z.mul_(scale.to(z.device).view((-1,) + (1,) * len(shape)))
+    seeds = torch.randint(0, 2**62, (n,), generator=generator).tolist()
+    factors = scale.tolist()
+    z = torch.empty((n, *shape))
+
+    def draw(lo: int, hi: int) -> None:
+        for i in range(lo, hi):
+            # the scale inside the draw: a separate multiply would start a thread team of its own here
+            torch.normal(0.0, factors[i], shape, generator=torch.Generator().manual_seed(seeds[i]), out=z[i])
+
+    split_over_threads(n, draw)
+    return z
 
 
 def generator(rng: Rng, device) -> torch.Generator:

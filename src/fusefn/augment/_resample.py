@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from fusefn import nd
 
+from . import _sample3d
 from ._common import (
     check_image,
     check_mask,
@@ -47,9 +48,7 @@ def grid_from_inverse(inverse: torch.Tensor, spatial: tuple, dtype, in_spatial: 
     is 0). ``grid_sample`` wants the last axis first, hence the flip.
     """
     d = len(spatial)
-    in_spatial = spatial if in_spatial is None else in_spatial
-    scale = torch.tensor([2.0 / s for s in in_spatial], dtype=inverse.dtype, device=inverse.device)
-    theta = (inverse[:, :d, :] * scale[None, :, None]).flip(1).to(dtype)  # (n, d, d+1), rows x, y, z
+    theta = normalised_theta(inverse, spatial if in_spatial is None else in_spatial, dtype)
     n = theta.shape[0]
     if d == 3 and chunked(theta):
         return _grid_channels_first(theta, spatial, dtype)
@@ -62,6 +61,13 @@ def grid_from_inverse(inverse: torch.Tensor, spatial: tuple, dtype, in_spatial: 
         shape[1 + axis] = size
         grid = grid + (coords[None, :, None] * theta[:, None, :, axis]).reshape(shape)
     return grid
+
+
+def normalised_theta(inverse: torch.Tensor, in_spatial: tuple, dtype) -> torch.Tensor:
+    """``n×d×(d+1)``: the rows of the centred inverse maps in ``grid_sample``'s units, last axis (x) first."""
+    d = len(in_spatial)
+    scale = torch.tensor([2.0 / s for s in in_spatial], dtype=inverse.dtype, device=inverse.device)
+    return (inverse[:, :d, :] * scale[None, :, None]).flip(1).to(dtype)
 
 
 def _grid_channels_first(theta: torch.Tensor, spatial: tuple, dtype) -> torch.Tensor:
@@ -83,12 +89,15 @@ def _grid_channels_first(theta: torch.Tensor, spatial: tuple, dtype) -> torch.Te
 
 
 def grid_sample(x: torch.Tensor, grid: torch.Tensor, mode: str, padding: str) -> torch.Tensor:
-    """``F.grid_sample`` (align_corners=False) that also spreads one 3D volume over the CPU threads.
+    """``F.grid_sample`` (align_corners=False), faster for 3D on the CPU, with the same values.
 
-    PyTorch's 3D CPU kernel is parallel over the batch only, so one volume would use one
-    thread. Cutting the output into depth slabs makes each slab a batch entry over the same
-    (expanded, not copied) input: the same values, on every thread.
+    float32 volumes in eager mode go to the compiled kernel of :mod:`~fusefn.augment._sample3d`.
+    Otherwise PyTorch's 3D CPU kernel runs, parallel over the batch only, so one volume would use
+    one thread: cutting the output into depth slabs makes each slab a batch entry over the same
+    (expanded, not copied) input, on every thread.
     """
+    if _sample3d.eligible(x, grid, mode, padding):
+        return _sample3d.grid_sample_3d(x, grid, mode, padding)
     k = torch.get_num_threads()
     n, c = x.shape[:2]
     if x.ndim != 5 or n != 1 or k < 2 or x.device.type != "cpu" or torch.compiler.is_compiling():
@@ -128,6 +137,7 @@ def resample_keys(
     grid_fn: Callable[[tuple, torch.dtype, slice], torch.Tensor],
     padding: str,
     out_spatial: tuple | None = None,
+    inverse: torch.Tensor | None = None,
 ):
     """Resample the active samples of every image (bilinear) and mask (nearest) key with one grid.
 
@@ -135,7 +145,9 @@ def resample_keys(
     ``index[positions]`` for the input size ``spatial``. In eager mode on CPU the work runs
     in chunks of a few samples, each read, resampled and written back while in cache.
     With ``out_spatial`` (a crop-and-resize) every sample must be active, since the
-    output shape changes.
+    output shape changes. ``inverse`` (the active samples' centred inverse maps, when the grid is
+    :func:`grid_from_inverse`'s) lets 3D volumes on the CPU skip the grid: the compiled kernel of
+    :mod:`~fusefn.augment._sample3d` forms each grid value where it reads it, the same values.
     """
     images = {k: get_key(batch, k, op) for k in image_keys}
     masks = {k: get_key(batch, k, op) for k in mask_keys}
@@ -153,6 +165,13 @@ def resample_keys(
         return batch, owned
     spatial = tuple(ref.shape[2:])
     fdtype = {k: (m.dtype if m.is_floating_point() else torch.float32) for k, m in masks.items()}
+    if inverse is not None and out_spatial is None and _affine_kernel_takes(images, masks, padding):
+        theta = normalised_theta(inverse, spatial, torch.float32)
+        outs = {}
+        for k, x in {**images, **masks}.items():
+            mode = "bilinear" if k in images else "nearest"
+            outs[k] = _sample3d.affine_3d(x, output_buffer(x, index, k in owned), index, theta, mode, padding)
+        return nd.assoc_many(batch, outs), owned | frozenset(outs)
     if out_spatial is not None or not chunked(ref):
         return _resample_whole(batch, owned, images, masks, fdtype, index, grid_fn, spatial, padding, out_spatial)
     outs = {k: output_buffer(x, index, k in owned) for k, x in {**images, **masks}.items()}
@@ -170,6 +189,12 @@ def resample_keys(
             y = grid_sample(rows(m, idx).to(fdtype[k]), grids[fdtype[k]], "nearest", padding)
             write_rows(outs[k], idx, y.to(m.dtype))
     return nd.assoc_many(batch, outs), owned | frozenset(outs)
+
+
+def _affine_kernel_takes(images: Mapping, masks: Mapping, padding: str) -> bool:
+    return all(_sample3d.affine_eligible(x, "bilinear", padding) for x in images.values()) and all(
+        _sample3d.affine_eligible(m, "nearest", padding) for m in masks.values()
+    )
 
 
 def _resample_whole(batch, owned, images, masks, fdtype, index, grid_fn, spatial, padding, out_spatial):

@@ -35,6 +35,7 @@ from ._common import (
     put,
     range_validator,
     runs,
+    standard_normal,
     take,
     to_device,
     uniform,
@@ -197,9 +198,7 @@ class GaussianNoise(Augmentation):
         sub_std = std.index_select(0, params["index"])
         noise = {}
         for k in self.image_keys:
-            shape = tuple(shapes[k])
-            z = torch.randn((n, *shape), generator=generator, device=generator.device)
-            noise[k] = z.mul_(sub_std.view((-1,) + (1,) * len(shape)))
+            noise[k] = standard_normal(generator, n, tuple(shapes[k]), sub_std)
         params.update(std=std, noise=noise)
         return to_device(params, device)
 
