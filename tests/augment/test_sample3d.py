@@ -19,12 +19,15 @@ PADDINGS = ["zeros", "border", "reflection"]
 
 
 def with_threads(n: int, fn):
-    before = torch.get_num_threads()
+    """``fn()`` on ``n`` threads, even for the tiny volumes here (the kernel keeps small work on one)."""
+    before, least = torch.get_num_threads(), _sample3d._MIN_PER_THREAD
     torch.set_num_threads(n)
+    _sample3d._MIN_PER_THREAD = 1
     try:
         return fn()
     finally:
         torch.set_num_threads(before)
+        _sample3d._MIN_PER_THREAD = least
 
 
 @needs_numba
@@ -120,12 +123,25 @@ def test_affine_kernel_in_place_reads_every_sample_before_writing():
 
 
 @needs_numba
+def test_integer_labels_are_copied_exactly():
+    labels = torch.tensor([0, 2**24 + 1, 2**40 + 3], dtype=torch.int64)
+    seg = labels[torch.randint(0, 3, (2, 1, 6, 7, 5))]
+    inverse = Affine(dims=3, mask_keys="seg", rotate=(-30, 30)).sample(2, rng=Rng(2))["inverse"]
+    theta = _resample.normalised_theta(inverse, (6, 7, 5), torch.float32)
+    out = _sample3d.affine_3d(seg, torch.empty_like(seg), torch.arange(2), theta, "nearest", "zeros")
+    assert set(out.unique().tolist()) <= set(labels.tolist())
+    assert (out == 2**40 + 3).any()
+
+
+@needs_numba
 def test_what_the_kernel_does_not_take_goes_to_grid_sample():
     x, grid = torch.rand(1, 1, 4, 4, 4), torch.rand(1, 3, 3, 3, 3) * 2 - 1
     assert not _sample3d.eligible(x.double(), grid.double(), "bilinear", "zeros")
     assert not _sample3d.eligible(x.requires_grad_(), grid, "bilinear", "zeros")
     assert not _sample3d.eligible(x.detach(), grid, "bicubic", "zeros")
     assert not _sample3d.eligible(x.detach()[:, :, 0], grid[:, 0], "bilinear", "zeros")
+    assert not _sample3d.eligible(torch.rand(1, 1, 0, 4, 4), grid, "bilinear", "zeros")  # F.grid_sample raises
+    assert not _sample3d.eligible(torch.nn.Parameter(x.detach(), requires_grad=False), grid, "bilinear", "zeros")
     assert not _sample3d.affine_eligible(torch.zeros(1, 1, 2, 2, 2, dtype=torch.uint8), "bilinear", "zeros")
     assert _sample3d.affine_eligible(torch.zeros(1, 1, 2, 2, 2, dtype=torch.uint8), "nearest", "zeros")
     # float64 through the whole op: the same values as before, from F.grid_sample
@@ -185,15 +201,28 @@ def test_volume_noise_does_not_depend_on_the_threads():
         assert abs(float(z[i].mean())) < 0.01
 
 
-def test_standard_normal_switches_to_own_generators_by_size_only():
+def test_scaled_normal_switches_to_own_generators_by_size_only():
     g = torch.Generator().manual_seed(0)
-    small = _common.standard_normal(g, 3, (1, 8, 8), torch.ones(3))
+    small = _common.scaled_normal(g, 3, (1, 8, 8), torch.ones(3))
     assert torch.equal(small, torch.randn((3, 1, 8, 8), generator=torch.Generator().manual_seed(0)))
-    big = _common.standard_normal(torch.Generator().manual_seed(0), 2, (1, 256, 256), torch.tensor([1.0, 2.0]))
-    seeds = torch.randint(0, 2**62, (2,), generator=torch.Generator().manual_seed(0)).tolist()
+    scale = torch.tensor([0.37, 1.9])
+    big = _common.scaled_normal(torch.Generator().manual_seed(0), 2, (1, 256, 256), scale)
+    seeds = torch.randint(0, 2**32, (2,), generator=torch.Generator().manual_seed(0)).tolist()
     for i, s in enumerate(seeds):
-        expected = torch.randn((1, 256, 256), generator=torch.Generator().manual_seed(s)) * (i + 1)
+        expected = torch.randn((1, 256, 256), generator=torch.Generator().manual_seed(s)) * scale[i]
         assert torch.equal(big[i], expected)
+
+
+def test_threads_keep_the_callers_inference_and_grad_modes():
+    aug = GaussianNoise(image_keys="img", std=0.1)
+    batch = {"img": torch.rand(4, 1, 40, 40, 41)}  # large samples: their noise is drawn on the threads
+    with torch.inference_mode():
+        out = with_threads(2, lambda: aug(batch, rng=Rng(0)))["img"]
+    assert out.is_inference()
+    modes = []
+    with torch.no_grad():
+        _common.split_over_threads(4, lambda lo, hi: modes.append(torch.is_grad_enabled()), threads=2)
+    assert modes and not any(modes)
 
 
 def test_split_over_threads_covers_the_range_once_and_reraises():

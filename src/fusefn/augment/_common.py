@@ -305,23 +305,27 @@ def write_rows(out: torch.Tensor, idx: torch.Tensor, y: torch.Tensor) -> torch.T
 
 
 def split_over_threads(count: int, fn: Callable[[int, int], None], *, threads: int | None = None) -> None:
-    """``fn(lo, hi)`` over contiguous ranges covering ``range(count)``, on ``threads`` threads (default ``torch.get_num_threads()``).
+    """``fn(lo, hi)`` over contiguous ranges covering ``range(count)``, on ``threads`` threads.
 
-    Python threads for work that releases the GIL (PyTorch ops, the numba kernels). The range is cut
-    into a few pieces per thread, which the threads (the calling one included) take in turn until
-    none is left: a thread slowed by other work on its core does less, instead of holding the others up.
-    What a piece computes must not depend on which thread runs it.
+    ``threads`` defaults to ``torch.get_num_threads()``. Python threads, for work that releases
+    the GIL (PyTorch ops, the numba kernels). The range is cut into a few pieces per thread, which
+    the threads (the calling one included) take in turn until none is left: a thread slowed by
+    other work on its core does less, instead of holding the others up. What a piece computes must
+    not depend on which thread runs it. The helper threads run in the caller's grad and inference
+    modes (PyTorch keeps those per thread).
     """
     k = max(1, min(count, torch.get_num_threads() if threads is None else threads))
     pieces = min(count, k * 8) if k > 1 else 1
     bounds = [count * i // pieces for i in range(pieces + 1)]
     taken = itertools.count()  # next() on it is atomic under the GIL
     errors: list = []
+    grad, inference = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
 
     def work() -> None:
         try:
-            while not errors and (i := next(taken)) < pieces:
-                fn(bounds[i], bounds[i + 1])
+            with torch.inference_mode(inference), torch.set_grad_enabled(grad):
+                while not errors and (i := next(taken)) < pieces:
+                    fn(bounds[i], bounds[i + 1])
         except BaseException as e:  # re-raised in the caller's thread
             errors.append(e)
 
@@ -335,22 +339,24 @@ def split_over_threads(count: int, fn: Callable[[int, int], None], *, threads: i
         raise errors[0]
 
 
-# samples at least this large draw their noise from generators of their own (see standard_normal)
+# samples at least this large draw their noise from generators of their own (see scaled_normal)
 OWN_GENERATOR_NUMEL = 1 << 16
 
 
-def standard_normal(generator: torch.Generator, n: int, shape: tuple, scale: torch.Tensor) -> torch.Tensor:
-    """``n×shape`` standard normal draws, sample ``i`` multiplied by ``scale[i]``.
+def scaled_normal(generator: torch.Generator, n: int, shape: tuple, scale: torch.Tensor) -> torch.Tensor:
+    """``n×shape`` normal draws with mean 0 and standard deviation ``scale[i]`` for sample ``i``.
 
     PyTorch draws from one CPU generator on one thread. On the CPU, samples of at least
     ``OWN_GENERATOR_NUMEL`` values therefore each draw from a generator of their own, seeded from
-    ``generator``, so the threads draw them in parallel; the values do not depend on the threads.
+    ``generator`` (one 32-bit seed each: the Mersenne Twister takes no more), so the threads draw
+    them in parallel; the values do not depend on the threads. Smaller samples, and other devices,
+    draw the batch from ``generator`` in one call.
     """
     numel = math.prod(shape)
     if generator.device.type != "cpu" or numel < OWN_GENERATOR_NUMEL or n == 0:
         z = torch.randn((n, *shape), generator=generator, device=generator.device)
         return z.mul_(scale.to(z.device).view((-1,) + (1,) * len(shape)))
-    seeds = torch.randint(0, 2**62, (n,), generator=generator).tolist()
+    seeds = torch.randint(0, 2**32, (n,), generator=generator).tolist()
     factors = scale.tolist()
     z = torch.empty((n, *shape))
 

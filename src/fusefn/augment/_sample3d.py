@@ -55,7 +55,10 @@ def available() -> bool:
 def eligible(x: torch.Tensor, grid: torch.Tensor, mode: str, padding: str) -> bool:
     """Whether :func:`grid_sample_3d` takes this call (else ``F.grid_sample`` does)."""
     return (
-        x.ndim == 5
+        _plain(x)
+        and _plain(grid)
+        and x.ndim == 5
+        and min(x.shape[2:]) > 0  # F.grid_sample raises on an empty input: let it
         and x.dtype == torch.float32
         and grid.dtype == torch.float32
         and x.device.type == "cpu"
@@ -98,7 +101,9 @@ def affine_eligible(x: torch.Tensor, mode: str, padding: str) -> bool:
     """Whether :func:`affine_3d` takes ``x`` (float32 for bilinear; integer or float32 for nearest)."""
     kinds = (torch.float32,) if mode == "bilinear" else (torch.float32, *_LABEL_DTYPES)
     return (
-        x.ndim == 5
+        _plain(x)
+        and x.ndim == 5
+        and min(x.shape[2:]) > 0
         and x.dtype in kinds
         and x.device.type == "cpu"
         and mode in _MODES
@@ -112,13 +117,20 @@ def affine_eligible(x: torch.Tensor, mode: str, padding: str) -> bool:
 _LABEL_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 
 
+def _plain(t: torch.Tensor) -> bool:
+    """A real CPU tensor read as memory: no subclass or fake tensor, no trace that would bake the result in."""
+    return type(t) is torch.Tensor and not torch.jit.is_tracing()
+
+
 def affine_3d(
     x: torch.Tensor, out: torch.Tensor, index: torch.Tensor, theta: torch.Tensor, mode: str, padding: str
 ) -> torch.Tensor:
     """Write into ``out[index]`` samples ``x[index]`` resampled through the affine grids ``theta`` (``n×3×4``).
 
     The values of ``F.grid_sample`` on ``grid_from_inverse``'s grid (whose ``theta`` this is), with
-    no grid in memory: each grid value is formed where it is read. One call covers every sample,
+    no grid in memory: each grid value is formed where it is read. Integer masks are sampled in
+    their own dtype, so every label is copied exactly (a float32 round trip would round labels
+    above 2**24). One call covers every sample,
     its slices split over the threads. ``out`` may be ``x`` itself or strided (then the samples go
     through a temporary). Call :func:`affine_eligible` first.
     """

@@ -29,7 +29,8 @@ def source_index(coord, size, padding):
         c = c if not (c < f32(0)) else f32(0)
         top = f32(size - 1)
         c = c if c < top else top
-    if not (c > f32(-2147483648.0) and c < f32(2147483646.0)):  # out of int range or not finite
+    # ATen's safe_downgrade_to_int_range: its int bounds compare as ±2**31 in float32
+    if not (c >= f32(-2147483648.0) and c <= f32(2147483648.0)):  # beyond them, or not finite
         c = f32(-100)
     return c
 
@@ -81,8 +82,9 @@ def _sample(
                 py = (t[1, 3] + coords[0, d] * t[1, 0]) + coords[1, h] * t[1, 1]
                 pz = (t[2, 3] + coords[0, d] * t[2, 0]) + coords[1, h] * t[2, 1]
                 if mode == 0 and padding != 2:
-                    # along a row the source index is monotone in w on every axis (reflection aside), so the
-                    # points whose eight corners are all inside form one run [wa, wb], found from its ends
+                    # along a row each source index is monotone in w (every float32 step is), so the points
+                    # whose eight corners are all inside form one run [wa, wb], found from its ends. Not with
+                    # reflection: there an inside point comes out of the fold rounded, not unchanged
                     wa = 0
                     while wa < out_w and not _inside(
                         px + coords[2, wa] * t[0, 2],

@@ -35,7 +35,7 @@ from ._common import (
     put,
     range_validator,
     runs,
-    standard_normal,
+    scaled_normal,
     take,
     to_device,
     uniform,
@@ -167,9 +167,11 @@ class Intensity(Augmentation):
 class GaussianNoise(Augmentation):
     """Additive Gaussian noise with a per-sample standard deviation drawn from ``std``.
 
-    The noise of all active samples is drawn in one call by ``sample`` (already scaled),
-    so ``apply`` is a single in-place add; ``sample`` therefore needs the per-sample
-    ``shapes`` of the keys (``sample_like``/``__call__`` read them from the batch).
+    The noise of all active samples is drawn by ``sample`` (already scaled), so ``apply`` is
+    a single in-place add; ``sample`` therefore needs the per-sample ``shapes`` of the keys
+    (``sample_like``/``__call__`` read them from the batch). On the CPU, samples of at least
+    65,536 values draw from generators of their own, seeded from the op's stream, on every
+    thread (``_common.scaled_normal``); smaller ones are drawn in one call.
 
     Args:
         image_keys: float tensors ``N×C×…``.
@@ -198,7 +200,7 @@ class GaussianNoise(Augmentation):
         sub_std = std.index_select(0, params["index"])
         noise = {}
         for k in self.image_keys:
-            noise[k] = standard_normal(generator, n, tuple(shapes[k]), sub_std)
+            noise[k] = scaled_normal(generator, n, tuple(shapes[k]), sub_std)
         params.update(std=std, noise=noise)
         return to_device(params, device)
 
