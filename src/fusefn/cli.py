@@ -15,6 +15,7 @@ import click
 from fusefn.analyze.compare_cli import compare_command
 from fusefn.analyze.segmentation import segmentation_command
 from fusefn.cli_errors import UserErrorGroup, check_out
+from fusefn.cli_options import bootstrap_options
 from fusefn.errors import FusefnError
 from fusefn.recipe.recipe import hp_option  # the common flags, spelt as in every recipe (no torch imported)
 
@@ -331,23 +332,7 @@ def inspect(path: pathlib.Path) -> None:
 @click.option("--fold", default=None, help="Fold column for per-fold values [default: fold].")
 @click.option("--group", multiple=True, help="Extra column(s) for per-group values.")
 @click.option("--class-names", default=None, help="Comma-separated class names.")
-@click.option(
-    "--ci",
-    type=click.IntRange(min=0),
-    default=10_000,
-    show_default=True,
-    help="Bootstrap resamples (0 = no intervals).",
-)
-@click.option("--seed", type=int, default=1234, show_default=True, help="Seed of the bootstrap resampling.")
-@click.option("--level", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.95, show_default=True)
-@click.option(
-    "--method",
-    type=click.Choice(["auto", "percentile", "basic", "normal", "bca"]),
-    default="auto",
-    show_default=True,
-    help="Interval method; auto: BCa for ECE and average precision (biased by resampling), percentile otherwise.",
-)
-@click.option("--threshold", type=float, default=None, help="Binary operating point [default: 0.5].")
+@bootstrap_options
 @click.option(
     "--operating-point",
     "operating_point",

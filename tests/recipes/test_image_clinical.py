@@ -3,8 +3,6 @@
 import json
 
 import numpy as np
-import polars as pl
-import pytest
 import torch
 from click.testing import CliRunner
 
@@ -29,25 +27,14 @@ SMALL = [
 ]
 
 
-def test_all_fast_writes_a_report(tmp_path):
+def test_all_fast_writes_a_report(tmp_path, assert_threshold_from_validation):
     r = CliRunner().invoke(ic.cli, ["all", "--out", str(tmp_path), "--debug", "fast", *SMALL])
     assert r.exit_code == 0, r.output
     report = (tmp_path / "report" / "report.md").read_text()
     assert "image + clinical: ROC AUC" in report and "clinical only" in report
     m = json.loads((tmp_path / "report" / "metrics.json").read_text())
     assert m["clinical only ROC AUC"]["value"] > 0.6  # the synthetic age/sex carry signal
-    _assert_threshold_from_validation(tmp_path, m, report, prefix="image + clinical: ")
-
-
-def _assert_threshold_from_validation(out, metrics, report, prefix=""):
-    """The test decisions use the threshold chosen on infer/validation.parquet, and the report says so."""
-    val = pl.read_parquet(out / "infer" / "validation.parquet")
-    test = pl.read_parquet(out / "infer" / "predictions.parquet")
-    assert val.height and not set(val["sample_id"]) & set(test["sample_id"])  # the validation split
-    assert f"| {prefix}decision threshold (youden on the validation set) |" in report
-    t = metrics["decision threshold"]
-    ts, ty = np.asarray(test["probs"].to_list())[:, 1], test["label"].to_numpy()
-    assert metrics["accuracy"]["value"] == pytest.approx(((ts >= t) == ty).mean())  # decided at t, not 0.5
+    assert_threshold_from_validation(tmp_path, m, report, prefix="image + clinical: ")
 
 
 def test_image_only_variant(tmp_path):

@@ -5,7 +5,6 @@ import subprocess
 import sys
 
 import numpy as np
-import polars as pl
 import pytest
 import torch
 from click.testing import CliRunner
@@ -34,7 +33,7 @@ SMALL = [
 ]
 
 
-def test_all_fast_writes_report_and_figures(tmp_path):
+def test_all_fast_writes_report_and_figures(tmp_path, assert_threshold_from_validation):
     r = CliRunner().invoke(l2.cli, ["all", "--out", str(tmp_path), "--debug", "fast", *SMALL])
     assert r.exit_code == 0, r.output
     rd = tmp_path / "report"
@@ -45,23 +44,12 @@ def test_all_fast_writes_report_and_figures(tmp_path):
         assert (rd / png).stat().st_size > 0
     m = json.loads((rd / "metrics.json").read_text())
     assert 0 <= m["ROC AUC"]["value"] <= 1
-    _assert_threshold_from_validation(tmp_path, m, report, prefix="lesion present: ")
+    assert_threshold_from_validation(tmp_path, m, report, prefix="lesion present: ")
     # the prediction grids: errors first, decided at the report's threshold
     caption = figure_caption(rd / "test_predictions.png")
     assert "ordered errors first" in caption and f"P(lesion) ≥ {m['decision threshold']:.3g}" in caption
     assert (tmp_path / "infer" / "predictions.h5").is_file()
     assert any((tmp_path / "cache").iterdir())  # the phantoms went through the HDF5 cache
-
-
-def _assert_threshold_from_validation(out, metrics, report, prefix=""):
-    """The test decisions use the threshold chosen on infer/validation.parquet, and the report says so."""
-    val = pl.read_parquet(out / "infer" / "validation.parquet")
-    test = pl.read_parquet(out / "infer" / "predictions.parquet")
-    assert val.height and not set(val["sample_id"]) & set(test["sample_id"])  # the validation split
-    assert f"| {prefix}decision threshold (youden on the validation set) |" in report
-    t = metrics["decision threshold"]
-    ts, ty = np.asarray(test["probs"].to_list())[:, 1], test["label"].to_numpy()
-    assert metrics["accuracy"]["value"] == pytest.approx(((ts >= t) == ty).mean())  # decided at t, not 0.5
 
 
 def test_make_lesion_matches_the_phantom_and_names_bad_ids():

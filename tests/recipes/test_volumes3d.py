@@ -3,7 +3,6 @@
 import json
 
 import numpy as np
-import polars as pl
 import pytest
 import torch
 from click.testing import CliRunner
@@ -32,7 +31,7 @@ SMALL = [
 
 
 @pytest.mark.parametrize("backbone", ["resnet18", "smallcnn"])
-def test_all_fast_writes_report_and_montages(tmp_path, backbone):
+def test_all_fast_writes_report_and_montages(tmp_path, backbone, assert_threshold_from_validation):
     args = ["all", "--out", str(tmp_path), "--debug", "fast", *SMALL, "--backbone", backbone]
     r = CliRunner().invoke(v3.cli, args)
     assert r.exit_code == 0, r.output
@@ -42,7 +41,7 @@ def test_all_fast_writes_report_and_montages(tmp_path, backbone):
     assert list(rd.glob("montage_label*.png"))
     m = json.loads((rd / "metrics.json").read_text())
     assert 0 <= m["ROC AUC"]["value"] <= 1
-    _assert_threshold_from_validation(tmp_path, m, report)
+    assert_threshold_from_validation(tmp_path, m, report)
     # the montage volumes as NIfTI on their grids: what the static op made, read back by ReadNifti
     written = sorted((rd / "volumes").glob("volume_*_blobs.nii.gz"))
     assert written
@@ -51,17 +50,6 @@ def test_all_fast_writes_report_and_montages(tmp_path, backbone):
     back = ReadNifti(path=str(rd / "volumes" / f"{sid}.nii.gz"))({"data": {"sample_id": sid}})["data"]["input"]
     np.testing.assert_array_equal(back["img"], made["input"]["img"].numpy())
     np.testing.assert_allclose(back["affine"], made["input"]["affine"], atol=1e-4)
-
-
-def _assert_threshold_from_validation(out, metrics, report, prefix=""):
-    """The test decisions use the threshold chosen on infer/validation.parquet, and the report says so."""
-    val = pl.read_parquet(out / "infer" / "validation.parquet")
-    test = pl.read_parquet(out / "infer" / "predictions.parquet")
-    assert val.height and not set(val["sample_id"]) & set(test["sample_id"])  # the validation split
-    assert f"| {prefix}decision threshold (youden on the validation set) |" in report
-    t = metrics["decision threshold"]
-    ts, ty = np.asarray(test["probs"].to_list())[:, 1], test["label"].to_numpy()
-    assert metrics["accuracy"]["value"] == pytest.approx(((ts >= t) == ty).mean())  # decided at t, not 0.5
 
 
 def test_make_volume_is_the_phantom():

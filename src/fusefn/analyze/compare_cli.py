@@ -16,6 +16,7 @@ from fusefn.analyze.compare import compare
 from fusefn.analyze.compare_report import summary_lines
 from fusefn.analyze.resampling import ProgressLine
 from fusefn.cli_errors import check_out
+from fusefn.cli_options import bootstrap_options
 from fusefn.core import Rng
 
 __all__ = ["compare_command"]
@@ -29,17 +30,7 @@ __all__ = ["compare_command"]
 @click.option("--score", multiple=True, help="Score column; repeat for one column per class [default: *.probs].")
 @click.option("--label", default=None, help="Target column [default: label or target].")
 @click.option("--class-names", default=None, help="Comma-separated class names.")
-@click.option("--ci", type=click.IntRange(min=0), default=10_000, show_default=True, help="Bootstrap resamples.")
-@click.option("--seed", type=int, default=1234, show_default=True, help="Seed of the bootstrap resampling.")
-@click.option("--level", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.95, show_default=True)
-@click.option(
-    "--method",
-    type=click.Choice(["auto", "percentile", "basic", "normal", "bca"]),
-    default="auto",
-    show_default=True,
-    help="Interval method; auto: BCa for ECE and average precision, percentile otherwise.",
-)
-@click.option("--threshold", type=float, default=None, help="Binary operating point [default: 0.5].")
+@bootstrap_options
 @click.option(
     "--scores",
     "score_kind",

@@ -36,14 +36,15 @@ def source_index(coord, size, padding):
 
 
 @numba.njit(inline="always", cache=True)
-def _inside(gx, gy, gz, width, height, depth):
-    """Whether all eight trilinear corners of the grid point lie inside the volume, before any clipping.
+def _inside(px, py, pz, t, cw, width, height, depth):
+    """Whether all eight trilinear corners of the row's point at ``cw`` lie inside the volume, before any clipping.
 
+    The point is the affine grid value the sampling loop forms (``p + cw·θ``, the same float32 sums).
     There the border clip and the range check of :func:`source_index` change nothing.
     """
-    ix = source_index(gx, width, 0)
-    iy = source_index(gy, height, 0)
-    iz = source_index(gz, depth, 0)
+    ix = source_index(px + cw * t[0, 2], width, 0)
+    iy = source_index(py + cw * t[1, 2], height, 0)
+    iz = source_index(pz + cw * t[2, 2], depth, 0)
     return f32(0) <= ix < f32(width - 1) and f32(0) <= iy < f32(height - 1) and f32(0) <= iz < f32(depth - 1)
 
 
@@ -86,24 +87,10 @@ def _sample(
                     # whose eight corners are all inside form one run [wa, wb], found from its ends. Not with
                     # reflection: there an inside point comes out of the fold rounded, not unchanged
                     wa = 0
-                    while wa < out_w and not _inside(
-                        px + coords[2, wa] * t[0, 2],
-                        py + coords[2, wa] * t[1, 2],
-                        pz + coords[2, wa] * t[2, 2],
-                        width,
-                        height,
-                        depth,
-                    ):
+                    while wa < out_w and not _inside(px, py, pz, t, coords[2, wa], width, height, depth):
                         wa += 1
                     wb = out_w - 1
-                    while wb > wa and not _inside(
-                        px + coords[2, wb] * t[0, 2],
-                        py + coords[2, wb] * t[1, 2],
-                        pz + coords[2, wb] * t[2, 2],
-                        width,
-                        height,
-                        depth,
-                    ):
+                    while wb > wa and not _inside(px, py, pz, t, coords[2, wb], width, height, depth):
                         wb -= 1
             for w in range(out_w):
                 if affine:

@@ -228,7 +228,8 @@ class Affine(Augmentation):
             index=rest,
             grid_fn=lambda spatial, dtype, sl: grid_from_inverse(params["inverse"][rest[sl]], spatial, dtype),
             padding=self.padding,
-            inverse=params["inverse"].index_select(0, rest),
+            # volumes may skip the grid (the compiled CPU kernel); images always sample one
+            inverse=params["inverse"].index_select(0, rest) if self.dims == 3 else None,
         )
         if flat.shape[0]:
             out, owned = self._resample_planar(batch, out, owned, params, flat)
